@@ -1,0 +1,3 @@
+"""feddat: Federated Dual-Adapter Teacher (arXiv 2308.12305) and its baselines."""
+
+__version__ = "0.1.0"

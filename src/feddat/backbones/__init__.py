@@ -1,0 +1,19 @@
+"""Backbones: frozen vision-language encoders behind one small interface (base.Backbone)."""
+
+from __future__ import annotations
+
+from feddat.backbones.base import Backbone
+
+BACKBONES = ("minivl", "vilt")
+
+
+def build_backbone(name: str, path: str = "", image_size: int = 128, max_text_len: int = 20) -> Backbone:
+    if name == "minivl":
+        from feddat.backbones.minivl import MiniVL
+
+        return MiniVL(image_size=image_size, max_text_len=max_text_len)
+    if name == "vilt":
+        from feddat.backbones.vilt import ViLT
+
+        return ViLT.from_pretrained(path, image_size=image_size, max_text_len=max_text_len)
+    raise ValueError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")

@@ -1,0 +1,66 @@
+"""vilt: Hugging Face ViltModel (the paper's backbone, dandelin/vilt-b32-mlm) with adapters
+after every block. Loads from a hub id or a local folder; the frozen image part cached here
+is the resized image itself (ViLT's patch projection is cheap and inside the model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from feddat.backbones.base import Backbone
+
+
+class ViLT(Backbone):
+    def __init__(self, model: nn.Module, tokenizer, image_size: int = 384, max_text_len: int = 40, source: str = "config"):
+        super().__init__()
+        self.vilt = model
+        self.tokenizer = tokenizer
+        self.hidden_size = model.config.hidden_size
+        self.image_size = image_size
+        self.max_text_len = min(max_text_len, model.config.max_position_embeddings)
+        self.source = source
+        self.freeze()
+
+    @classmethod
+    def from_pretrained(cls, path: str, image_size: int = 384, max_text_len: int = 40) -> "ViLT":
+        """`path`: a hub id (needs a network, or the hub cache) or a folder with config, weights and tokenizer."""
+        from transformers import AutoTokenizer, ViltModel
+
+        if not path:
+            raise ValueError("the vilt backbone needs backbone.path: a hub id such as dandelin/vilt-b32-mlm or a local folder")
+        local = Path(path).is_dir()
+        try:
+            model = ViltModel.from_pretrained(path, local_files_only=local)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        except OSError as err:
+            raise OSError(f"could not load ViLT from '{path}': {err}") from err
+        return cls(model, tokenizer, image_size=image_size, max_text_len=max_text_len, source=path)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.vilt.encoder.layer
+
+    def cache_key(self) -> str:
+        return f"vilt-{self.source.replace('/', '_')}-{self.image_size}px"
+
+    @torch.no_grad()
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
+        return x.round().clamp(0, 255).to(torch.uint8)  # uint8 keeps the cache 4x smaller than float
+
+    def tokenize(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(questions, padding="max_length", truncation=True, max_length=self.max_text_len, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pixels = image_features.float() / 127.5 - 1.0  # ViLT's normalisation: mean 0.5, std 0.5
+        pixel_mask = torch.ones(pixels.shape[0], *pixels.shape[2:], dtype=torch.long, device=pixels.device)
+        out = self.vilt(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixels, pixel_mask=pixel_mask)
+        return out.pooler_output

@@ -1,0 +1,1 @@
+"""Data: synthetic generator, benchmarks, client datasets."""

@@ -1,0 +1,109 @@
+"""A frozen backbone with adapter sites: named adapter sets, activation modes, state in and out.
+
+An adapter *set* is one named adapter at every site (e.g. "shared" = A_s, "frozen" = Â_s,
+"client" = A_c). Its state is a flat dict "<site>.<param>" -> tensor, the unit that travels
+between server and clients or is stored per client.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from feddat.backbones.base import Backbone
+from feddat.peft.adapter import AdapterSite, BottleneckAdapter
+
+
+class AdaptedModel(nn.Module):
+    def __init__(self, backbone: Backbone, reduction_factor: int = 16, activation: str = "relu", blocks: list[int] | None = None, init: str = "normal", init_std: float = 0.02):
+        super().__init__()
+        self.backbone = backbone
+        self.adapter_kwargs = dict(reduction_factor=reduction_factor, activation=activation, init=init, init_std=init_std)
+        n_blocks = len(backbone.blocks)
+        indices = sorted(set(blocks)) if blocks else list(range(n_blocks))
+        bad = [i for i in indices if not 0 <= i < n_blocks]
+        if bad:
+            raise ValueError(f"adapter.blocks {bad} out of range: the backbone has {n_blocks} blocks (0..{n_blocks - 1})")
+        self.sites: dict[str, AdapterSite] = {}
+        for i in indices:
+            site = AdapterSite(backbone.blocks[i])
+            backbone.blocks[i] = site
+            self.sites[str(i)] = site
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone.hidden_size
+
+    def add_adapter(self, name: str, trainable: bool = True) -> None:
+        for site in self.sites.values():
+            adapter = BottleneckAdapter(self.hidden_size, **self.adapter_kwargs).to(self.device)
+            adapter.requires_grad_(trainable)
+            site.adapters[name] = adapter
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def adapter_names(self) -> list[str]:
+        return list(next(iter(self.sites.values())).adapters.keys()) if self.sites else []
+
+    def activate(self, *names: str) -> None:
+        """One name: single mode; several: their mean (DESIGN §3). No name: the bare backbone."""
+        missing = [n for n in names if n not in self.adapter_names()]
+        if missing:
+            raise KeyError(f"no adapter named {missing}; have {self.adapter_names()}")
+        for site in self.sites.values():
+            site.active = tuple(names)
+
+    @contextmanager
+    def active(self, *names: str) -> Iterator[None]:
+        previous = next(iter(self.sites.values())).active if self.sites else ()
+        self.activate(*names)
+        try:
+            yield
+        finally:
+            self.activate(*previous)
+
+    def new_adapter_state(self) -> dict[str, torch.Tensor]:
+        """Freshly initialised adapter-set state (from torch's global RNG), not inserted anywhere."""
+        return {f"{i}.{k}": v for i in self.sites for k, v in BottleneckAdapter(self.hidden_size, **self.adapter_kwargs).state_dict().items()}
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        return [p for site in self.sites.values() for p in site.adapters[name].parameters()]
+
+    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
+        """A detached copy of adapter set `name`, keyed '<block>.<param>'."""
+        return {f"{i}.{k}": v.detach().clone() for i, site in self.sites.items() for k, v in site.adapters[name].state_dict().items()}
+
+    def load_adapter(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        """Copy `state` into adapter set `name`; every key and shape must match exactly."""
+        expected = {f"{i}.{k}": v for i, site in self.sites.items() for k, v in site.adapters[name].state_dict().items()}
+        problems = check_state(state, expected)
+        if problems:
+            raise ValueError(f"adapter state for '{name}' does not fit this model: {problems}")
+        with torch.no_grad():
+            for key, target in expected.items():
+                target.copy_(state[key])
+
+    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.backbone(image_features, input_ids, attention_mask)
+
+
+def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
+    """Why `state` cannot replace `expected` ('' when it can): names, shapes, finiteness."""
+    missing = sorted(set(expected) - set(state))
+    unknown = sorted(set(state) - set(expected))
+    if missing or unknown:
+        return f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unknown {unknown[:3]}{'...' if len(unknown) > 3 else ''}"
+    for key, target in expected.items():
+        value = state[key]
+        if tuple(value.shape) != tuple(target.shape):
+            return f"'{key}' has shape {tuple(value.shape)}, expected {tuple(target.shape)}"
+        if not value.is_floating_point():
+            return f"'{key}' has dtype {value.dtype}, expected a float tensor"
+        if not torch.isfinite(value).all():
+            return f"'{key}' holds NaN or infinite values"
+    return ""

@@ -1,0 +1,88 @@
+"""Client datasets: vocabulary, feature cache, the folder source and its error messages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import raw_split, tiny_config
+from feddat.data.clients import DataError, answer_vocabulary, build_client, cached_features, load_clients
+
+
+def test_vocabulary_is_most_frequent_first_and_capped():
+    assert answer_vocabulary(["b", "a", "b", "c", "a", "b"], 2) == ["b", "a"]
+    assert answer_vocabulary(["z", "y"], 5) == ["y", "z"]  # ties: alphabetical, reproducible
+
+
+def test_out_of_vocabulary_answers_dropped_in_train_kept_as_wrong_in_test(tiny_backbone):
+    train = raw_split(12, 0, answers=("a", "a", "b", "c"))
+    test = raw_split(8, 1, answers=("a", "c"))
+    client = build_client("x", train, test, tiny_backbone, max_answers=2, cache_dir=None)
+    assert client.answers == ["a", "b"] or client.answers == ["a", "c"]
+    assert len(client.train) < 12 and (client.train.targets >= 0).all()
+    assert len(client.test) == 8 and (client.test.targets == -1).any()
+
+
+def test_empty_client_dataset_is_refused_by_name(tiny_backbone):
+    with pytest.raises(DataError, match="client 'lonely' has an empty training set"):
+        build_client("lonely", raw_split(0, 0), raw_split(4, 1), tiny_backbone, 10, None)
+
+
+def test_feature_cache_is_reused_and_keyed_by_content(tiny_backbone, tmp_path):
+    raw = raw_split(4, 0)
+    first = cached_features(raw, tiny_backbone, tmp_path)
+    files = list(tmp_path.glob("*.safetensors"))
+    assert len(files) == 1
+    raw.images[:] = 0  # same key: the cache answers, proving it was used
+    assert (cached_features(raw, tiny_backbone, tmp_path) == first).all()
+    raw.key += "-changed"
+    cached_features(raw, tiny_backbone, tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2
+
+
+def write_folder(root, n=4, corrupt=False, missing=False, bad_line=False):
+    for client in ("north", "south"):
+        folder = root / client
+        (folder / "img").mkdir(parents=True)
+        for split in ("train", "test"):
+            lines = []
+            for i in range(n):
+                name = f"img/{split}{i}.png"
+                Image.fromarray(np.full((20, 24, 3), 40 * i, np.uint8)).save(folder / name)
+                lines.append(json.dumps({"image": name, "question": f"what is {i}?", "answer": "yes" if i % 2 else "no"}))
+            if corrupt and client == "south" and split == "train":
+                (folder / "img" / "train1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+            if missing and client == "south" and split == "test":
+                (folder / "img" / "test2.png").unlink()
+            if bad_line and client == "north" and split == "train":
+                lines[2] = '{"image": "img/train2.png", "question": 3}'
+            (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def load_folder(root, backbone):
+    cfg = tiny_config(**{"data.benchmark": "folder", "data.root": str(root), "data.cache_dir": ""})
+    return load_clients(cfg, backbone, log=lambda s: None)
+
+
+def test_folder_source_loads_every_client(tiny_backbone, tmp_path):
+    write_folder(tmp_path)
+    clients = load_folder(tmp_path, tiny_backbone)
+    assert [c.name for c in clients] == ["north", "south"]
+    assert len(clients[0].train) == 4 and clients[0].answers == ["no", "yes"]
+
+
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ({"corrupt": True}, r"south/train.jsonl:2: image file .*train1.png is corrupt"),
+        ({"missing": True}, r"south/test.jsonl:3: image file .*test2.png does not exist"),
+        ({"bad_line": True}, r"north/train.jsonl:3: a record needs non-empty string fields"),
+    ],
+)
+def test_folder_faults_name_file_and_line(tiny_backbone, tmp_path, fault, message):
+    write_folder(tmp_path, **fault)
+    with pytest.raises(DataError, match=message):
+        load_folder(tmp_path, tiny_backbone)

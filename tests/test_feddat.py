@@ -1,0 +1,145 @@
+"""FedDAT semantics (DESIGN §4): what moves in each step, what stays, what travels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from feddat.algorithms import build_method
+from feddat.algorithms.base import ClientUpdate, UpdateRejected
+from feddat.losses import distill, task_loss
+from feddat.peft.model import AdaptedModel
+
+
+def snapshot(model: AdaptedModel, head=None) -> dict[str, dict[str, torch.Tensor]]:
+    snap = {name: model.adapter_state(name) for name in model.adapter_names()}
+    if head is not None:
+        snap["head"] = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    return snap
+
+
+def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def make(tiny_backbone, **overrides):
+    cfg = tiny_config(**overrides)
+    model = AdaptedModel(tiny_backbone, reduction_factor=4)
+    return cfg, model, build_method("feddat", cfg, model, torch.device("cpu"))
+
+
+def test_each_step_moves_only_its_own_parameters(tiny_backbone, tiny_clients, monkeypatch):
+    cfg, model, method = make(tiny_backbone)
+    client = tiny_clients[0]
+    shared, state = method.init_shared(), method.init_client_state(client)
+    steps: list[tuple[str, dict]] = []
+    make_optimizer = method.optimizer
+
+    def spying_optimizer(params):
+        opt = make_optimizer(params)
+        role = "student" if any(p is q for p in params for q in model.adapter_parameters("shared")) else "dat"
+        opt.register_step_post_hook(lambda *_: steps.append((role, snapshot(model))))
+        return opt
+
+    monkeypatch.setattr(method, "optimizer", spying_optimizer)
+    method.client_update(shared, state, client, round_=1)
+    roles = [r for r, _ in steps]
+    assert roles == ["student", "dat"] * (len(roles) // 2) and len(roles) == 4  # 16 examples, batch 8
+    before = {"shared": shared, "frozen": shared, "client": {k[7:]: v for k, v in state.items() if k.startswith("client.")}}
+    for role, after in steps:
+        assert not changed(before["frozen"], after["frozen"]), "Â_s must never move"
+        if role == "student":
+            assert changed(before["shared"], after["shared"]) and not changed(before["client"], after["client"])
+        else:
+            assert changed(before["client"], after["client"]) and not changed(before["shared"], after["shared"])
+        before = after
+    assert all(torch.equal(steps[-1][1]["frozen"][k], shared[k]) for k in shared)
+
+
+def test_update_shares_only_the_shared_adapter_and_keeps_client_state(tiny_backbone, tiny_clients):
+    cfg, model, method = make(tiny_backbone)
+    client = tiny_clients[1]
+    shared, state = method.init_shared(), method.init_client_state(client)
+    update = method.client_update(shared, state, client, round_=1)
+    assert set(update.shared) == set(shared)  # A_s only: no head, no A_c, no frozen copy
+    assert {k.split(".")[0] for k in update.state} == {"head", "client"}
+    # round 2 starts from the A_c the client kept, not from a fresh one
+    method.client_update(method.aggregate(shared, [update]), update.state, client, round_=2)
+    kept = {k[7:]: v for k, v in update.state.items() if k.startswith("client.")}
+    method.load_client(shared, update.state, client)
+    assert not changed(kept, model.adapter_state("client"))
+
+
+def test_student_loss_is_ce_plus_alpha_t2_kl_from_the_detached_dat(tiny_backbone, tiny_clients):
+    cfg, model, method = make(tiny_backbone, **{"train.batch_size": 64, "feddat.alpha": 0.7, "feddat.temperature": 2.0})
+    client = tiny_clients[0]
+    shared, state = method.init_shared(), method.init_client_state(client)
+    head = method.load_client(shared, state, client)
+    batch = client.train.batch(torch.randperm(len(client.train), generator=torch.Generator().manual_seed(0)), torch.device("cpu"))
+    with torch.no_grad():
+        with model.active("frozen", "client"):
+            z_dat = head(model(*batch[:3]))
+        with model.active("shared"):
+            z_s = head(model(*batch[:3]))
+    expected = task_loss(z_s, batch[3]) + 0.7 * distill(z_s, z_dat, 2.0)
+    update = method.client_update(shared, state, client, round_=1)
+    assert update.metrics["steps"] == 1
+    assert update.metrics["loss_student"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_distillation_teacher_is_detached():
+    student = torch.randn(4, 5, requires_grad=True)
+    teacher = torch.randn(4, 5, requires_grad=True)
+    distill(student, teacher, 3.0).backward()
+    assert teacher.grad is None and student.grad is not None
+    assert float(distill(teacher, teacher, 3.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kd, expect_kd_student, expect_kd_dat",
+    [("mutual", True, True), ("one_way", True, False), ("none", False, False)],
+)
+def test_kd_switches(tiny_backbone, tiny_clients, kd, expect_kd_student, expect_kd_dat):
+    cfg, model, method = make(tiny_backbone, **{"feddat.kd": kd})
+    client = tiny_clients[2]
+    update = method.client_update(method.init_shared(), method.init_client_state(client), client, round_=1)
+    assert (update.metrics["kd_student"] > 0) == expect_kd_student
+    assert (update.metrics["kd_dat"] > 0) == expect_kd_dat
+
+
+@pytest.mark.parametrize("teacher, moves_client", [("client_only", True), ("frozen_only", False)])
+def test_teacher_ablations(tiny_backbone, tiny_clients, teacher, moves_client):
+    cfg, model, method = make(tiny_backbone, **{"feddat.teacher": teacher})
+    client = tiny_clients[0]
+    state = method.init_client_state(client)
+    update = method.client_update(method.init_shared(), state, client, round_=1)
+    client_keys = [k for k in state if k.startswith("client.")]
+    assert any(not torch.equal(state[k], update.state[k]) for k in client_keys) == moves_client
+    scores = method.evaluate(update.shared, update.state, client)
+    assert set(scores) == {"global", "personal"}
+
+
+def test_aggregation_is_the_data_size_weighted_mean(tiny_backbone):
+    cfg, model, method = make(tiny_backbone)
+    shared = method.init_shared()
+    a = {k: torch.ones_like(v) for k, v in shared.items()}
+    b = {k: torch.full_like(v, 4.0) for k, v in shared.items()}
+    updates = [ClientUpdate("a", a, 30, {}), ClientUpdate("b", b, 10, {})]
+    out = method.aggregate(shared, updates)
+    assert all(torch.allclose(v, torch.full_like(v, 1.75)) for v in out.values())
+    cfg.federation.weighting = "uniform"
+    out = method.aggregate(shared, updates)
+    assert all(torch.allclose(v, torch.full_like(v, 2.5)) for v in out.values())
+
+
+def test_aggregation_rejects_bad_updates_naming_the_client(tiny_backbone):
+    cfg, model, method = make(tiny_backbone)
+    shared = method.init_shared()
+    key = next(iter(shared))
+    nan = dict(shared, **{key: torch.full_like(shared[key], float("nan"))})
+    with pytest.raises(UpdateRejected, match="client 'mallory'.*NaN"):
+        method.aggregate(shared, [ClientUpdate("mallory", nan, 5, {})])
+    wrong = dict(shared, **{key: torch.zeros(3)})
+    with pytest.raises(UpdateRejected, match="client 'eve'.*shape"):
+        method.aggregate(shared, [ClientUpdate("eve", wrong, 5, {})])
