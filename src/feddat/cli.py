@@ -13,6 +13,7 @@ from feddat.config import ConfigError
 def _run_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
+        allow_abbrev=False,
         help="train methods on a benchmark and print the results table",
         description="Train the configured methods on one benchmark with the embedded engine. "
         "Defaults: minivl backbone (offline), synthetic domain benchmark, FedDAT vs FedAvg+Adapter. "
