@@ -46,7 +46,7 @@ def tiny_config(**overrides) -> Config:
     cfg = Config()
     cfg.backbone.name, cfg.backbone.image_size, cfg.backbone.max_text_len = "vilt", TINY_IMAGE, 12
     cfg.adapter.reduction_factor = 4
-    cfg.train.batch_size, cfg.train.lr = 8, 1e-2
+    cfg.train.batch_size, cfg.train.lr, cfg.train.local_epochs = 8, 1e-2, 1
     cfg.federation.rounds, cfg.federation.eval_every = 2, 1
     cfg.data.train_per_client, cfg.data.test_per_client = 16, 8
     cfg.run.threads = 2
