@@ -460,9 +460,17 @@ def test_answer_distributions_are_not_degenerate():
         ({"n": -1}, "-1"),
         ({"image_size": 31}, "31"),
         ({"seed": -3}, "-3"),
+        ({"max_objects": 9}, "max_objects"),
     ],
 )
 def test_generate_rejects_bad_arguments(kwargs, message):
     args = {"n": 2, "style_weights": ALL_STYLES, "kind_weights": ALL_KINDS, "seed": 0, "image_size": 64} | kwargs
     with pytest.raises(ValueError, match=re.escape(message)):
         generate(**args)
+
+
+def test_max_objects_caps_the_scene_size():
+    """Counting answers can only reach max_objects (ask() only counts objects in the scene)."""
+    numbers = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+    samples = generate(150, {"flat": 1.0}, {"count": 1.0}, seed=4, max_objects=2)
+    assert max(numbers[s.answer] for s in samples) <= 2

@@ -77,6 +77,7 @@ class DataConfig:
     root: str = _f("", "folder benchmark: ROOT/<client>/{train,test}.jsonl (see README)")
     train_per_client: int = _f(256, "training questions per client")
     test_per_client: int = _f(200, "held-out questions per client")
+    max_objects: int = _f(3, "synthetic scenes hold 2 to max_objects objects (at most 6)")
     max_answers: int = _f(100, "answer vocabulary: most frequent N answers per client")
     seed: int = _f(0, "seed of the data generator")
     cache_dir: str = _f(".cache/feddat", "where frozen image-tower features are cached")
@@ -243,6 +244,8 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if not 2 <= cfg.data.max_objects <= 6:
+        raise ConfigError(f"data.max_objects must be from 2 to 6, got {cfg.data.max_objects}")
     if not 0.0 < cfg.federation.fraction <= 1.0:
         raise ConfigError(f"federation.fraction must be in (0, 1], got {cfg.federation.fraction}")
     if cfg.train.lr <= 0 or cfg.feddat.temperature <= 0:

@@ -102,14 +102,14 @@ def build_client(name: str, train: RawSplit, test: RawSplit, backbone: Backbone,
     )
 
 
-def synthetic_split(spec, n: int, seed: int, split: str, benchmark: str) -> RawSplit:
+def synthetic_split(spec, n: int, seed: int, split: str, benchmark: str, max_objects: int = 5) -> RawSplit:
     from feddat.data.benchmarks import GENERATOR_VERSION
     from feddat.data.synthetic import generate
 
     split_seed = derive_seed(seed, benchmark, spec.name, split)
-    samples = generate(n, spec.style_weights, spec.kind_weights, seed=split_seed, image_size=128)
+    samples = generate(n, spec.style_weights, spec.kind_weights, seed=split_seed, image_size=128, max_objects=max_objects)
     images = np.stack([s.image for s in samples]) if samples else np.zeros((0, 128, 128, 3), np.uint8)
-    key = json.dumps(["synthetic", GENERATOR_VERSION, benchmark, spec.name, split, n, seed], separators=(",", ":"))
+    key = json.dumps(["synthetic", GENERATOR_VERSION, benchmark, spec.name, split, n, seed, max_objects], separators=(",", ":"))
     return RawSplit(images, [s.question for s in samples], [s.answer for s in samples], key)
 
 
@@ -134,4 +134,4 @@ def _sources(d) -> list[tuple[str, Callable[[str], RawSplit]]]:
     from feddat.data.benchmarks import client_specs
 
     sizes = {"train": d.train_per_client, "test": d.test_per_client}
-    return [(spec.name, lambda split, spec=spec: synthetic_split(spec, sizes[split], d.seed, split, d.benchmark)) for spec in client_specs(d.benchmark)]
+    return [(spec.name, lambda split, spec=spec: synthetic_split(spec, sizes[split], d.seed, split, d.benchmark, d.max_objects)) for spec in client_specs(d.benchmark)]

@@ -873,6 +873,7 @@ def generate(
     kind_weights: dict[str, float],
     seed: int,
     image_size: int = 128,
+    max_objects: int = 5,
 ) -> list[Sample]:
     """Generate ``n`` samples, drawing each one's style and kind from the weights.
 
@@ -880,27 +881,31 @@ def generate(
     result depends only on the arguments (not on global state, time or string
     hashing) and ``generate(m, ...)`` is a prefix of ``generate(n, ...)`` for
     ``m <= n``.  Weights need not sum to one; missing names mean weight 0.
+    Scenes hold 2 to ``max_objects`` objects: fewer objects make binding a
+    colour to a shape easier to learn.
     """
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     _check_image_size(image_size)
+    if not isinstance(max_objects, (int, np.integer)) or not 2 <= max_objects <= MAX_OBJECTS:
+        raise ValueError(f"max_objects must be an integer from 2 to {MAX_OBJECTS}, got {max_objects!r}")
     style_probs = _normalise_weights(style_weights, STYLES, "style")
     kind_probs = _normalise_weights(kind_weights, QUESTION_KINDS, "question kind")
     streams = np.random.SeedSequence(int(seed)).spawn(int(n))
-    return [_make_sample(stream, style_probs, kind_probs, int(image_size)) for stream in streams]
+    return [_make_sample(stream, style_probs, kind_probs, int(image_size), int(max_objects)) for stream in streams]
 
 
 def _make_sample(
-    stream: np.random.SeedSequence, style_probs: np.ndarray, kind_probs: np.ndarray, image_size: int
+    stream: np.random.SeedSequence, style_probs: np.ndarray, kind_probs: np.ndarray, image_size: int, max_objects: int
 ) -> Sample:
     """One sample; separate sub-streams keep scene/question independent of rendering."""
     pick_rng, scene_rng, ask_rng, render_rng = (np.random.default_rng(s) for s in stream.spawn(4))
     style = STYLES[int(pick_rng.choice(len(STYLES), p=style_probs))]
     kind = QUESTION_KINDS[int(pick_rng.choice(len(QUESTION_KINDS), p=kind_probs))]
     for _ in range(_SCENE_ATTEMPTS):
-        scene = random_scene(scene_rng)
+        scene = random_scene(scene_rng, max_objects=max_objects)
         try:
             question, answer = ask(scene, kind, ask_rng)
         except UnanswerableError:
