@@ -43,6 +43,7 @@ class Method:
     name = "base"
     personal = False  # has a personal (client-specific) evaluation path
     pooled = False  # trains on all clients' data at once (centralised)
+    communicates = True  # clients send A_s to the server each round
 
     def __init__(self, cfg: Config, model: AdaptedModel, device: torch.device):
         self.cfg = cfg

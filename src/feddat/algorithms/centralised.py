@@ -18,6 +18,7 @@ from feddat.runtime import generator
 class Centralised(Method):
     name = "centralised"
     pooled = True
+    communicates = False
 
     def pooled_update(self, shared: Tensors, states: dict[str, Tensors], clients: list[ClientData], round_: int) -> tuple[Tensors, dict[str, Tensors], dict[str, float]]:
         self.model.load_adapter("shared", shared)

@@ -13,6 +13,7 @@ from feddat.data.clients import ClientData
 
 class LocalOnly(FedAvgAdapter):
     name = "local"
+    communicates = False
 
     def init_client_state(self, client: ClientData) -> Tensors:
         state = super().init_client_state(client)

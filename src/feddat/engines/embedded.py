@@ -52,7 +52,7 @@ def run_method(name: str, cfg: Config, model: AdaptedModel, clients: list[Client
     store = ClientStateStore(run_dir / "state" / name)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     shared = method.init_shared()
-    bytes_per_client = 0 if name in ("local", "centralised") else tensor_bytes(shared)
+    bytes_per_client = tensor_bytes(shared) if method.communicates else 0
     times = {"train": 0.0, "eval": 0.0, "steps": 0}
     started = time.perf_counter()
     for round_ in range(1, fed.rounds + 1):
