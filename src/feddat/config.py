@@ -213,6 +213,7 @@ def validate(cfg: Config) -> None:
     from feddat.algorithms import METHODS
     from feddat.backbones import BACKBONES
     from feddat.data.benchmarks import BENCHMARKS
+    from feddat.data.synthetic import MAX_OBJECTS
 
     _choice("backbone.name", cfg.backbone.name, BACKBONES)
     if not cfg.run.methods:
@@ -244,8 +245,8 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
-    if not 2 <= cfg.data.max_objects <= 6:
-        raise ConfigError(f"data.max_objects must be from 2 to 6, got {cfg.data.max_objects}")
+    if not 2 <= cfg.data.max_objects <= MAX_OBJECTS:
+        raise ConfigError(f"data.max_objects must be from 2 to {MAX_OBJECTS}, got {cfg.data.max_objects}")
     if not 0.0 < cfg.federation.fraction <= 1.0:
         raise ConfigError(f"federation.fraction must be in (0, 1], got {cfg.federation.fraction}")
     if cfg.train.lr <= 0 or cfg.feddat.temperature <= 0:

@@ -102,7 +102,7 @@ def build_client(name: str, train: RawSplit, test: RawSplit, backbone: Backbone,
     )
 
 
-def synthetic_split(spec, n: int, seed: int, split: str, benchmark: str, max_objects: int = 5) -> RawSplit:
+def synthetic_split(spec, n: int, seed: int, split: str, benchmark: str, max_objects: int) -> RawSplit:
     from feddat.data.benchmarks import GENERATOR_VERSION
     from feddat.data.synthetic import generate
 
