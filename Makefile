@@ -21,5 +21,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Figures and ratios, not assertions (a few minutes on 2 cores; see README "Speed").
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_step.py
+	$(BIN)/python benchmarks/bench_engine.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -29,32 +29,67 @@ def make(tiny_backbone, **overrides):
     return cfg, model, build_method("feddat", cfg, model, torch.device("cpu"))
 
 
-def test_each_step_moves_only_its_own_parameters(tiny_backbone, tiny_clients, monkeypatch):
-    cfg, model, method = make(tiny_backbone)
+ORDER = {
+    # reference: student step (A_s, head), then DAT step (A_c, head), per batch
+    "reference": ["shared", "head", "client", "head"],
+    # fused: both head steps first (same order of losses), then A_s and A_c from one backward
+    "fused": ["head", "head", "shared", "client"],
+}
+
+
+@pytest.mark.parametrize("schedule", ["reference", "fused"])
+def test_each_step_moves_only_its_own_parameters(tiny_backbone, tiny_clients, monkeypatch, schedule):
+    cfg, model, method = make(tiny_backbone, **{"feddat.schedule": schedule})
     client = tiny_clients[0]
     shared, state = method.init_shared(), method.init_client_state(client)
     steps: list[tuple[str, dict]] = []
     make_optimizer = method.optimizer
+    head = method.load_client(shared, state, client)
+    monkeypatch.setattr(method, "load_client", lambda *a: head)
+
+    def role_of(params) -> str:
+        for name in ("shared", "client"):
+            if any(p is q for p in params for q in model.adapter_parameters(name)):
+                return name
+        return "head"
 
     def spying_optimizer(params):
+        params = list(params)
         opt = make_optimizer(params)
-        role = "student" if any(p is q for p in params for q in model.adapter_parameters("shared")) else "dat"
-        opt.register_step_post_hook(lambda *_: steps.append((role, snapshot(model))))
+        role = role_of(params)
+        opt.register_step_post_hook(lambda *_: steps.append((role, snapshot(model, head))))
         return opt
 
     monkeypatch.setattr(method, "optimizer", spying_optimizer)
     method.client_update(shared, state, client, round_=1)
     roles = [r for r, _ in steps]
-    assert roles == ["student", "dat"] * (len(roles) // 2) and len(roles) == 4  # 16 examples, batch 8
-    before = {"shared": shared, "frozen": shared, "client": {k[7:]: v for k, v in state.items() if k.startswith("client.")}}
+    assert roles == ORDER[schedule] * 2  # 16 examples, batch 8
+    first = {"shared": shared, "frozen": shared, "client": {k[7:]: v for k, v in state.items() if k.startswith("client.")}}
+    before = {**first, "head": {k[5:]: v for k, v in state.items() if k.startswith("head.")}}
     for role, after in steps:
         assert not changed(before["frozen"], after["frozen"]), "Â_s must never move"
-        if role == "student":
-            assert changed(before["shared"], after["shared"]) and not changed(before["client"], after["client"])
-        else:
-            assert changed(before["client"], after["client"]) and not changed(before["shared"], after["shared"])
+        for part in ("shared", "client", "head"):
+            assert changed(before[part], after[part]) == (part == role), f"{role} step moved {part}"
         before = after
     assert all(torch.equal(steps[-1][1]["frozen"][k], shared[k]) for k in shared)
+
+
+@pytest.mark.parametrize("kd, teacher", [("mutual", "dual"), ("one_way", "dual"), ("none", "client_only"), ("mutual", "frozen_only")])
+def test_fused_schedule_equals_the_reference(tiny_backbone, tiny_clients, kd, teacher):
+    """Same losses and the same parameters after a local update, to float tolerance."""
+    results = {}
+    for schedule in ("reference", "fused"):
+        cfg, model, method = make(tiny_backbone, **{"feddat.schedule": schedule, "feddat.kd": kd, "feddat.teacher": teacher})
+        client = tiny_clients[1]
+        update = method.client_update(method.init_shared(), method.init_client_state(client), client, round_=1)
+        results[schedule] = update
+    ref, fused = results["reference"], results["fused"]
+    for key in ref.metrics:
+        assert fused.metrics[key] == pytest.approx(ref.metrics[key], rel=1e-4, abs=1e-6), key
+    for part, tensors in (("shared", ref.shared), ("state", ref.state)):
+        other = fused.shared if part == "shared" else fused.state
+        for k, v in tensors.items():
+            torch.testing.assert_close(other[k], v, rtol=1e-4, atol=1e-6, msg=lambda m: f"{part} {k}: {m}")
 
 
 def test_update_shares_only_the_shared_adapter_and_keeps_client_state(tiny_backbone, tiny_clients):

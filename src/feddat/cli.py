@@ -1,10 +1,11 @@
-"""Command line: `feddat run [--config FILE] [--section.key VALUE ...]`."""
+"""Command line: `feddat run [--config FILE] [--section.key VALUE ...]`, `feddat data describe ...`."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from feddat import config as config_mod
 from feddat.config import ConfigError
@@ -20,27 +21,129 @@ def _run_parser(sub) -> argparse.ArgumentParser:
         "Values come from the defaults, then --config FILE (TOML, sections as below), then these flags.",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with [run], [backbone], [adapter], [feddat], [train], [federation], [data] tables")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint (uses RUN_DIR/config.toml; no other options)")
+    add_config_flags(p)
+    return p
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One --section.key flag per configuration key (also used by `feddat flower`)."""
     for key, f, _ in config_mod.iter_fields():
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         if isinstance(default, list):
             default = ",".join(map(str, default))
         p.add_argument(f"--{key}", dest=key, metavar="V", default=None, help=f"{f.metadata['help']} (default: {default!r})")
+
+
+def _data_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("data", help="inspect a benchmark's clients (sizes, answer distributions, heterogeneity)")
+    actions = p.add_subparsers(dest="data_command", required=True)
+    d = actions.add_parser(
+        "describe",
+        allow_abbrev=False,
+        help="print per-client sizes, answer distributions and heterogeneity; optionally save a heat map",
+        description="Describe the clients of the configured benchmark and partition (no backbone is loaded). "
+        "Example: feddat data describe --data.benchmark shapes --data.partition dirichlet --data.num_clients 20 --data.alpha 0.3 --plot skew.png",
+    )
+    d.add_argument("--config", metavar="FILE", help="TOML file; only its [data] table (and [backbone] image size for public data) matter")
+    d.add_argument("--plot", metavar="PNG", help="save a heat map of each client's answer distribution to this file")
+    d.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    d.add_argument("--top", type=int, default=5, metavar="N", help="most frequent answers listed per client (default 5)")
+    for key, f, _ in config_mod.iter_fields():
+        if key.startswith("data.") or key == "backbone.image_size":
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            d.add_argument(f"--{key}", dest=key, metavar="V", default=None, help=f"{f.metadata['help']} (default: {default!r})")
     return p
 
+
+def command_data(args: argparse.Namespace) -> int:
+    from feddat.data.describe import heatmap, report, summary
+    from feddat.data.sources import raw_clients
+    from feddat.runtime import write_json
+
+    overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    cfg = config_mod.load(args.config, overrides)
+    d = cfg.data
+    clients = raw_clients(cfg, with_images=False)  # answers are all it needs
+    stats = summary(clients, top=args.top)
+    print(f"{d.source} {d.benchmark} benchmark, partition {d.partition}" + (f" (alpha {d.alpha})" if d.partition in ("dirichlet", "quantity") else "") + f", {len(clients)} clients, seed {d.seed}\n")
+    print(report(stats))
+    if args.json:
+        write_json(args.json, {"data": dataclasses.asdict(d), **stats})
+    if args.plot:
+        title = f"{d.benchmark}: partition {d.partition}" + (f", alpha {d.alpha}" if d.partition in ("dirichlet", "quantity") else "")
+        print(f"heat map written to {heatmap(clients, args.plot, title=title)}")
+    return 0
+
+
+
+def _compare_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "compare",
+        allow_abbrev=False,
+        help="run (or collect) many methods over several seeds; write tables, costs and plots",
+        description="Train every listed method on one benchmark for each seed (one run directory each, under OUT/runs), "
+        "reusing finished runs and continuing unfinished ones, then write OUT/table.md, table.csv, costs.csv and OUT/plots/*.png. "
+        "With --from, only report on finished run directories. "
+        "Example: feddat compare --methods all --seeds 0,1,2 --matched fedavg,fedprox --data.benchmark function",
+    )
+    p.add_argument("--methods", default="all", metavar="LIST", help="comma-separated methods, presets (feddat_nokd, feddat_oneway, feddat_clientonly, feddat_frozenonly), "
+                   "groups (all, feddat_family, peft_kinds, adapter_fl, server_opt) or label=method:key=value:key=value (default: all)")
+    p.add_argument("--seeds", default="0,1,2", metavar="LIST", help="training seeds (default: 0,1,2)")
+    p.add_argument("--matched", default="", metavar="LIST", help="baselines to also run at the reference's compute per round (more local epochs); 'all' for every cheaper baseline")
+    p.add_argument("--reference", default="", metavar="LABEL", help="method the differences are measured against (default: feddat)")
+    p.add_argument("--out", metavar="DIR", help="comparison folder (default: runs/compare-<benchmark>)")
+    p.add_argument("--from", dest="from_dirs", nargs="+", metavar="RUN_DIR", help="report on these finished run directories instead of training")
+    p.add_argument("--config", metavar="FILE", help="TOML file, as for `feddat run` (run.methods and run.seed are set per run)")
+    add_config_flags(p)
+    return p
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from feddat import compare
+
+    overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    cfg = config_mod.load(args.config, overrides)
+    out = Path(args.out or Path(cfg.run.out_dir) / f"compare-{cfg.data.benchmark}")
+    if args.from_dirs:
+        compare.report_from_dirs([Path(d) for d in args.from_dirs], out, args.reference or None)
+    else:
+        variants = compare.parse_variants([m for m in args.methods.split(",") if m.strip()])
+        if args.matched:
+            reference = args.reference or compare.default_reference([v.label for v in variants])
+            variants += compare.matched_variants(variants, [m.strip() for m in args.matched.split(",") if m.strip()], reference, cfg)
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError as err:
+            raise ConfigError(f"--seeds takes comma-separated integers, got '{args.seeds}'") from err
+        if not seeds:
+            raise ConfigError("--seeds is empty")
+        compare.run_compare(cfg, variants, seeds, out, args.reference or None)
+    print(f"feddat: comparison written to {out}/table.md (plots in {out}/plots)")
+    return 0
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feddat", description="Federated Dual-Adapter Teacher and baselines for vision-language PEFT.")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    _compare_parser(sub)
+    _data_parser(sub)
+    from feddat.engines.flower.cli import add_parser as flower_parser
+
+    flower_parser(sub, add_config_flags)
     return parser
 
 
 def command_run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
-    cfg = config_mod.load(args.config, overrides)
-    from feddat.engines.runner import run_experiment
+    from feddat.engines.runner import resumable, run_experiment
 
-    run_experiment(cfg)
+    if args.resume:
+        if overrides or args.config:
+            raise ConfigError("--resume continues a run with its own config.toml; it takes no --config or other options")
+        run_experiment(resumable(Path(args.resume)), resume=Path(args.resume))
+        return 0
+    run_experiment(config_mod.load(args.config, overrides))
     return 0
 
 
@@ -49,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return command_run(args)
+        if args.command == "data":
+            return command_data(args)
+        if args.command == "compare":
+            return command_compare(args)
+        if args.command == "flower":
+            return args.handler(args)
     except ConfigError as err:
         print(f"feddat: config error: {err}", file=sys.stderr)
         return 2

@@ -50,6 +50,7 @@ class FedDATConfig:
     temperature: float = _f(3.0, "distillation temperature T")
     kd: str = _f("mutual", "mutual, one_way (only A_s learns from the DAT) or none")
     teacher: str = _f("dual", "dual (frozen A_s copy + A_c), client_only (A_c alone) or frozen_only (frozen A_s copy alone)")
+    schedule: str = _f("fused", "fused (one batched backbone pass for student and teacher, same maths) or reference (three passes, DESIGN §4)")
 
 
 @dataclass
@@ -64,19 +65,73 @@ class TrainConfig:
 
 
 @dataclass
+class PeftConfig:
+    lora_rank: int = _f(8, "LoRA rank r (methods fedavg_lora, feddat_lora)")
+    lora_alpha: float = _f(16.0, "LoRA scaling numerator: the update is (alpha / r) · B A")
+    lora_targets: list[str] = _f(["query", "value"], "attention projections that get LoRA (module names inside each block)")
+    prompt_length: int = _f(8, "learned prompt tokens inserted after [CLS] (method fedavg_prompt)")
+    prompt_init_std: float = _f(0.02, "std of the prompt tokens' normal initialisation")
+
+
+@dataclass
+class BaselinesConfig:
+    fedprox_mu: float = _f(0.01, "FedProx: weight μ of the proximal term μ/2·‖w − w_global‖²")
+    feddyn_alpha: float = _f(0.01, "FedDyn: weight α of the dynamic regulariser")
+    moon_mu: float = _f(1.0, "MOON: weight μ of the model-contrastive loss")
+    moon_temperature: float = _f(0.5, "MOON: temperature τ of the contrastive loss")
+    ditto_lambda: float = _f(0.1, "Ditto: weight λ of λ/2·‖v − w_global‖² pulling the personal adapter to the global one")
+    fedrep_head_epochs: int = _f(1, "FedRep: epochs training the head alone (adapter frozen) before the adapter epochs")
+
+
+@dataclass
+class ServerConfig:
+    momentum: float = _f(0.9, "FedAvgM: server momentum β (v ← βv + Δ)")
+    avgm_lr: float = _f(1.0, "FedAvgM: server learning rate")
+    adam_lr: float = _f(0.01, "FedAdam: server learning rate")
+    beta1: float = _f(0.9, "FedAdam: first-moment decay")
+    beta2: float = _f(0.99, "FedAdam: second-moment decay")
+    tau: float = _f(1e-3, "FedAdam: adaptivity τ (added to √v)")
+
+
+@dataclass
+class FlowerConfig:
+    round_timeout: float = _f(600.0, "Flower engine: seconds the server waits for a phase's replies; a SuperNode that has not replied by then is left out (it rejoins when restarted)")
+    join_timeout: float = _f(300.0, "Flower engine: seconds the server waits at the start for every client's SuperNode")
+    clients: list[str] = _f([], "Flower engine: the clients, in order (default: the benchmark's clients, as the embedded engine lists them)")
+
+
+@dataclass
+class PrivacyConfig:
+    clip_norm: float = _f(0.0, "client-level DP: clip each client's A_s update to this L2 norm on the client (0: DP off)")
+    noise_multiplier: float = _f(1.0, "client-level DP: Gaussian noise std on the mean update = noise_multiplier * clip_norm / #updates")
+    delta: float = _f(1e-5, "client-level DP: the δ for which ε is reported each round")
+
+
+@dataclass
 class FederationConfig:
     rounds: int = _f(5, "communication rounds")
     fraction: float = _f(1.0, "fraction of clients sampled each round")
     eval_every: int = _f(2, "evaluate every N rounds (the last round always)")
+    eval_fraction: float = _f(1.0, "fraction of clients evaluated (the same seeded sample every time; < 1 for thousands of clients)")
     weighting: str = _f("data_size", "aggregation weights: data_size (w_k ∝ n_k) or uniform (reference code)")
+    aggregation: str = _f("mean", "how the server combines A_s updates: mean (weighted), median or trimmed_mean (coordinate-wise, robust to a few hostile clients)")
+    trim_fraction: float = _f(0.1, "trimmed_mean: fraction of the largest and of the smallest values dropped per coordinate")
+    max_update_norm: float = _f(0.0, "reject an update whose L2 distance from the round's A_s exceeds this (0: no bound)")
+    max_update_mib: float = _f(0.0, "reject an update larger than this many MiB (0: no limit beyond the exact expected names and shapes)")
+    min_updates: int = _f(1, "a round fails, naming the rejected clients, when fewer acceptable updates than this remain")
 
 
 @dataclass
 class DataConfig:
-    benchmark: str = _f("domain", "domain or function (synthetic twins, generated offline) or folder (your data under data.root)")
-    root: str = _f("", "folder benchmark: ROOT/<client>/{train,test}.jsonl (see README)")
-    train_per_client: int = _f(256, "training questions per client")
-    test_per_client: int = _f(200, "held-out questions per client")
+    benchmark: str = _f("domain", "domain, function, scene, task (the paper's four heterogeneity types), shapes (synthetic, one pool to partition), a single public dataset (source public), or folder (your data under data.root)")
+    source: str = _f("synthetic", "synthetic (twins generated offline) or public (the published datasets, downloaded by you under data.root; see README)")
+    root: str = _f("", "public source: the folder holding one sub-folder per dataset; folder benchmark: ROOT/<client>/{train,test}.jsonl (see README)")
+    train_per_client: int = _f(256, "training questions per client (public data: a seeded sample; 0 = all)")
+    test_per_client: int = _f(200, "held-out questions per client (public data: a seeded sample; 0 = all)")
+    partition: str = _f("natural", "natural (the benchmark's clients), category (one client per question type / category), iid, dirichlet (label skew) or quantity (size skew): the last four pool the benchmark's data and re-split it")
+    num_clients: int = _f(0, "iid / dirichlet / quantity: how many clients to split the pooled data over")
+    alpha: float = _f(0.5, "Dirichlet concentration of the dirichlet and quantity partitions (small = more skewed)")
+    min_per_client: int = _f(8, "skewed partitions are redrawn until every client has this many training examples")
     max_objects: int = _f(3, "synthetic scenes hold 2 to max_objects objects (at most 6)")
     max_answers: int = _f(100, "answer vocabulary: most frequent N answers per client")
     seed: int = _f(0, "seed of the data generator")
@@ -101,7 +156,12 @@ class Config:
     feddat: FedDATConfig = field(default_factory=FedDATConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -212,7 +272,6 @@ def validate(cfg: Config) -> None:
     """Refuse values that would fail later, deep inside training."""
     from feddat.algorithms import METHODS
     from feddat.backbones import BACKBONES
-    from feddat.data.benchmarks import BENCHMARKS
     from feddat.data.synthetic import MAX_OBJECTS
 
     _choice("backbone.name", cfg.backbone.name, BACKBONES)
@@ -220,14 +279,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError("run.methods is empty: name at least one method")
     for m in cfg.run.methods:
         _choice("run.methods", m, METHODS)
-    _choice("data.benchmark", cfg.data.benchmark, [*BENCHMARKS, "folder"])
-    if cfg.data.benchmark == "folder" and not cfg.data.root:
-        raise ConfigError("data.benchmark = 'folder' needs data.root, the folder holding one sub-folder per client")
+    _validate_data(cfg.data)
     _choice("adapter.activation", cfg.adapter.activation, ("relu", "gelu"))
     _choice("adapter.init", cfg.adapter.init, ("normal", "zero_up"))
     _choice("feddat.kd", cfg.feddat.kd, ("mutual", "one_way", "none"))
     _choice("feddat.teacher", cfg.feddat.teacher, ("dual", "client_only", "frozen_only"))
+    _choice("feddat.schedule", cfg.feddat.schedule, ("fused", "reference"))
     _choice("federation.weighting", cfg.federation.weighting, ("data_size", "uniform"))
+    _choice("federation.aggregation", cfg.federation.aggregation, ("mean", "median", "trimmed_mean"))
+    if cfg.privacy.clip_norm < 0 or cfg.privacy.noise_multiplier < 0 or not 0 < cfg.privacy.delta < 1:
+        raise ConfigError("privacy: clip_norm and noise_multiplier must be >= 0 and delta in (0, 1)")
+    if not 0.0 <= cfg.federation.trim_fraction < 0.5:
+        raise ConfigError(f"federation.trim_fraction must be in [0, 0.5), got {cfg.federation.trim_fraction}")
     _choice("run.device", cfg.run.device, ("auto", "cpu", "cuda"))
     positive = {
         "train.batch_size": cfg.train.batch_size,
@@ -235,8 +298,6 @@ def validate(cfg: Config) -> None:
         "train.eval_batch_size": cfg.train.eval_batch_size,
         "federation.rounds": cfg.federation.rounds,
         "federation.eval_every": cfg.federation.eval_every,
-        "data.train_per_client": cfg.data.train_per_client,
-        "data.test_per_client": cfg.data.test_per_client,
         "data.max_answers": cfg.data.max_answers,
         "adapter.reduction_factor": cfg.adapter.reduction_factor,
         "backbone.image_size": cfg.backbone.image_size,
@@ -249,9 +310,58 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.max_objects must be from 2 to {MAX_OBJECTS}, got {cfg.data.max_objects}")
     if not 0.0 < cfg.federation.fraction <= 1.0:
         raise ConfigError(f"federation.fraction must be in (0, 1], got {cfg.federation.fraction}")
+    if not 0.0 < cfg.federation.eval_fraction <= 1.0:
+        raise ConfigError(f"federation.eval_fraction must be in (0, 1], got {cfg.federation.eval_fraction}")
+    _validate_baselines(cfg)
+    if cfg.flower.round_timeout <= 0 or cfg.flower.join_timeout <= 0:
+        raise ConfigError("flower.round_timeout and flower.join_timeout must be positive (seconds)")
     if cfg.train.lr <= 0 or cfg.feddat.temperature <= 0:
         raise ConfigError("train.lr and feddat.temperature must be positive")
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"train.betas needs two numbers, got {cfg.train.betas}")
     if cfg.backbone.name == "vilt" and not cfg.backbone.path:
         raise ConfigError("backbone.path is required for vilt (hub id such as dandelin/vilt-b32-mlm, or a local folder)")
+
+
+def _validate_data(d: DataConfig) -> None:
+    from feddat.data.benchmarks import BENCHMARKS
+    from feddat.data.partition import SCHEMES
+    from feddat.data.public import PUBLIC_BENCHMARKS
+
+    _choice("data.source", d.source, ("synthetic", "public"))
+    names = PUBLIC_BENCHMARKS if d.source == "public" else BENCHMARKS
+    _choice("data.benchmark", d.benchmark, [*names, "folder"])
+    if d.benchmark == "folder" and not d.root:
+        raise ConfigError("data.benchmark = 'folder' needs data.root, the folder holding one sub-folder per client")
+    if d.source == "public" and not d.root:
+        raise ConfigError("data.source = 'public' needs data.root, the folder holding your downloads (one sub-folder per dataset, see README)")
+    _choice("data.partition", d.partition, SCHEMES)
+    finite = d.source == "public" or d.benchmark == "folder"  # 0 = every record of a finite source
+    for key in ("train_per_client", "test_per_client"):
+        value = getattr(d, key)
+        if value < 0 or (value == 0 and not finite):
+            raise ConfigError(f"data.{key} must be positive{' (or 0 for all)' if finite else ''}, got {value}")
+    if d.partition in ("iid", "dirichlet", "quantity") and d.num_clients < 2:
+        raise ConfigError(f"data.partition = {d.partition} needs data.num_clients >= 2, got {d.num_clients}")
+    if d.partition in ("natural", "category") and d.num_clients:
+        raise ConfigError(f"data.num_clients applies to the iid, dirichlet and quantity partitions; data.partition = {d.partition} takes the clients from the data")
+    if d.alpha <= 0:
+        raise ConfigError(f"data.alpha must be positive, got {d.alpha}")
+    if d.min_per_client < 0 or d.num_clients < 0:
+        raise ConfigError("data.min_per_client and data.num_clients must not be negative")
+
+
+def _validate_baselines(cfg: Config) -> None:
+    """The [peft], [baselines] and [server] sections (the methods beside FedDAT)."""
+    p, b, s = cfg.peft, cfg.baselines, cfg.server
+    for key, value in {"peft.lora_rank": p.lora_rank, "peft.prompt_length": p.prompt_length, "baselines.moon_temperature": b.moon_temperature, "server.adam_lr": s.adam_lr, "server.avgm_lr": s.avgm_lr, "server.tau": s.tau}.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    for key, value in {"baselines.fedprox_mu": b.fedprox_mu, "baselines.feddyn_alpha": b.feddyn_alpha, "baselines.moon_mu": b.moon_mu, "baselines.ditto_lambda": b.ditto_lambda, "baselines.fedrep_head_epochs": b.fedrep_head_epochs}.items():
+        if value < 0:
+            raise ConfigError(f"{key} must not be negative, got {value}")
+    for key, value in {"server.momentum": s.momentum, "server.beta1": s.beta1, "server.beta2": s.beta2}.items():
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if not p.lora_targets:
+        raise ConfigError("peft.lora_targets is empty: name at least one attention projection (e.g. query,value)")

@@ -1,4 +1,8 @@
-"""Private task head H_k: Linear d→2d, LayerNorm, GELU, Linear 2d→answers (the ViLT VQA head)."""
+"""Private task head H_k: Linear d·m→2d, LayerNorm, GELU, Linear 2d→answers (the ViLT VQA head).
+
+m is the number of images per example: 1, or 2 for NLVR2-style statements about an image pair,
+whose pooled vectors arrive concatenated (ViLT's NLVR2 classifier: Linear 2d→2d first).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from torch import nn
 
 
 class TaskHead(nn.Sequential):
-    def __init__(self, hidden: int, num_answers: int):
-        super().__init__(nn.Linear(hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.GELU(), nn.Linear(2 * hidden, num_answers))
+    def __init__(self, hidden: int, num_answers: int, images: int = 1):
+        super().__init__(nn.Linear(images * hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.GELU(), nn.Linear(2 * hidden, num_answers))
         self.num_answers = num_answers
+        self.images = images

@@ -7,8 +7,28 @@ from feddat.algorithms.centralised import Centralised
 from feddat.algorithms.fedavg import FedAvgAdapter
 from feddat.algorithms.feddat import FedDAT
 from feddat.algorithms.local import LocalOnly
+from feddat.algorithms.ditto import Ditto
+from feddat.algorithms.fedadam import FedAdam
+from feddat.algorithms.fedavg_bitfit import FedAvgBitFit
+from feddat.algorithms.fedavg_full import FedAvgFull
+from feddat.algorithms.fedavg_lora import FedAvgLoRA
+from feddat.algorithms.fedavg_prompt import FedAvgPrompt
+from feddat.algorithms.fedavgm import FedAvgM
+from feddat.algorithms.feddat_lora import FedDATLoRA
+from feddat.algorithms.feddyn import FedDyn
+from feddat.algorithms.fedprox import FedProx
+from feddat.algorithms.fedrep import FedRep
+from feddat.algorithms.moon import Moon
+from feddat.algorithms.scaffold import Scaffold
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (FedDAT, FedAvgAdapter, LocalOnly, Centralised)}
+# FedDAT and its LoRA form; PEFT kinds under FedAvg; client-drift and personalised FL on the
+# adapter; server optimisers; the two references (local-only, centralised).
+BASELINES: tuple[type[Method], ...] = (
+    FedAvgFull, FedAvgLoRA, FedAvgPrompt, FedAvgBitFit,
+    FedProx, Scaffold, FedDyn, Moon, Ditto, FedRep,
+    FedAvgM, FedAdam,
+)
+METHODS: dict[str, type[Method]] = {m.name: m for m in (FedDAT, FedAvgAdapter, LocalOnly, Centralised, FedDATLoRA, *BASELINES)}
 
 
 def build_method(name: str, cfg, model, device) -> Method:

@@ -18,6 +18,8 @@ from feddat.config import Config
 from feddat.data.clients import ClientData, Split
 from feddat.heads import TaskHead
 from feddat.losses import score
+from feddat.algorithms import privacy
+from feddat.algorithms.validation import Rejection, coordinatewise, problem_with
 from feddat.peft.model import AdaptedModel, check_state
 from feddat.runtime import autocast, derive_seed, generator
 
@@ -74,16 +76,56 @@ class Method:
             weights = [1.0] * len(updates)
         else:
             weights = [float(u.num_examples) for u in updates]
+        how = self.cfg.federation.aggregation
+        if how != "mean":
+            return {k: coordinatewise([u.shared[k] for u in updates], how, self.cfg.federation.trim_fraction).to(shared[k].dtype) for k in shared}
         total = sum(weights)
         if total <= 0:
             raise UpdateRejected("all client updates carry zero examples")
         return {k: sum(w / total * u.shared[k].double() for w, u in zip(weights, updates)).to(shared[k].dtype) for k in shared}
 
+    def client_side(self, shared: Tensors, update: ClientUpdate) -> ClientUpdate:
+        """What a client does to its update before sending it: DP clipping when configured."""
+        if self.communicates and privacy.enabled(self.cfg.privacy):
+            update.shared = privacy.clip_update(shared, update.shared, self.cfg.privacy.clip_norm)
+        return update
+
+    def server_round(self, shared: Tensors, updates: list[ClientUpdate], round_: int = 0) -> tuple[Tensors, list[Rejection]]:
+        """The server step every engine calls: drop the updates that fail validation (each
+        reported with its client and reason), then `aggregate` the rest (with DP: their
+        equal-weight mean plus calibrated Gaussian noise, seeded by the round)."""
+        if not self.communicates:
+            return self.aggregate(shared, updates), []
+        fed = self.cfg.federation
+        accepted, rejected = [], []
+        for u in updates:
+            problem = problem_with(u.shared, u.num_examples, shared, fed)
+            if problem:
+                rejected.append(Rejection(u.client, problem))
+            else:
+                accepted.append(u)
+        if updates and len(accepted) < max(1, fed.min_updates):
+            reasons = "; ".join(f"'{r.client}': {r.reason}" for r in rejected)
+            raise UpdateRejected(f"round cannot complete: {len(accepted)} acceptable update(s) of {len(updates)}, federation.min_updates = {fed.min_updates} ({reasons})")
+        if privacy.enabled(self.cfg.privacy):
+            if type(self).aggregate is not Method.aggregate:
+                raise ValueError(f"privacy.clip_norm is set, but method '{self.name}' aggregates in its own way; DP is available for methods that average A_s (feddat, fedavg, ...)")
+            return privacy.noisy_mean(shared, [u.shared for u in accepted], self.cfg.privacy, self.cfg.run.seed, round_), rejected
+        return self.aggregate(shared, accepted), rejected
+
+    def server_state(self) -> Tensors:
+        """Server-side state beyond A_s that must survive a restart (momentum, control variates)."""
+        return {}
+
+    def load_server_state(self, state: Tensors) -> None:
+        if state:
+            raise ValueError(f"method '{self.name}' keeps no server state, but a checkpoint holds {sorted(state)[:3]}")
+
     # ---- client side -------------------------------------------------------------------
     def init_client_state(self, client: ClientData) -> Tensors:
         """Private state at first participation: the task head (and client adapters in subclasses)."""
         torch.manual_seed(derive_seed(self.cfg.run.seed, "head", client.name))
-        head = TaskHead(self.model.hidden_size, client.num_answers)
+        head = self.new_head(client)
         return {f"head.{k}": v for k, v in head.state_dict().items()}
 
     def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
@@ -96,8 +138,12 @@ class Method:
         return {"global": self.score_split(client.test, head, ("shared",))}
 
     # ---- helpers shared by the methods -------------------------------------------------
+    def new_head(self, client: ClientData) -> TaskHead:
+        """The client's head for its task: its answer space, and the pooled width of its images."""
+        return TaskHead(self.model.hidden_size, client.num_answers, client.images_per_example)
+
     def load_head(self, state: Tensors, client: ClientData) -> TaskHead:
-        head = TaskHead(self.model.hidden_size, client.num_answers)
+        head = self.new_head(client)
         head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
         return head.to(self.device)
 
@@ -113,19 +159,51 @@ class Method:
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps)
 
+    def seed_forward(self, *parts) -> None:
+        """Seed torch's global RNG before a client's forward passes.
+
+        Backbones may draw from it inside forward (ViLT samples its image patches, and their
+        order changes float rounding), so without this a client update would depend on what the
+        process did before it: no exact resume and no equality between engines.
+        """
+        torch.manual_seed(derive_seed(self.cfg.run.seed, "forward", *parts))
+
     def batches(self, split: Split, *seed_parts) -> Iterator[tuple[torch.Tensor, ...]]:
         """Shuffled minibatches for local_epochs epochs, in an order fixed by the seed parts."""
         g = generator(self.cfg.run.seed, *seed_parts)
+        self.seed_forward("train", *seed_parts)
         size = self.cfg.train.batch_size
         for _ in range(self.cfg.train.local_epochs):
             order = torch.randperm(len(split), generator=g)
             for i in range(0, len(order), size):
                 yield split.batch(order[i : i + size], self.device)
 
-    def logits(self, head: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        features, ids, mask, _ = batch
+    def represent(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The pooled representation of a batch. A batch is (model inputs..., targets): the last
+        element is always the target, so callers may repeat or slice the rest."""
+        features, ids, mask = batch[:-1]
+        pair = features.ndim == self.feature_rank() + 2
         with autocast(self.device):
-            return head(self.model(features, ids, mask)).float()
+            if not pair:
+                return self.model(features, ids, mask)
+            # Two images per example (NLVR2): the statement is read with each image in turn and the
+            # two pooled vectors are concatenated, as ViLT does; the head takes the doubled width.
+            b, m = features.shape[:2]
+            pooled = self.model(features.flatten(0, 1), ids.repeat_interleave(m, 0), mask.repeat_interleave(m, 0))
+            return pooled.reshape(b, m * pooled.shape[-1])
+
+    def feature_rank(self) -> int:
+        """Dimensions of one image's cached features, from the backbone inside the (maybe wrapped) model."""
+        if getattr(self, "_feature_rank", None) is None:
+            self._feature_rank = getattr(getattr(self.model, "backbone", None), "feature_rank", -1)
+        return self._feature_rank
+
+    def head_logits(self, head: nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device):
+            return head(pooled).float()
+
+    def logits(self, head: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.head_logits(head, self.represent(batch))
 
     @torch.no_grad()
     def score_split(self, split: Split, head: nn.Module, adapters: tuple[str, ...]) -> float:
@@ -133,6 +211,7 @@ class Method:
             return float("nan")
         total = 0.0
         size = self.cfg.train.eval_batch_size
+        self.seed_forward("eval")
         with self.model.active(*adapters):
             for i in range(0, len(split), size):
                 batch = split.batch(torch.arange(i, min(i + size, len(split))), self.device)

@@ -5,9 +5,14 @@ Per minibatch, in this order:
 2. z_s ← student(x) (A_s alone); L_s = CE + α T² KL(z_DAT ‖ z_s); step A_s and H_k;
 3. z_DAT ← DAT(x) with gradient; L_DAT = CE + β T² KL(z_s.detach() ‖ z_DAT); step A_c and H_k.
 Only A_s travels; A_c and H_k stay with the client across rounds; Â_s is rebuilt every round.
+
+`feddat.schedule = "fused"` (default) computes exactly this with one batched backbone pass
+(see `fused_step`); "reference" runs the three passes literally and is what tests compare with.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -15,6 +20,24 @@ from feddat.algorithms.base import ClientUpdate, Method, Tensors
 from feddat.data.clients import ClientData
 from feddat.losses import distill, task_loss
 from feddat.runtime import derive_seed
+
+@dataclass
+class Optimizers:
+    shared: torch.optim.Optimizer
+    student_head: torch.optim.Optimizer
+    client: torch.optim.Optimizer | None  # None when the teacher has no client adapter
+    teacher_head: torch.optim.Optimizer
+
+    def zero_grad(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) is not None:
+                getattr(self, name).zero_grad(set_to_none=True)
+
+    def step(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) is not None:
+                getattr(self, name).step()
+
 
 TEACHERS = {"dual": ("frozen", "client"), "client_only": ("client",), "frozen_only": ("frozen",)}
 
@@ -44,37 +67,13 @@ class FedDAT(Method):
         return self.load_head(state, client)
 
     def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
-        f = self.cfg.feddat
         head = self.load_client(shared, state, client)
-        head_params = list(head.parameters())
-        # Two optimisers: each moves only what its own loss touched (A_s+H_k, resp. A_c+H_k).
-        opt_student = self.optimizer(self.model.adapter_parameters("shared") + head_params)
-        teacher_params = self.model.adapter_parameters("client") if "client" in self.teacher else []
-        opt_teacher = self.optimizer(teacher_params + head_params)
+        opts = self.optimizers(head)
+        step = self.fused_step if self.cfg.feddat.schedule == "fused" else self.reference_step
         sums = {"loss_student": 0.0, "loss_dat": 0.0, "kd_student": 0.0, "kd_dat": 0.0}
         steps = 0
         for batch in self.batches(client.train, self.name, round_, client.name):
-            y = batch[3]
-            # 1. the teacher's view of the batch, without gradient
-            with torch.no_grad(), self.model.active(*self.teacher):
-                z_dat = self.logits(head, batch)
-            # 2. student step: A_s and H_k
-            with self.model.active("shared"):
-                z_s = self.logits(head, batch)
-            kd_s = distill(z_s, z_dat, f.temperature) if f.kd != "none" else z_s.new_zeros(())
-            loss_s = task_loss(z_s, y) + f.alpha * kd_s
-            opt_student.zero_grad(set_to_none=True)
-            loss_s.backward()
-            opt_student.step()
-            # 3. DAT step: A_c and H_k, distilled from the student's logits before its update
-            with self.model.active(*self.teacher):
-                z_dat = self.logits(head, batch)
-            kd_d = distill(z_dat, z_s, f.temperature) if f.kd == "mutual" else z_dat.new_zeros(())
-            loss_d = task_loss(z_dat, y) + f.beta * kd_d
-            opt_teacher.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_teacher.step()
-            for key, value in zip(sums, (loss_s, loss_d, kd_s, kd_d)):
+            for key, value in zip(sums, step(batch, head, opts)):
                 sums[key] += float(value.detach())
             steps += 1
         new_state = self.head_state(head)
@@ -86,6 +85,91 @@ class FedDAT(Method):
             state=new_state,
             metrics={**{k: v / max(1, steps) for k, v in sums.items()}, "steps": steps},
         )
+
+    def optimizers(self, head: torch.nn.Module) -> Optimizers:
+        """The reference's two optimisers (A_s+H_k, A_c+H_k), each split by parameter.
+
+        AdamW is elementwise, so stepping A_s and H_k with separate instances is identical to
+        one instance over both; the split lets the fused step update the head before the
+        adapters' gradients exist. Each optimiser moves only what its own loss touched.
+        """
+        head_params = list(head.parameters())
+        client = self.model.adapter_parameters("client") if "client" in self.teacher else []
+        return Optimizers(
+            shared=self.optimizer(self.model.adapter_parameters("shared")),
+            student_head=self.optimizer(head_params),
+            client=self.optimizer(client) if client else None,
+            teacher_head=self.optimizer(head_params),
+        )
+
+    def losses(self, z_s: torch.Tensor, z_dat_teacher: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student loss: CE + α·T²·KL(DAT ‖ student) (kd terms are zero when switched off)."""
+        f = self.cfg.feddat
+        kd = distill(z_s, z_dat_teacher, f.temperature) if f.kd != "none" else z_s.new_zeros(())
+        return task_loss(z_s, y) + f.alpha * kd, kd
+
+    def dat_losses(self, z_dat: torch.Tensor, z_s: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DAT loss: CE + β·T²·KL(student ‖ DAT), the student's logits taken before its update."""
+        f = self.cfg.feddat
+        kd = distill(z_dat, z_s, f.temperature) if f.kd == "mutual" else z_dat.new_zeros(())
+        return task_loss(z_dat, y) + f.beta * kd, kd
+
+    def reference_step(self, batch, head, opts: Optimizers):
+        """DESIGN §4 as written: three forward and two backward passes through the backbone."""
+        y = batch[-1]
+        # 1. the teacher's view of the batch, without gradient
+        with torch.no_grad(), self.model.active(*self.teacher):
+            z_dat = self.logits(head, batch)
+        # 2. student step: A_s and H_k
+        with self.model.active("shared"):
+            z_s = self.logits(head, batch)
+        loss_s, kd_s = self.losses(z_s, z_dat, y)
+        opts.zero_grad("shared", "student_head")
+        loss_s.backward()
+        opts.step("shared", "student_head")
+        # 3. DAT step: A_c and H_k, distilled from the student's logits before its update
+        with self.model.active(*self.teacher):
+            z_dat = self.logits(head, batch)
+        loss_d, kd_d = self.dat_losses(z_dat, z_s, y)
+        opts.zero_grad("client", "teacher_head")
+        loss_d.backward()
+        opts.step("client", "teacher_head")
+        return loss_s, loss_d, kd_s, kd_d
+
+    def fused_step(self, batch, head, opts: Optimizers):
+        """The reference's maths with one batched forward and one backward through the backbone.
+
+        The DAT passes of steps 1 and 3 see the same Â_s and A_c (only the head moves in
+        between), so the backbone runs once for [student slice; DAT slice] with the adapters
+        routed per slice. The head-level losses are computed on detached pooled vectors, the
+        head is stepped as in the reference, and the pooled gradients of both losses then go
+        back through the backbone together: A_s gets only the student's, A_c only the DAT's.
+        """
+        y = batch[-1]
+        twice = tuple(torch.cat([t, t]) for t in batch[:-1]) + (y,)
+        with self.model.routed(("shared",), self.teacher):
+            pooled = self.represent(twice)
+        pooled_s, pooled_dat = (p.detach().requires_grad_() for p in pooled.chunk(2))
+        # 1. the teacher's logits, with the head as it was before this batch
+        with torch.no_grad():
+            z_dat = self.head_logits(head, pooled_dat)
+        # 2. student loss: step H_k now; A_s waits for the backbone's backward below
+        z_s = self.head_logits(head, pooled_s)
+        loss_s, kd_s = self.losses(z_s, z_dat, y)
+        opts.zero_grad("student_head")
+        loss_s.backward()
+        opts.step("student_head")
+        # 3. DAT loss with the updated head
+        z_dat = self.head_logits(head, pooled_dat)
+        loss_d, kd_d = self.dat_losses(z_dat, z_s, y)
+        opts.zero_grad("teacher_head")
+        loss_d.backward()
+        opts.step("teacher_head")
+        # Both slices' gradients through the frozen backbone in one pass.
+        opts.zero_grad("shared", "client")
+        pooled.backward(torch.cat([pooled_s.grad, pooled_dat.grad]).to(pooled.dtype))
+        opts.step("shared", "client")
+        return loss_s, loss_d, kd_s, kd_d
 
     def evaluate(self, shared: Tensors, state: Tensors, client: ClientData) -> dict[str, float]:
         head = self.load_client(shared, state, client)

@@ -18,6 +18,9 @@ from torch import nn
 
 class Backbone(nn.Module, ABC):
     hidden_size: int
+    #: Dimensions of one image's `encode_images` output (minivl: tokens x channels). A batch with
+    #: one dimension more holds two images per example (two-image tasks, algorithms/base.py).
+    feature_rank: int = 2
 
     @property
     @abstractmethod

@@ -16,6 +16,7 @@ from feddat.backbones.base import Backbone
 
 
 class ViLT(Backbone):
+    feature_rank = 3  # cached features are the resized pixels, 3 x H x W
     def __init__(self, model: nn.Module, tokenizer, image_size: int = 384, max_text_len: int = 40, source: str = "config"):
         super().__init__()
         self.vilt = model

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from feddat.backbones.base import Backbone
-from feddat.runtime import derive_seed, load_tensors, save_tensors
+from feddat.runtime import load_tensors, save_tensors
 
 
 class DataError(ValueError):
@@ -23,10 +23,12 @@ class DataError(ValueError):
 
 @dataclass
 class Split:
-    image_features: torch.Tensor  # (N, ...) output of backbone.encode_images
+    image_features: torch.Tensor  # (N, ...) output of backbone.encode_images; (N, 2, ...) for two-image tasks
     input_ids: torch.Tensor  # (N, L)
     attention_mask: torch.Tensor  # (N, L)
-    targets: torch.Tensor  # (N,) class index, -1 for an answer outside the vocabulary
+    # (N,) class index, -1 for an answer outside the vocabulary; or (N, answers) float VQA soft
+    # scores where the dataset has several annotator answers per question (losses.task_loss/score).
+    targets: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -41,6 +43,8 @@ class ClientData:
     answers: list[str]
     train: Split
     test: Split
+    task: str = "vqa"  # vqa | entailment | nlvr2 | match (data/tasks.py): picks the head's input and output
+    images_per_example: int = 1  # 2 for NLVR2-style statements about an image pair
 
     @property
     def num_answers(self) -> int:
@@ -52,9 +56,64 @@ class RawSplit:
     """What a data source yields before encoding: images as uint8 arrays, questions, answers."""
 
     images: np.ndarray  # (N, H, W, 3) uint8
-    questions: list[str]
-    answers: list[str]
+    questions: list[str]  # the question, or the statement of an entailment / true-false task
+    answers: list[str]  # one answer per example (the most common one where annotators differ)
     key: str  # identifies the content, for the feature cache
+    # Every annotator's answer (VQA v2, VizWiz: 10) where the dataset has several: soft targets.
+    answer_lists: list[list[str]] | None = None
+    images2: np.ndarray | None = None  # the second image of two-image tasks (NLVR2), (N, H, W, 3)
+    groups: list[str] | None = None  # each example's category (question type ...): partitions, describe
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+    def subset(self, index: Sequence[int], tag: str) -> "RawSplit":
+        """The examples at `index`, keyed by this split's key and `tag` (which must name the choice)."""
+        idx = np.asarray(index, dtype=np.int64)
+        pick = lambda items: None if items is None else [items[i] for i in idx]  # noqa: E731
+        return RawSplit(
+            images=self.images[idx],
+            questions=pick(self.questions),
+            answers=pick(self.answers),
+            key=f"{self.key}|{tag}",
+            answer_lists=pick(self.answer_lists),
+            images2=None if self.images2 is None else self.images2[idx],
+            groups=pick(self.groups),
+        )
+
+    @staticmethod
+    def concat(parts: Sequence["RawSplit"], key: str) -> "RawSplit":
+        """One split holding all `parts` in order. Answer lists and categories are filled in where
+        only some parts have them; one-image and two-image parts cannot be pooled."""
+        if len({p.answer_lists is None for p in parts}) > 1:
+            # One answer counted three times has soft score 1: exact match, in the soft format.
+            parts = [p if p.answer_lists is not None else dataclasses.replace(p, answer_lists=[[a] * 3 for a in p.answers]) for p in parts]
+        if len({p.groups is None for p in parts}) > 1:
+            parts = [p if p.groups is not None else dataclasses.replace(p, groups=[""] * len(p)) for p in parts]
+        if len({p.images2 is None for p in parts}) > 1:
+            raise DataError("cannot pool one-image and two-image data sources")
+        first = parts[0]
+        join = lambda name: None if getattr(first, name) is None else [x for p in parts for x in getattr(p, name)]  # noqa: E731
+        return RawSplit(
+            images=np.concatenate([p.images for p in parts]),
+            questions=join("questions"),
+            answers=join("answers"),
+            key=key,
+            answer_lists=join("answer_lists"),
+            images2=None if first.images2 is None else np.concatenate([p.images2 for p in parts]),
+            groups=join("groups"),
+        )
+
+
+@dataclass
+class RawClient:
+    """A client's data before encoding, and the task it poses."""
+
+    name: str
+    train: RawSplit
+    test: RawSplit
+    task: str = "vqa"
+    classes: tuple[str, ...] | None = None  # a fixed output space (entailment: 3 labels), else the top answers
 
 
 def answer_vocabulary(answers: Sequence[str], max_answers: int) -> list[str]:
@@ -63,11 +122,35 @@ def answer_vocabulary(answers: Sequence[str], max_answers: int) -> list[str]:
     return [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_answers]]
 
 
-def encode_split(raw: RawSplit, backbone: Backbone, vocab: list[str], cache_dir: Path | None, drop_unknown: bool) -> Split:
+def soft_scores(answer_lists: Sequence[Sequence[str]], vocab: list[str]) -> torch.Tensor:
+    """VQA soft targets (DESIGN §6): min(#annotators giving the answer / 3, 1) per vocabulary answer."""
+    index = {a: i for i, a in enumerate(vocab)}
+    targets = torch.zeros(len(answer_lists), len(vocab))
+    for row, answers in enumerate(answer_lists):
+        for answer, count in Counter(answers).items():
+            if answer in index:
+                targets[row, index[answer]] = min(count / 3.0, 1.0)
+    return targets
+
+
+def encode_targets(raw: RawSplit, vocab: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets, known): soft scores where there are several answers per question, else class indices."""
+    if raw.answer_lists is not None:
+        targets = soft_scores(raw.answer_lists, vocab)
+        return targets, targets.sum(1) > 0
     index = {a: i for i, a in enumerate(vocab)}
     targets = torch.tensor([index.get(a, -1) for a in raw.answers], dtype=torch.long)
-    keep = targets >= 0 if drop_unknown else torch.ones_like(targets, dtype=torch.bool)
+    return targets, targets >= 0
+
+
+def encode_split(raw: RawSplit, backbone: Backbone, vocab: list[str], cache_dir: Path | None, drop_unknown: bool) -> Split:
+    """Tensors for one split; training drops questions none of whose answers is in the vocabulary."""
+    targets, known = encode_targets(raw, vocab)
+    keep = known if drop_unknown else torch.ones_like(known)
     features = cached_features(raw, backbone, cache_dir)
+    if raw.images2 is not None:
+        second = RawSplit(raw.images2, raw.questions, raw.answers, key=f"{raw.key}|image2")
+        features = torch.stack([features, cached_features(second, backbone, cache_dir)], dim=1)
     ids, mask = backbone.tokenize(raw.questions)
     return Split(features[keep], ids[keep], mask[keep], targets[keep])
 
@@ -88,50 +171,40 @@ def cached_features(raw: RawSplit, backbone: Backbone, cache_dir: Path | None, b
     return features
 
 
-def build_client(name: str, train: RawSplit, test: RawSplit, backbone: Backbone, max_answers: int, cache_dir: Path | None) -> ClientData:
+def build_client(
+    name: str,
+    train: RawSplit,
+    test: RawSplit,
+    backbone: Backbone,
+    max_answers: int,
+    cache_dir: Path | None,
+    task: str = "vqa",
+    classes: Sequence[str] | None = None,
+) -> ClientData:
     if len(train.answers) == 0:
         raise DataError(f"client '{name}' has an empty training set")
     if len(test.answers) == 0:
         raise DataError(f"client '{name}' has an empty test set")
-    vocab = answer_vocabulary(train.answers, max_answers)
+    vocab = list(classes) if classes else answer_vocabulary(train.answers, max_answers)
     return ClientData(
         name=name,
         answers=vocab,
         train=encode_split(train, backbone, vocab, cache_dir, drop_unknown=True),
         test=encode_split(test, backbone, vocab, cache_dir, drop_unknown=False),
+        task=task,
+        images_per_example=1 if train.images2 is None else 2,
     )
-
-
-def synthetic_split(spec, n: int, seed: int, split: str, benchmark: str, max_objects: int) -> RawSplit:
-    from feddat.data.benchmarks import GENERATOR_VERSION
-    from feddat.data.synthetic import generate
-
-    split_seed = derive_seed(seed, benchmark, spec.name, split)
-    samples = generate(n, spec.style_weights, spec.kind_weights, seed=split_seed, image_size=128, max_objects=max_objects)
-    images = np.stack([s.image for s in samples]) if samples else np.zeros((0, 128, 128, 3), np.uint8)
-    key = json.dumps(["synthetic", GENERATOR_VERSION, benchmark, spec.name, split, n, seed, max_objects], separators=(",", ":"))
-    return RawSplit(images, [s.question for s in samples], [s.answer for s in samples], key)
 
 
 def load_clients(cfg, backbone: Backbone, log: Callable[[str], None] = print) -> list[ClientData]:
     """The benchmark's clients, encoded with `backbone` (features cached under data.cache_dir)."""
+    from feddat.data.sources import raw_clients
+
     d = cfg.data
     cache_dir = Path(d.cache_dir) if d.cache_dir else None
     clients = []
-    for name, make_split in _sources(d):
-        client = build_client(name, make_split("train"), make_split("test"), backbone, d.max_answers, cache_dir)
-        log(f"  client {client.name:<10} train {len(client.train):>5}  test {len(client.test):>5}  answers {client.num_answers}")
+    for raw in raw_clients(cfg):
+        client = build_client(raw.name, raw.train, raw.test, backbone, d.max_answers, cache_dir, raw.task, raw.classes)
+        log(f"  client {client.name:<10} train {len(client.train):>5}  test {len(client.test):>5}  answers {client.num_answers}  task {client.task}")
         clients.append(client)
     return clients
-
-
-def _sources(d) -> list[tuple[str, Callable[[str], RawSplit]]]:
-    """(client name, split -> RawSplit) for the configured benchmark."""
-    if d.benchmark == "folder":
-        from feddat.data.folder import client_folders, read_split
-
-        return [(folder.name, lambda split, folder=folder: read_split(folder / f"{split}.jsonl")) for folder in client_folders(d.root)]
-    from feddat.data.benchmarks import client_specs
-
-    sizes = {"train": d.train_per_client, "test": d.test_per_client}
-    return [(spec.name, lambda split, spec=spec: synthetic_split(spec, sizes[split], d.seed, split, d.benchmark, d.max_objects)) for spec in client_specs(d.benchmark)]

@@ -3,6 +3,7 @@ write the run directory and print the results table."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,18 +21,43 @@ def make_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, flush=True)) -> Path:
+def resumable(run_dir: Path) -> Config:
+    """The configuration of an interrupted run, read back from its directory."""
+    from feddat import config as config_mod
+
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.toml")
+    return config_mod.load(path, {})
+
+
+def clean_partial_writes(run_dir: Path) -> int:
+    """Temporary files of atomic writes that a kill interrupted: never read, safe to drop."""
+    stray = list(run_dir.rglob(".*.tmp"))
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return len(stray)
+
+
+def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, flush=True), resume: Path | None = None) -> Path:
+    """Run every configured method; with `resume`, continue the interrupted run in that directory."""
     from feddat.backbones import build_backbone
     from feddat.data.clients import load_clients
     from feddat.engines.embedded import run_method
     from feddat.peft.model import AdaptedModel
-    from feddat.reporting import read_metrics, results_table
 
     set_threads(cfg.run.threads)
     device = pick_device(cfg.run.device)
-    run_dir = make_run_dir(cfg)
-    write_text(run_dir / "config.toml", cfg.to_toml())
-    log(f"feddat: run directory {run_dir}  (device {device})")
+    if resume is None:
+        run_dir = make_run_dir(cfg)
+        write_text(run_dir / "config.toml", cfg.to_toml())
+        done: dict[str, dict] = {}
+    else:
+        run_dir = Path(resume)
+        clean_partial_writes(run_dir)
+        summary = run_dir / "summary.json"
+        done = {s["method"]: s for s in json.loads(summary.read_text())["methods"]} if summary.is_file() else {}
+    log(f"feddat: run directory {run_dir}  (device {device}){'  resuming' if resume else ''}")
     t0 = time.perf_counter()
     b = cfg.backbone
     backbone = build_backbone(b.name, b.path, b.image_size, b.max_text_len).to(device)
@@ -43,16 +69,27 @@ def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, 
     model = AdaptedModel(backbone, a.reduction_factor, a.activation, a.blocks or None, a.init, a.init_std)
     summaries = []
     for name in cfg.run.methods:
+        if name in done:
+            log(f"== {name}: finished before the interruption")
+            summaries.append(done[name])
+            continue
         log(f"== {name}")
-        summaries.append(run_method(name, cfg, model, clients, run_dir, device, log))
+        summaries.append(run_method(name, cfg, model, clients, run_dir, device, log, resume=resume is not None))
         write_json(run_dir / "summary.json", {"methods": summaries})
+    write_report(cfg, run_dir, summaries, log)
+    return run_dir
+
+
+def write_report(cfg: Config, run_dir: Path, summaries: list[dict], log: Callable[[str], None]) -> None:
+    """results.md from metrics.jsonl and the methods' summaries (both engines write it this way)."""
+    from feddat.reporting import read_metrics, results_table
+
     table = results_table(read_metrics(run_dir / "metrics.jsonl"))
     timing = "\n".join(
-        f"- {s['method']}: wall {s['wall_s']:.1f}s, {s['local_steps']} local steps, {1000 * s['s_per_local_step']:.0f} ms/step (incl. data), "
+        f"- {s['method']}: wall {s['wall_s']:.1f}s, {s['local_steps']} local steps, {1000 * s['s_per_local_step']:.0f} ms per local step, "
         f"{s['shared_params']:,} shared parameters, {s['bytes_up_per_round']:,} bytes up per round"
         for s in summaries
     )
     report = f"# Results: {cfg.data.benchmark} benchmark, {cfg.backbone.name}, {cfg.federation.rounds} rounds, seed {cfg.run.seed}\n\nScores in % on each client's held-out split, at the last evaluated round.\n\n{table}\n\n{timing}\n"
     write_text(run_dir / "results.md", report)
     log("\n" + report)
-    return run_dir

@@ -1,28 +1,132 @@
-"""Per-client private state on disk, one safetensors file per client, loaded on demand,
-so memory does not grow with the number of clients."""
+"""What the embedded engine keeps on disk: per-client private state and round checkpoints.
+
+Client state is one safetensors file per client and round it was written in
+(`<client>.r0003.safetensors`), loaded on demand so memory does not grow with the number of
+clients. Versions newer than the last committed checkpoint are discarded on resume, so a run
+killed in the middle of a round continues from exactly the state that round started with.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from feddat.runtime import load_tensors, save_tensors
+from feddat.runtime import load_tensors, save_tensors, write_json
+
+VERSION = re.compile(r"\.r(\d+)\.safetensors$")
 
 
 class ClientStateStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._written: dict[str, int] = {}  # client -> round last written, for pruning
 
-    def path(self, client: str) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", client)
-        return self.root / f"{safe}.safetensors"
+    def _stem(self, client: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", client)
+
+    def path(self, client: str, round_: int | None = None) -> Path:
+        suffix = "" if round_ is None else f".r{round_:05d}"
+        return self.root / f"{self._stem(client)}{suffix}.safetensors"
+
+    def versions(self, client: str) -> list[tuple[int, Path]]:
+        """(round, path) of every stored version, oldest first; -1 for an unversioned file."""
+        stem = self._stem(client)
+        found = [(int(m.group(1)), p) for p in self.root.glob(f"{glob_escape(stem)}.r*.safetensors") if (m := VERSION.search(p.name)) and p.name[: -len(m.group(0))] == stem]
+        plain = self.path(client)
+        return ([(-1, plain)] if plain.is_file() else []) + sorted(found)
 
     def load(self, client: str) -> dict[str, torch.Tensor] | None:
-        path = self.path(client)
-        return load_tensors(path) if path.is_file() else None
+        versions = self.versions(client)
+        if not versions:
+            return None
+        path = versions[-1][1]
+        try:
+            return load_tensors(path)  # safetensors: data only, nothing in the file is executed
+        except Exception as err:
+            raise ValueError(f"private state of client '{client}' ({path}) is not a readable safetensors file: {err}") from err
 
-    def save(self, client: str, state: dict[str, torch.Tensor]) -> None:
-        save_tensors(self.path(client), state)
+    def save(self, client: str, state: dict[str, torch.Tensor], round_: int | None = None) -> None:
+        save_tensors(self.path(client, round_), state)
+        if round_ is not None:
+            self._written[client] = round_
+
+    def prune(self) -> None:
+        """After a checkpoint commits: drop each written client's versions older than its newest."""
+        for client, newest in self._written.items():
+            for round_, path in self.versions(client):
+                if round_ < newest:
+                    path.unlink(missing_ok=True)
+        self._written.clear()
+
+    def compact(self) -> None:
+        """Keep only each client's newest version (a kill between commit and prune leaves older ones)."""
+        newest: dict[str, tuple[int, Path]] = {}
+        for path in sorted(self.root.glob("*.r*.safetensors")):
+            m = VERSION.search(path.name)
+            if not m:
+                continue
+            stem, round_ = path.name[: -len(m.group(0))], int(m.group(1))
+            if stem in newest and newest[stem][0] < round_:
+                newest[stem][1].unlink(missing_ok=True)
+            elif stem in newest:
+                path.unlink(missing_ok=True)
+                continue
+            newest[stem] = (round_, path)
+
+    def discard_after(self, round_: int) -> int:
+        """Delete versions written after committed round `round_` (a crashed round's work)."""
+        removed = 0
+        for path in self.root.glob("*.r*.safetensors"):
+            m = VERSION.search(path.name)
+            if m and int(m.group(1)) > round_:
+                path.unlink()
+                removed += 1
+        return removed
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+@dataclass
+class Progress:
+    """A committed checkpoint: the last finished round and what is needed to continue."""
+
+    round: int
+    shared: dict[str, torch.Tensor]
+    server: dict[str, torch.Tensor]
+    counters: dict = field(default_factory=dict)  # times and step counts so far, for the summary
+
+
+class Checkpoint:
+    """Round checkpoints of one method. progress.json is the commit point: it is written (atomically)
+    only after the round's tensors are on disk, and names the file holding them."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def save(self, progress: Progress) -> None:
+        name = f"round-{progress.round:05d}.safetensors"
+        tensors = {f"shared.{k}": v for k, v in progress.shared.items()} | {f"server.{k}": v for k, v in progress.server.items()}
+        save_tensors(self.root / name, tensors, metadata={"round": str(progress.round)})
+        write_json(self.root / "progress.json", {"round": progress.round, "tensors": name, "counters": progress.counters})
+        for old in self.root.glob("round-*.safetensors"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def load(self) -> Progress | None:
+        path = self.root / "progress.json"
+        if not path.is_file():
+            return None
+        try:
+            info = json.loads(path.read_text())
+            tensors = load_tensors(self.root / info["tensors"])
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"checkpoint {self.root} is unreadable ({err}); it cannot be resumed") from err
+        split = lambda prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        return Progress(int(info["round"]), split("shared."), split("server."), info.get("counters", {}))

@@ -2,6 +2,8 @@
 
 A site holds several named adapters and applies the active ones to the block's output z:
 one active name gives z + A_x(z) ("single"), two give z + ½(A_x(z) + A_y(z)) ("mean").
+A site can also be *routed*: the batch is cut into equal slices and each slice gets its own
+active names, so several adapter paths share one batched pass through the frozen backbone.
 """
 
 from __future__ import annotations
@@ -39,16 +41,24 @@ class AdapterSite(nn.Module):
         self.block = block
         self.adapters = nn.ModuleDict()
         self.active: tuple[str, ...] = ()
+        self.routes: tuple[tuple[str, ...], ...] = ()  # per equal batch slice; overrides `active`
 
     def forward(self, *args, **kwargs):
         out = self.block(*args, **kwargs)
-        if not self.active:
+        if not self.active and not self.routes:
             return out
         hidden = out[0] if isinstance(out, tuple) else out
-        delta = self.adapters[self.active[0]](hidden)
-        for name in self.active[1:]:
-            delta = delta + self.adapters[name](hidden)
-        if len(self.active) > 1:
-            delta = delta / len(self.active)
-        hidden = hidden + delta
+        if self.routes:
+            slices = hidden.chunk(len(self.routes), dim=0)
+            hidden = torch.cat([z + self.delta(z, names) for z, names in zip(slices, self.routes)])
+        else:
+            hidden = hidden + self.delta(hidden, self.active)
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+    def delta(self, hidden: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+        if not names:
+            return torch.zeros_like(hidden)
+        delta = self.adapters[names[0]](hidden)
+        for name in names[1:]:
+            delta = delta + self.adapters[name](hidden)
+        return delta / len(names) if len(names) > 1 else delta

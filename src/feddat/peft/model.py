@@ -67,6 +67,24 @@ class AdaptedModel(nn.Module):
         finally:
             self.activate(*previous)
 
+    @contextmanager
+    def routed(self, *routes: tuple[str, ...]) -> Iterator[None]:
+        """Cut each batch into len(routes) equal slices; slice i runs with adapters routes[i].
+
+        One batched pass then computes several adapter paths (e.g. FedDAT's student and
+        teacher) through the frozen backbone; the caller repeats the inputs len(routes) times.
+        """
+        missing = sorted({n for names in routes for n in names} - set(self.adapter_names()))
+        if missing:
+            raise KeyError(f"no adapter named {missing}; have {self.adapter_names()}")
+        for site in self.sites.values():
+            site.routes = tuple(tuple(names) for names in routes)
+        try:
+            yield
+        finally:
+            for site in self.sites.values():
+                site.routes = ()
+
     def new_adapter_state(self) -> dict[str, torch.Tensor]:
         """Freshly initialised adapter-set state (from torch's global RNG), not inserted anywhere."""
         return {f"{i}.{k}": v for i in self.sites for k, v in BottleneckAdapter(self.hidden_size, **self.adapter_kwargs).state_dict().items()}

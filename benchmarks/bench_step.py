@@ -1,0 +1,167 @@
+"""Time per local step: FedAvg+Adapter vs FedDAT (reference and fused schedules).
+
+Prints, for the embedded default (minivl) and a ViLT-B/32-sized backbone (random weights,
+the real architecture and sizes): ms per local step, samples per second, the ratio to
+FedAvg+Adapter measured in this same process, and peak memory above the model's baseline.
+Variants are interleaved over repeats and the median is reported, so a noisy neighbour
+affects all of them alike. Nothing is asserted: these are figures to read.
+
+    .venv/bin/python benchmarks/bench_step.py                 # both backbones
+    .venv/bin/python benchmarks/bench_step.py --backbones minivl --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch
+
+from feddat.algorithms import build_method
+from feddat.config import Config
+from feddat.data.clients import load_clients
+from feddat.peft.model import AdaptedModel
+from feddat.runtime import pick_device, set_threads
+
+VARIANTS = {  # label -> (method, feddat.schedule)
+    "fedavg": ("fedavg", None),
+    "feddat-reference": ("feddat", "reference"),
+    "feddat-fused": ("feddat", "fused"),
+}
+
+
+class PeakMemory:
+    """Peak memory while a block runs: CUDA allocator peak, or sampled process RSS on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        import psutil
+
+        self.process = psutil.Process()
+        self.base = self.peak = self.process.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self.running = False
+            self.thread.join()
+
+    @property
+    def extra_mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def build(backbone_name: str, device: torch.device, batch: int):
+    cfg = Config()
+    cfg.train.batch_size, cfg.train.local_epochs = batch, 1
+    if backbone_name == "minivl":
+        from feddat.backbones.minivl import MiniVL
+
+        backbone = MiniVL(cfg.backbone.image_size, cfg.backbone.max_text_len)
+    else:  # ViLT-B/32 dimensions (hidden 768, 12 blocks, 384 px, 40 tokens), random weights: no download
+        from transformers import AutoTokenizer, ViltConfig, ViltModel
+
+        from feddat.backbones.minivl import minilm_path
+        from feddat.backbones.vilt import ViLT
+
+        torch.manual_seed(0)
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+        backbone = ViLT(ViltModel(ViltConfig()), tokenizer, image_size=384, max_text_len=40, source="random-vilt-b32")
+        cfg.backbone.name, cfg.backbone.image_size, cfg.backbone.max_text_len = "vilt", 384, 40
+    return cfg, backbone.to(device)
+
+
+def make_client(cfg: Config, backbone, n: int):
+    """The first client of the synthetic domain benchmark, with exactly n training examples."""
+    cfg.data.train_per_client, cfg.data.test_per_client, cfg.data.cache_dir = n, 8, ""
+    return load_clients(cfg, backbone, log=lambda _: None)[0]
+
+
+def bench_backbone(name: str, device: torch.device, batch: int, steps: int, repeats: int) -> list[dict]:
+    cfg, backbone = build(name, device, batch)
+    model = AdaptedModel(backbone, cfg.adapter.reduction_factor, cfg.adapter.activation)
+    client = make_client(cfg, backbone, batch * steps)
+    methods = {}
+    for label, (method_name, schedule) in VARIANTS.items():
+        if schedule:
+            cfg.feddat.schedule = schedule
+        method = build_method(method_name, cfg, model, device)
+        methods[label] = (method, method.init_shared(), method.init_client_state(client))
+        method.cfg = _copy(cfg)  # freeze this variant's schedule
+    times = {label: [] for label in VARIANTS}
+    peaks = {label: 0.0 for label in VARIANTS}
+    for label, (method, shared, state) in methods.items():  # warm-up: allocator, kernels, caches
+        method.client_update(shared, state, client, round_=0)
+    for r in range(repeats):
+        for label, (method, shared, state) in methods.items():
+            with PeakMemory(device) as mem:
+                t0 = time.perf_counter()
+                update = method.client_update(shared, state, client, round_=r + 1)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - t0
+            times[label].append(elapsed / update.metrics["steps"])
+            peaks[label] = max(peaks[label], mem.extra_mib)
+    base = statistics.median(times["fedavg"])
+    return [
+        {"backbone": name, "variant": label, "ms_per_step": 1000 * statistics.median(t), "samples_per_s": batch / statistics.median(t), "ratio": statistics.median(t) / base, "peak_extra_mib": peaks[label]}
+        for label, t in times.items()
+    ]
+
+
+def _copy(cfg: Config) -> Config:
+    import copy
+
+    return copy.deepcopy(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backbones", default="minivl,vilt-b32", help="comma list of minivl, vilt-b32")
+    p.add_argument("--batch", type=int, default=32, help="minibatch size for minivl (ViLT-B/32 uses --vilt-batch)")
+    p.add_argument("--vilt-batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=4, help="local steps per timed update")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    set_threads(args.threads)
+    device = pick_device(args.device)
+    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}; median of {args.repeats} interleaved repeats of {args.steps} steps")
+    print(f"{'backbone':<10} {'variant':<18} {'ms/step':>9} {'samples/s':>10} {'x fedavg':>9} {'peak MiB':>9}")
+    for name in args.backbones.split(","):
+        batch = args.batch if name == "minivl" else args.vilt_batch
+        steps = args.steps if name == "minivl" else max(1, args.steps // 2)
+        for row in bench_backbone(name, device, batch, steps, args.repeats):
+            print(f"{row['backbone']:<10} {row['variant']:<18} {row['ms_per_step']:9.1f} {row['samples_per_s']:10.1f} {row['ratio']:9.2f} {row['peak_extra_mib']:9.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""FedRep-style + Adapter (Collins et al., 2021): the private head and the shared adapter
+are trained in alternation, never together.
+
+Each local update first trains the head alone for `baselines.fedrep_head_epochs` epochs with
+A_s frozen, then trains A_s alone for `train.local_epochs` epochs with the head frozen. Only
+A_s travels. While A_s is frozen the representations do not change, so the head phase
+computes them once (one forward pass over the local data) and trains the head on them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from feddat.algorithms.base import ClientUpdate, Method, Tensors
+from feddat.data.clients import ClientData, Split
+from feddat.losses import task_loss
+from feddat.runtime import generator
+
+
+class FedRep(Method):
+    name = "fedrep"
+
+    @torch.no_grad()
+    def representations(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        reps, targets = [], []
+        size = self.cfg.train.eval_batch_size
+        with self.model.active("shared"):
+            for i in range(0, len(split), size):
+                batch = split.batch(torch.arange(i, min(i + size, len(split))), self.device)
+                reps.append(self.represent(batch).float())
+                targets.append(batch[-1])
+        return torch.cat(reps), torch.cat(targets)
+
+    def train_head(self, head, client: ClientData, round_: int) -> tuple[int, float]:
+        epochs = self.cfg.baselines.fedrep_head_epochs
+        if epochs == 0:
+            return 0, 0.0
+        reps, targets = self.representations(client.train)
+        opt = self.optimizer(list(head.parameters()))
+        g = generator(self.cfg.run.seed, self.name, "head", round_, client.name)
+        size, steps, total = self.cfg.train.batch_size, 0, 0.0
+        for _ in range(epochs):
+            order = torch.randperm(len(targets), generator=g).to(reps.device)
+            for i in range(0, len(order), size):
+                idx = order[i : i + size]
+                loss = task_loss(self.head_logits(head, reps[idx]), targets[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps, total = steps + 1, total + float(loss.detach())
+        return steps, total / max(1, steps)
+
+    def train_adapter(self, head, client: ClientData, round_: int) -> tuple[int, float]:
+        head.requires_grad_(False)
+        opt = self.optimizer(self.model.adapter_parameters("shared"))
+        steps, total = 0, 0.0
+        with self.model.active("shared"):
+            for batch in self.batches(client.train, self.name, round_, client.name):
+                loss = task_loss(self.logits(head, batch), batch[-1])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                steps, total = steps + 1, total + float(loss.detach())
+        head.requires_grad_(True)
+        return steps, total / max(1, steps)
+
+    def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
+        self.model.load_adapter("shared", shared)
+        head = self.load_head(state, client)
+        head_steps, head_loss = self.train_head(head, client, round_)
+        body_steps, body_loss = self.train_adapter(head, client, round_)
+        size = self.cfg.train.eval_batch_size
+        rep_passes = -(-len(client.train) // size) if head_steps else 0  # one forward over the data
+        return ClientUpdate(
+            client=client.name,
+            shared=self.model.adapter_state("shared"),
+            num_examples=len(client.train),
+            state=self.head_state(head),
+            metrics={"loss": body_loss, "head_loss": head_loss, "steps": body_steps, "head_steps": head_steps, "passes": 2 * body_steps + rep_passes * size / self.cfg.train.batch_size},
+        )

@@ -1,0 +1,9 @@
+"""The Flower deployment engine: the same methods as the embedded engine, run by Flower's
+SuperLink, SuperNodes and `flwr run` (DESIGN §7).
+
+- `server_app`: the ServerApp; its strategy calls `Method.aggregate` (the server step).
+- `client_app`: the ClientApp; one SuperNode is one client, named by its node config.
+- `transport`: what travels (ArrayRecord / MetricRecord / ConfigRecord) and how the
+  feddat configuration reaches both sides (run config).
+- `launch`: start Flower's own daemons, submit a run, clean up every process.
+"""

@@ -1,0 +1,60 @@
+"""Which clients a run has, and one node's own client, built exactly as the embedded engine
+builds it (data.clients.load_clients) but without generating the other clients' data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from feddat.config import Config
+from feddat.data.clients import ClientData, DataError, RawClient, build_client
+
+
+class PartitionError(ValueError):
+    """A node names a client the configured benchmark does not have."""
+
+
+def client_names(cfg: Config) -> list[str]:
+    """The run's clients in the embedded engine's order (client sampling indexes this list)."""
+    if cfg.flower.clients:
+        return list(cfg.flower.clients)
+    from feddat.data.sources import benchmark_sources, raw_clients
+
+    if cfg.data.partition == "natural":
+        return [s.name for s in benchmark_sources(cfg)]  # cheap: no data is generated
+    return [c.name for c in raw_clients(cfg)]  # a re-split: the plan needs the pooled data
+
+
+def raw_partition(cfg: Config, name: str) -> RawClient:
+    from feddat.data.sources import benchmark_sources, raw_clients
+
+    d = cfg.data
+    if d.partition == "natural":
+        # The natural branch of data.sources.raw_clients, for this one source only.
+        sources = {s.name: s for s in benchmark_sources(cfg)}
+        if name in sources:
+            s = sources[name]
+            return RawClient(s.name, s.make("train", d.train_per_client), s.make("test", d.test_per_client), s.task, s.classes)
+    else:
+        sources = {c.name: c for c in raw_clients(cfg)}
+        if name in sources:
+            return sources[name]
+    raise PartitionError(f"partition '{name}' is not a client of the {d.benchmark} benchmark ({d.partition} partition); its clients are: {', '.join(sources)}")
+
+
+def load_partition(cfg: Config, backbone, name: str) -> ClientData:
+    raw = raw_partition(cfg, name)
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
+    try:
+        return build_client(raw.name, raw.train, raw.test, backbone, cfg.data.max_answers, cache_dir, raw.task, raw.classes)
+    except DataError as err:
+        raise DataError(f"partition '{name}': {err}") from err
+
+
+def build_model(cfg: Config, device):
+    """The frozen backbone with adapter sites, as the embedded runner builds it (both sides need it)."""
+    from feddat.backbones import build_backbone
+    from feddat.peft.model import AdaptedModel
+
+    b, a = cfg.backbone, cfg.adapter
+    backbone = build_backbone(b.name, b.path, b.image_size, b.max_text_len).to(device)
+    return AdaptedModel(backbone, a.reduction_factor, a.activation, a.blocks or None, a.init, a.init_std)

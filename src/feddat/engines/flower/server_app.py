@@ -1,0 +1,271 @@
+"""The feddat ServerApp: the embedded engine's rounds, with Flower's Grid carrying the messages.
+
+A Flower `Strategy` whose server step is `Method.aggregate`, the same call the embedded
+engine makes. Clients are sampled with the embedded engine's `sample_clients` over the same
+ordered client list, evaluated at the same rounds, and their metrics written to the same
+run directory files (metrics.jsonl, summary.json, results.md, <method>/shared_adapter.safetensors).
+
+Each SuperNode is one client; the server learns which by asking every new node (a query
+message) and keeps the map client -> node id in a `Roster`. A node that misses a phase's
+deadline (or that the SuperLink reports unavailable) is left out of that phase and retired;
+a restarted SuperNode gets a new node id, is identified at the start of the next round and
+continues from the private state on its disk.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+
+from feddat.algorithms import build_method, privacy
+from feddat.algorithms.base import ClientUpdate, Method
+from feddat.config import Config
+from feddat.engines.embedded import MetricsLog, mean, sample_clients, tensor_bytes
+from feddat.engines.flower import transport
+from feddat.engines.flower.partitions import build_model, client_names
+from feddat.runtime import pick_device, save_tensors, set_threads, write_json, write_text
+
+app = ServerApp()
+Log = Callable[[str], None]
+# Replies that mean "this node is gone", not "this client's code failed": leave it out.
+LOST = {ErrorCode.NODE_UNAVAILABLE, ErrorCode.CLIENT_APP_CRASHED, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
+
+
+class FlowerRunError(RuntimeError):
+    """The run cannot go on; the message names the client and node."""
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)  # the ServerApp's stdout is what `flwr run --stream` / `flwr log` show
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_on_grid(grid, transport.config_from_run(context.run_config))
+
+
+class Roster:
+    """The run's clients in order, and which SuperNode currently serves each of them."""
+
+    def __init__(self, clients: list[str], timeout: float, log: Log = _log):
+        self.clients = clients
+        self.timeout = timeout
+        self.log = log
+        self.nodes: dict[str, int] = {}
+        self.retired: set[int] = set()
+
+    def node(self, client: str) -> int | None:
+        return self.nodes.get(client)
+
+    def lose(self, client: str, node: int, why: str) -> None:
+        self.log(f"  warning: client '{client}' (node {node}) {why}; it is left out until its SuperNode restarts")
+        self.retired.add(node)
+        if self.nodes.get(client) == node:
+            del self.nodes[client]
+
+    def refresh(self, grid: Grid) -> None:
+        """Ask every online node not seen before (new or restarted SuperNodes) which client it is."""
+        known = set(self.nodes.values()) | self.retired
+        new = [n for n in grid.get_node_ids() if n not in known]
+        if not new:
+            return
+        ask = [Message(RecordDict({"config": ConfigRecord()}), dst_node_id=n, message_type="query", group_id="identify") for n in new]
+        answered = set()
+        for reply in grid.send_and_receive(ask, timeout=self.timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error() and reply.error.code in LOST:
+                continue  # gone already: treated as no answer below
+            if reply.has_error():
+                raise FlowerRunError(f"SuperNode {node} could not load its client: {reply.error.reason}")
+            answered.add(node)
+            self.admit(str(reply.content["info"]["client"]), node)
+        for node in set(new) - answered:
+            self.log(f"  warning: SuperNode {node} did not say which client it is within {self.timeout:.0f}s; ignored")
+            self.retired.add(node)
+
+    def admit(self, client: str, node: int) -> None:
+        if client not in self.clients:
+            raise FlowerRunError(f"SuperNode {node} serves client '{client}', which is not one of this run's clients: {', '.join(self.clients)}")
+        old = self.nodes.get(client)
+        if old is not None and old != node:
+            self.log(f"  client '{client}' is now served by node {node} (was node {old})")
+            self.retired.add(old)
+        self.nodes[client] = node
+
+    def wait_for_all(self, grid: Grid, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.refresh(grid)
+            missing = [c for c in self.clients if c not in self.nodes]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise FlowerRunError(f"after {timeout:.0f}s no SuperNode serves client(s) {', '.join(missing)}; start one per client with --node-config 'partition=\"<client>\"'")
+            time.sleep(1.0)
+
+
+class MethodStrategy(Strategy):
+    """One feddat method as a Flower strategy: sampling, server step and metrics as the embedded engine."""
+
+    def __init__(self, method: Method, cfg: Config, roster: Roster, metrics: MetricsLog, log: Log = _log):
+        self.method, self.cfg, self.roster, self.metrics, self.log = method, cfg, roster, metrics, log
+        self.shared = method.init_shared()
+        self.sent: dict[int, str] = {}  # node id -> client, for the phase in flight
+        self.order: list[str] = []  # clients of the phase in flight, in the embedded engine's order
+        self.times = {"train": 0.0, "eval": 0.0, "steps": 0, "t0": 0.0}
+        self.bytes = {"up": 0, "down": 0}
+        self.accountant = None
+        if privacy.enabled(cfg.privacy) and method.communicates:
+            sampled = len(sample_clients(roster.clients, cfg.federation.fraction, cfg.run.seed, 1))
+            self.accountant = privacy.Accountant(cfg.privacy, sampled / len(roster.clients))
+
+    def summary(self) -> None:
+        f = self.cfg.federation
+        self.log(f"  [{self.method.name}] {len(self.roster.clients)} clients, fraction {f.fraction}, {f.rounds} rounds, evaluation every {f.eval_every}")
+
+    # ---- messages ------------------------------------------------------------------------
+    def messages(self, kind: str, server_round: int, clients: list[str]) -> list[Message]:
+        self.order = [c for c in clients if self.roster.node(c) is not None]
+        for c in clients:
+            if c not in self.order:
+                self.log(f"  warning: round {server_round} {kind}: no SuperNode serves client '{c}' now; skipped")
+        self.sent = {self.roster.node(c): c for c in self.order}
+        arrays = transport.to_record(self.shared if self.method.communicates else {})
+        config = ConfigRecord({"method": self.method.name, "round": server_round})
+        self.bytes["down"] += arrays.count_bytes() * len(self.sent)
+        return [Message(RecordDict({"shared": arrays, "config": config}), dst_node_id=node, message_type=kind, group_id=f"{self.method.name}-{server_round}") for node in self.sent]
+
+    def replies(self, kind: str, server_round: int, replies: Iterable[Message]) -> dict[str, RecordDict]:
+        """The replies by client; lost nodes are left out, a client's failure stops the run."""
+        got: dict[str, RecordDict] = {}
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            client = self.sent.get(node, f"<unknown node {node}>")
+            if reply.has_error():
+                if reply.error.code in LOST:
+                    self.roster.lose(client, node, f"was lost in round {server_round} {kind} ({reply.error.reason})")
+                    continue
+                raise FlowerRunError(f"client '{client}' (node {node}) failed in round {server_round} {kind}: {reply.error.reason}")
+            got[client] = reply.content
+        for node, client in self.sent.items():
+            if client not in got and self.roster.node(client) == node:
+                self.roster.lose(client, node, f"did not reply to round {server_round} {kind} within {self.roster.timeout:.0f}s")
+        return got
+
+    # ---- Strategy ------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self.times["t0"] = time.perf_counter()
+        self.roster.refresh(grid)  # a restarted SuperNode rejoins here
+        sampled = sample_clients(self.roster.clients, self.cfg.federation.fraction, self.cfg.run.seed, server_round)
+        return self.messages("train", server_round, sampled)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        got = self.replies("train", server_round, replies)
+        updates = [self.update(c, got[c]) for c in self.order if c in got]
+        # the server step, as embedded: validation (bad updates dropped, named), then aggregation
+        self.shared, rejected = self.method.server_round(self.shared, updates, server_round)
+        reasons = {r.client: r.reason for r in rejected}
+        for client, reason in reasons.items():
+            self.log(f"  [{self.method.name}] round {server_round}: update from client '{client}' rejected: {reason}")
+        records = [{"method": self.method.name, "round": server_round, "client": u.client, "kind": "train", **u.metrics, **({"rejected": reasons[u.client]} if u.client in reasons else {})} for u in updates]
+        if self.accountant is not None:
+            epsilon = self.accountant.step()
+            records.append({"method": self.method.name, "round": server_round, "client": "all", "kind": "privacy", "epsilon": epsilon, "delta": self.cfg.privacy.delta})
+        self.metrics.write_many(records)
+        self.times["steps"] += sum(int(u.metrics.get("steps", 0)) for u in updates)
+        seconds = time.perf_counter() - self.times["t0"]
+        self.times["train"] += seconds
+        losses = " ".join(f"{u.metrics.get('loss', u.metrics.get('loss_student', 0)):.3f}" for u in updates[:8])
+        self.log(f"  [{self.method.name}] round {server_round}/{self.cfg.federation.rounds}  {seconds:6.1f}s  loss {losses}")
+        return transport.to_record(self.shared), None
+
+    def update(self, client: str, content: RecordDict) -> ClientUpdate:
+        self.bytes["up"] += content["shared"].count_bytes()
+        metrics = {k: v for k, v in content["metrics"].items()}
+        shared = transport.from_record(content["shared"])
+        return ClientUpdate(client=client, shared=shared, num_examples=int(content["info"]["num-examples"]), state={}, metrics=metrics)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        f = self.cfg.federation
+        self.times["t0"] = time.perf_counter()
+        if server_round % f.eval_every and server_round != f.rounds:
+            return []
+        # The embedded engine's evaluation sample: the same fixed seeded subset every time.
+        chosen = sample_clients(range(len(self.roster.clients)), f.eval_fraction, self.cfg.run.seed, "eval")
+        return self.messages("evaluate", server_round, [self.roster.clients[i] for i in chosen])
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        got = self.replies("evaluate", server_round, replies)
+        if not self.order:
+            return None
+        scores = {c: dict(got[c]["metrics"]) for c in self.order if c in got}
+        for client, s in scores.items():
+            self.metrics.write({"method": self.method.name, "round": server_round, "client": client, "kind": "eval", **s})
+        self.times["eval"] += time.perf_counter() - self.times["t0"]
+        line = f"  [{self.method.name}] round {server_round} evaluated {len(scores)} clients  | mean global {mean(s['global'] for s in scores.values()):.3f}"
+        if self.method.personal:
+            line += f"  personal {mean(s['personal'] for s in scores.values()):.3f}"
+        self.log(line)
+        return None
+
+
+def run_on_grid(grid: Grid, cfg: Config, log: Log = _log) -> None:
+    """Every configured method on the connected SuperNodes; writes the run directory."""
+    from feddat.engines.runner import make_run_dir, write_report
+
+    refuse_pooled(cfg)
+    set_threads(cfg.run.threads)
+    device = pick_device(cfg.run.device)
+    run_dir = make_run_dir(cfg)
+    write_text(run_dir / "config.toml", cfg.to_toml())
+    log(f"feddat (Flower engine): run directory {run_dir.resolve()}")
+    model = build_model(cfg, device)  # the server step needs the adapters' names and shapes, not the data
+    roster = Roster(client_names(cfg), cfg.flower.round_timeout, log)
+    log(f"waiting for {len(roster.clients)} SuperNodes (clients {', '.join(roster.clients)})")
+    roster.wait_for_all(grid, cfg.flower.join_timeout)
+    log("clients: " + ", ".join(f"{c} on node {n}" for c, n in roster.nodes.items()))
+    summaries = []
+    for name in cfg.run.methods:
+        log(f"== {name}")
+        summaries.append(run_method_on_grid(name, cfg, model, roster, grid, run_dir, device, log))
+        write_json(run_dir / "summary.json", {"methods": summaries})
+    write_report(cfg, run_dir, summaries, log)
+
+
+def run_method_on_grid(name: str, cfg: Config, model, roster: Roster, grid: Grid, run_dir, device, log: Log) -> dict:
+    method = build_method(name, cfg, model, device)
+    strategy = MethodStrategy(method, cfg, roster, MetricsLog(run_dir / "metrics.jsonl"), log)
+    started = time.perf_counter()
+    strategy.start(grid, transport.to_record(strategy.shared), num_rounds=cfg.federation.rounds, timeout=cfg.flower.round_timeout)
+    wall = time.perf_counter() - started
+    shared, t, rounds = strategy.shared, strategy.times, cfg.federation.rounds
+    save_tensors(run_dir / name / "shared_adapter.safetensors", shared, metadata={"method": name, "rounds": str(rounds), "engine": "flower"})
+    per_client = tensor_bytes(shared) if method.communicates else 0
+    return {
+        "method": name,
+        "engine": "flower",
+        "wall_s": wall,
+        "train_s": t["train"],
+        "eval_s": t["eval"],
+        "local_steps": t["steps"],
+        # client compute is not seen from the server: this is wall time per step, polling included
+        "s_per_local_step": t["train"] / max(1, t["steps"]),
+        "shared_params": sum(v.numel() for v in shared.values()),
+        "bytes_up_per_round": per_client * len(sample_clients(range(len(roster.clients)), cfg.federation.fraction, cfg.run.seed, 1)),
+        "array_bytes_sent": strategy.bytes["down"],  # measured: A_s in every train and evaluate message
+        "array_bytes_received": strategy.bytes["up"],
+    }
+
+
+def refuse_pooled(cfg: Config) -> None:
+    from feddat.algorithms import METHODS
+
+    pooled = [m for m in cfg.run.methods if METHODS[m].pooled]
+    if pooled:
+        raise FlowerRunError(f"method(s) {', '.join(pooled)} pool every client's data in one place and cannot run across SuperNodes; run them with `feddat run` (embedded engine)")
+

@@ -1,0 +1,130 @@
+"""PEFT views: the named-set interface of `AdaptedModel` over other kinds of PEFT module.
+
+Every method talks to its model through a small interface (add_adapter, adapter_names,
+active / activate, new_adapter_state, backbone, adapter_parameters, adapter_state, load_adapter,
+hidden_size, device, calling it). `AdaptedModel` implements it for bottleneck adapters; a
+view implements it for LoRA, prompt tokens, BitFit or full finetuning on top of the same
+AdaptedModel, so that FedAvg (or FedDAT) runs unchanged on any of them and still exchanges
+a flat dict of tensors: whatever `adapter_state("shared")` holds is what travels and what
+the engine counts as bytes per round.
+
+Views are cached per model and settings (`view_for`), so building a method many times (one
+per run in a comparison, or per round in an engine) neither re-injects modules nor copies
+the backbone again.
+"""
+
+from __future__ import annotations
+
+import weakref
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from feddat.peft.model import AdaptedModel, check_state
+
+Tensors = dict[str, torch.Tensor]
+
+
+class PeftView:
+    """Base: named sets over an AdaptedModel whose bottleneck adapters stay switched off."""
+
+    kind = "base"
+    supports_mean = False  # can two sets run at once as the mean of their updates (DESIGN §3)
+
+    def __init__(self, model: AdaptedModel):
+        self.base = model
+        self.trainable: dict[str, bool] = {}  # set name -> trainable
+        self.current: tuple[str, ...] = ()
+
+    # ---- what AdaptedModel offers --------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.base.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.base.backbone
+
+    def adapter_names(self) -> list[str]:
+        return list(self.trainable)
+
+    def add_adapter(self, name: str, trainable: bool = True) -> None:
+        raise NotImplementedError
+
+    def new_adapter_state(self) -> Tensors:
+        raise NotImplementedError
+
+    def set_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """The live tensors (parameters) of set `name`, by state key."""
+        raise NotImplementedError
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        return list(self.set_tensors(name).values())
+
+    def adapter_state(self, name: str) -> Tensors:
+        return {k: v.detach().clone() for k, v in self.set_tensors(name).items()}
+
+    def load_adapter(self, name: str, state: Tensors) -> None:
+        expected = self.set_tensors(name)
+        problems = check_state(state, expected)
+        if problems:
+            raise ValueError(f"{self.kind} state for '{name}' does not fit this model: {problems}")
+        with torch.no_grad():
+            for key, target in expected.items():
+                target.copy_(state[key])
+
+    def activate(self, *names: str) -> None:
+        missing = [n for n in names if n not in self.trainable]
+        if missing:
+            raise KeyError(f"no {self.kind} set named {missing}; have {self.adapter_names()}")
+        if len(names) > 1 and not self.supports_mean:
+            raise ValueError(f"{self.kind} cannot run two sets at once (mean mode); asked for {names}")
+        self.current = tuple(names)
+        self.switch(self.current)
+
+    def switch(self, names: tuple[str, ...]) -> None:
+        """Make `names` the sets that act in the next forward pass (none: the bare backbone)."""
+
+    @contextmanager
+    def active(self, *names: str) -> Iterator[None]:
+        previous = self.current
+        self.activate(*names)
+        try:
+            yield
+        finally:
+            self.activate(*previous)
+
+    def __call__(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with self.base.active():  # bottleneck adapters off: this view's modules alone adapt the model
+            return self.forward(image_features, input_ids, attention_mask)
+
+    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.base(image_features, input_ids, attention_mask)
+
+    def set_trainable(self, name: str, trainable: bool) -> None:
+        self.trainable[name] = trainable
+        for p in self.set_tensors(name).values():
+            p.requires_grad_(trainable)
+
+
+_VIEWS: "weakref.WeakKeyDictionary[AdaptedModel, dict[tuple, PeftView]]" = weakref.WeakKeyDictionary()
+
+
+def view_for(model: AdaptedModel, key: tuple, build: Callable[[], PeftView]) -> PeftView:
+    """The view of `model` for settings `key`, built once."""
+    views = _VIEWS.setdefault(model, {})
+    if key not in views:
+        views[key] = build()
+    return views[key]
+
+
+def block_modules(model: AdaptedModel) -> dict[str, nn.Module]:
+    """The transformer blocks that carry adapter sites (adapter.blocks), keyed by block index;
+    the PEFT kinds use the same blocks, so that every kind adapts the same part of the model."""
+    return {i: site.block for i, site in model.sites.items()}

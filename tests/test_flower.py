@@ -1,0 +1,155 @@
+"""The Flower deployment engine with real Flower processes: a `flower-superlink` and one
+`flower-supernode` per client on 127.0.0.1, runs submitted with `flwr run`.
+
+Slow by nature (Flower polls every 3 s: ~6 s per message phase), so each test is one small
+run of a tiny ViLT on three tiny clients.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_IMAGE, tiny_config
+from feddat.config import validate
+from feddat.engines.flower.launch import LocalFederation
+from feddat.runtime import load_tensors
+
+pytestmark = pytest.mark.slow
+CLIENTS = {"alpha": ("red", "blue", "green"), "beta": ("one", "two"), "gamma": ("yes", "no", "maybe")}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """Three clients in the folder format (README), each with its own answer space."""
+    root = tmp_path_factory.mktemp("clients")
+    rng = np.random.default_rng(0)
+    for client, answers in CLIENTS.items():
+        (root / client / "img").mkdir(parents=True)
+        for split, n in (("train", 12), ("test", 6)):
+            lines = []
+            for i in range(n):
+                image = f"img/{split}{i}.png"
+                Image.fromarray(rng.integers(0, 256, (TINY_IMAGE, TINY_IMAGE, 3), dtype=np.uint8)).save(root / client / image)
+                lines.append(json.dumps({"image": image, "question": f"what is object {i}?", "answer": answers[i % len(answers)]}))
+            (root / client / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_config(vilt_dir: str, data_root: Path, out: Path, name: str, **overrides):
+    cfg = tiny_config(**overrides)
+    cfg.backbone.path = vilt_dir
+    cfg.data.benchmark, cfg.data.root, cfg.data.cache_dir = "folder", str(data_root), str(out / "cache")
+    cfg.run.methods, cfg.run.out_dir, cfg.run.name, cfg.run.device, cfg.run.threads = ["feddat"], str(out), name, "cpu", 1
+    cfg.flower.join_timeout = 120.0
+    validate(cfg)
+    return cfg
+
+
+def records(run_dir: Path) -> dict[tuple, dict]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {(r["method"], r["round"], r["client"], r["kind"]): r for r in lines}
+
+
+def process_tree(fed: LocalFederation) -> list[psutil.Process]:
+    tree = []
+    for p in fed.processes():
+        root = psutil.Process(p.pid)
+        tree += [root, *root.children(recursive=True)]
+    return tree
+
+
+def assert_all_gone(tree: list[psutil.Process]) -> None:
+    alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"processes left running: {[(p.pid, p.name()) for p in alive]}"
+
+
+def test_flower_run_matches_embedded_engine(tiny_vilt_dir, data_root, tmp_path):
+    """Two rounds of FedDAT, 2 of 3 clients sampled per round: same adapter and per-client metrics."""
+    from feddat.engines.runner import run_experiment
+
+    overrides = {"federation.fraction": 0.6, "federation.rounds": 2}
+    embedded_cfg = make_config(tiny_vilt_dir, data_root, tmp_path, "embedded", **overrides)
+    t0 = time.perf_counter()
+    embedded = run_experiment(embedded_cfg, log=lambda s: None)
+    embedded_s = time.perf_counter() - t0
+
+    flower_cfg = make_config(tiny_vilt_dir, data_root, tmp_path, "flower", **overrides)
+    with LocalFederation(tmp_path / "federation", list(CLIENTS), log=lambda s: None) as fed:
+        tree = process_tree(fed)
+        t0 = time.perf_counter()
+        info = fed.cli.wait(fed.cli.submit(flower_cfg), timeout=600)
+        flower_s = time.perf_counter() - t0
+        tree = process_tree(fed) + tree
+    assert_all_gone(tree)
+    print(f"\nwall time of the same run: embedded {embedded_s:.1f}s, Flower {flower_s:.1f}s (flwr run to finished); network {info.get('network-traffic')}")
+
+    flower = tmp_path / "flower"
+    got, want = records(flower), records(embedded)
+    assert got.keys() == want.keys()
+    assert {k[2] for k in want if k[1] == 1 and k[3] == "train"} != set(CLIENTS)  # sampling did leave a client out
+    for key, record in want.items():
+        assert got[key].keys() == record.keys(), key
+        for field, value in record.items():
+            if isinstance(value, float):
+                assert got[key][field] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, field)
+    a = load_tensors(embedded / "feddat" / "shared_adapter.safetensors")
+    b = load_tensors(flower / "feddat" / "shared_adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    summary = json.loads((flower / "summary.json").read_text())["methods"][0]
+    assert summary["engine"] == "flower" and summary["bytes_up_per_round"] == json.loads((embedded / "summary.json").read_text())["methods"][0]["bytes_up_per_round"]
+    assert "| feddat | global |" in (flower / "results.md").read_text()
+
+
+def test_a_killed_supernode_is_left_out_and_rejoins_from_its_disk_state(tiny_vilt_dir, data_root, tmp_path):
+    """SIGKILL gamma's SuperNode after round 1: round 2 completes with alpha and beta once the
+    round timeout passes; the restarted SuperNode (new node id) rejoins in round 3 from its saved state."""
+    cfg = make_config(tiny_vilt_dir, data_root, tmp_path, "killed", **{"federation.rounds": 3})
+    cfg.flower.round_timeout = 45.0
+    run_dir = tmp_path / "killed"
+    with LocalFederation(tmp_path / "federation", list(CLIENTS), log=lambda s: None) as fed:
+        tree = process_tree(fed)
+        run_id = fed.cli.submit(cfg)
+        wait_for(lambda: len([k for k in records_if(run_dir) if k[1] == 1 and k[3] == "eval"]) == 3, "round 1 evaluated")
+        state = tmp_path / "federation" / "node-state" / "gamma" / f"run-{run_id}" / "feddat" / "gamma.safetensors"
+        saved_before = state.stat().st_mtime_ns
+        tree += process_tree(fed)
+        fed.kill_node("gamma")
+        wait_for(lambda: any(k[1] == 2 and k[3] == "train" for k in records_if(run_dir)), "round 2 trained without gamma")
+        fed.start_node("gamma")
+        tree += process_tree(fed)
+        fed.cli.wait(run_id, timeout=600)
+        log = fed.cli.run_log(run_id)
+        tree += process_tree(fed)
+    assert_all_gone(tree)
+
+    got = records(run_dir)
+    clients = lambda round_, kind: {k[2] for k in got if k[1] == round_ and k[3] == kind}  # noqa: E731
+    assert clients(1, "train") == clients(1, "eval") == set(CLIENTS)
+    assert clients(2, "train") == clients(2, "eval") == {"alpha", "beta"}
+    assert clients(3, "train") == clients(3, "eval") == set(CLIENTS)
+    assert "client 'gamma'" in log and "did not reply to round 2 train" in log
+    # gamma's private state: still one readable safetensors file, rewritten in round 3, no stray temporary files
+    assert state.stat().st_mtime_ns > saved_before and any(k.startswith("client.") for k in load_tensors(state))
+    assert not list((tmp_path / "federation" / "node-state").rglob("*.tmp"))
+    shared = load_tensors(run_dir / "feddat" / "shared_adapter.safetensors")
+    assert all(torch.isfinite(t).all() for t in shared.values())
+
+
+def records_if(run_dir: Path) -> dict[tuple, dict]:
+    return records(run_dir) if (run_dir / "metrics.jsonl").is_file() else {}
+
+
+def wait_for(condition, what: str, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.5)

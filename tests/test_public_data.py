@@ -1,0 +1,284 @@
+"""Loaders of the published dataset formats, on tiny fixtures written in each exact format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_config
+from feddat.config import ConfigError, load
+from feddat.data.clients import DataError, load_clients
+from feddat.data.public import DATASETS, PUBLIC_BENCHMARKS, read_split
+from feddat.data.sources import raw_clients
+
+N = 3  # records per split
+
+
+def image(path: Path, value: int = 0) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((10, 12, 3), 40 + 30 * value, np.uint8)).save(path)
+    return path.name
+
+
+def dump(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def dump_lines(path: Path, records) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def ten(*answers: str) -> list[dict]:
+    """VQA-style annotator answers, padded to 10 with the first."""
+    full = list(answers) + [answers[0]] * (10 - len(answers))
+    return [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(full)]
+
+
+def write_vqa(folder: Path, questions: str, annotations: str, image_path, split_tag: str) -> None:
+    qs, anns = [], []
+    for i in range(N):
+        qid = 1000 + i
+        image(image_path(i), i)
+        qs.append({"image_id": i, "question": f"what is thing {i}?", "question_id": qid})
+        anns.append({"question_id": qid, "image_id": i, "question_type": "what is", "answer_type": "other", "multiple_choice_answer": "cat", "answers": ten("cat", "cat", "dog", "dog", "dog")})
+    dump(folder / questions, {"info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "data_subtype": split_tag, "questions": qs, "license": {}})
+    dump(folder / annotations, {"info": {}, "data_type": "mscoco", "data_subtype": split_tag, "annotations": anns, "license": {}})
+
+
+def make_vqav2(root: Path) -> None:
+    for sub in ("train2014", "val2014"):
+        folder = root / "vqav2"
+        write_vqa(folder, f"v2_OpenEnded_mscoco_{sub}_questions.json", f"v2_mscoco_{sub}_annotations.json", lambda i, sub=sub: folder / sub / f"COCO_{sub}_{i:012d}.jpg", sub)
+
+
+def make_vqa_abstract(root: Path) -> None:
+    for sub in ("train2015", "val2015"):
+        folder = root / "vqa_abstract"
+        write_vqa(folder, f"OpenEnded_abstract_v002_{sub}_questions.json", f"abstract_v002_{sub}_annotations.json", lambda i, sub=sub: folder / f"scene_img_abstract_v002_{sub}" / f"abstract_v002_{sub}_{i:012d}.png", sub)
+
+
+def make_vizwiz(root: Path) -> None:
+    for sub in ("train", "val"):
+        records = [{"image": image(root / "vizwiz" / sub / f"VizWiz_{sub}_{i:08d}.jpg", i), "question": "What is this?", "answers": ten("Soup can", "unanswerable"), "answer_type": "other", "answerable": 1} for i in range(N)]
+        dump(root / "vizwiz" / "Annotations" / f"{sub}.json", records)
+
+
+def make_gqa(root: Path) -> None:
+    for name in ("train_balanced_questions.json", "testdev_balanced_questions.json"):
+        data = {}
+        for i in range(N):
+            image(root / "gqa" / "images" / f"n{i}.jpg", i)
+            data[f"0{i}1"] = {"semantic": [], "entailed": [], "equivalent": [f"0{i}1"], "question": "Is the sky blue?", "imageId": f"n{i}", "isBalanced": True, "groups": {"global": None, "local": "01-sky"}, "answer": "yes" if i % 2 else "no", "semanticStr": "", "annotations": {}, "types": {"detailed": "verifyAttr", "semantic": "attr", "structural": "verify"}, "fullAnswer": "Yes, the sky is blue."}
+        dump(root / "gqa" / name, data)
+
+
+def make_cocoqa(root: Path) -> None:
+    for sub, images in (("train", "train2014"), ("test", "val2014")):
+        folder = root / "cocoqa" / sub
+        folder.mkdir(parents=True)
+        ids = [str(100 + i) for i in range(N)]
+        for i, img in enumerate(ids):
+            image(root / "cocoqa" / images / f"COCO_{images}_{int(img):012d}.jpg", i)
+        (folder / "questions.txt").write_text("\n".join(f"what is the color of the bus {i}" for i in range(N)) + "\n")
+        (folder / "answers.txt").write_text("red\nblue\nred\n")
+        (folder / "img_ids.txt").write_text("\n".join(ids) + "\n")
+        (folder / "types.txt").write_text("2\n2\n0\n")
+
+
+def make_aqua(root: Path) -> None:
+    for split in ("train", "test"):
+        records = [{"image": image(root / "aqua" / "SemArt" / "Images" / f"{i}-painting.jpg", i), "question": "what stand next to each other", "answer": "People", "need_external_knowledge": i == 0} for i in range(N)]
+        dump(root / "aqua" / f"{split}.json", records)
+
+
+def make_clove(root: Path) -> None:
+    from feddat.data.public.loaders import CLOVE_FUNCTIONS, CLOVE_SCENES
+
+    stems = [("function", s) for s in CLOVE_FUNCTIONS.values()] + [("scene", s) for s in CLOVE_SCENES.values()]
+    for kind, stem in stems:
+        for split in ("train", "val"):
+            records = []
+            for i in range(N):
+                source = "textvqa" if i == 2 else "vg"
+                folder = root / "clove" / ("vg/image" if source == "vg" else "textvqa")
+                image(folder / f"{i}7.jpg", i)
+                records.append({"image_id": f"{i}7", "image_source": source, "question": "what color is the shirt?", "question_id": f"{stem}{i}", "answers": ["white"] * 6 + ["grey"] * 4})
+            dump(root / "clove" / "json" / kind / f"{stem}_{split}.json", records)
+
+
+def make_nlvr2(root: Path) -> None:
+    for split, name in (("train", "train.json"), ("dev", "dev.json")):
+        records = []
+        for i in range(N):
+            ident = f"{split}-{10 + i}-0-{i}"
+            folder = root / "nlvr2" / ("images/train/7" if split == "train" else "dev")
+            for k in (0, 1):
+                image(folder / f"{split}-{10 + i}-0-img{k}.png", i + k)
+            record = {"validation": {}, "sentence": "One image shows exactly two dogs.", "left_url": "http://x/l.jpg", "writer": "103", "label": "True" if i % 2 else "False", "right_url": "http://x/r.jpg", "synset": "n02", "query": "dogs", "identifier": ident, "extra_validations": {}}
+            if split == "train":
+                record["directory"] = 7
+            records.append(record)
+        dump_lines(root / "nlvr2" / name, records)
+
+
+def make_snli_ve(root: Path) -> None:
+    for split in ("train", "test"):
+        records = []
+        for i in range(N):
+            image(root / "snli_ve" / "flickr30k_images" / f"{3416050480 + i}.jpg", i)
+            label = ("entailment", "neutral", "contradiction")[i]
+            records.append({"annotator_labels": [label], "captionID": f"{3416050480 + i}.jpg#4", "gold_label": label, "pairID": f"{3416050480 + i}.jpg#4r1e", "sentence1": "A man.", "sentence2": "A person is outdoors.", "Flikr30kID": f"{3416050480 + i}.jpg"})
+        dump_lines(root / "snli_ve" / f"snli_ve_{split}.jsonl", records)
+
+
+MAKERS = {"vqav2": make_vqav2, "vqa_abstract": make_vqa_abstract, "vizwiz": make_vizwiz, "gqa": make_gqa, "cocoqa": make_cocoqa, "aqua": make_aqua, "clove": make_clove, "nlvr2": make_nlvr2, "snli_ve": make_snli_ve}
+LOAD = {  # dataset -> (first train answer, answer list or None, groups, two images)
+    "vqav2": ("cat", ["cat", "cat", "dog", "dog", "dog"] + ["cat"] * 5, "other", False),
+    "vqa_abstract": ("cat", ["cat", "cat", "dog", "dog", "dog"] + ["cat"] * 5, "other", False),
+    "vizwiz": ("soup can", ["soup can", "unanswerable"] + ["soup can"] * 8, "other", False),
+    "gqa": ("no", None, "verify", False),
+    "cocoqa": ("red", None, "color", False),
+    "aqua": ("people", None, "knowledge", False),
+    "clove_function_attribute": ("white", ["white"] * 6 + ["grey"] * 4, "attribute", False),
+    "clove_scene_outdoors": ("white", ["white"] * 6 + ["grey"] * 4, "outdoors", False),
+    "nlvr2": ("false", None, "", True),
+    "snli_ve": ("entailment", None, "", False),
+}
+
+
+@pytest.fixture()
+def root(tmp_path):
+    for make in MAKERS.values():
+        make(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("dataset", list(LOAD))
+def test_each_loader_reads_its_public_format(root, dataset):
+    answer, answer_list, group, pair = LOAD[dataset]
+    for split in ("train", "test"):
+        raw = read_split(dataset, root, split, 0, seed=0, image_side=16)
+        assert len(raw) == N and raw.images.shape == (N, 16, 16, 3)
+        assert raw.answers[0] == answer and raw.groups[0] == group
+        assert (raw.images2 is not None) == pair
+        assert (raw.answer_lists[0] if raw.answer_lists else None) == answer_list
+        assert raw.questions[0]
+
+
+def test_sub_sampling_is_seeded(root):
+    a = read_split("cocoqa", root, "train", 2, seed=5, image_side=16)
+    assert len(a) == 2 and a.key == read_split("cocoqa", root, "train", 2, seed=5, image_side=16).key
+    keys = {read_split("cocoqa", root, "train", 2, seed=s, image_side=16).key for s in range(8)}
+    assert len(keys) > 1  # other seeds pick other questions
+
+
+def corrupt(root: Path, dataset: str) -> str:
+    """Break one record of `dataset` the way real files go wrong; return the expected message."""
+    if dataset == "vqav2":
+        path = root / "vqav2" / "v2_OpenEnded_mscoco_train2014_questions.json"
+        data = json.loads(path.read_text())
+        del data["questions"][1]["question"]
+        path.write_text(json.dumps(data))
+        return r"v2_OpenEnded_mscoco_train2014_questions.json: question 1 \(question_id 1001\): field 'question' is missing"
+    if dataset == "vqa_abstract":
+        path = root / "vqa_abstract" / "abstract_v002_train2015_annotations.json"
+        data = json.loads(path.read_text())
+        data["annotations"][2]["answers"] = []
+        path.write_text(json.dumps(data))
+        return r"abstract_v002_train2015_annotations.json: annotation 2 \(question_id 1002\): field 'answers'"
+    if dataset == "vizwiz":
+        (root / "vizwiz" / "train" / "VizWiz_train_00000001.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+        return r"Annotations/train.json: record 1: image file .*VizWiz_train_00000001.jpg is corrupt"
+    if dataset == "gqa":
+        path = root / "gqa" / "train_balanced_questions.json"
+        data = json.loads(path.read_text())
+        data["021"]["imageId"] = 5
+        path.write_text(json.dumps(data))
+        return r"train_balanced_questions.json: question 021: field 'imageId' is missing or not a non-empty str"
+    if dataset == "cocoqa":
+        (root / "cocoqa" / "train" / "types.txt").write_text("2\n9\n0\n")
+        return r"cocoqa/train/types.txt:2: type '9' is not 0, 1, 2 or 3"
+    if dataset == "aqua":
+        (root / "aqua" / "SemArt" / "Images" / "2-painting.jpg").unlink()
+        return r"aqua/train.json: record 2: image file .*2-painting.jpg does not exist"
+    if dataset == "clove_function_attribute":
+        path = root / "clove" / "json" / "function" / "functional_attribute_train.json"
+        data = json.loads(path.read_text())
+        data[0]["image_source"] = "coco"
+        path.write_text(json.dumps(data))
+        return r"functional_attribute_train.json: record 0: image_source 'coco' is not 'vg' or 'textvqa'"
+    if dataset == "nlvr2":
+        path = root / "nlvr2" / "train.json"
+        lines = path.read_text().splitlines()
+        lines[1] = lines[1][:40]  # a truncated line
+        path.write_text("\n".join(lines) + "\n")
+        return r"nlvr2/train.json:2: not valid JSON"
+    if dataset == "snli_ve":
+        path = root / "snli_ve" / "snli_ve_train.jsonl"
+        lines = path.read_text().splitlines()
+        lines[2] = lines[2].replace('"contradiction"', '"-"')
+        path.write_text("\n".join(lines) + "\n")
+        return r"snli_ve_train.jsonl:3: gold_label '-' is not one of entailment, neutral, contradiction"
+    raise AssertionError(dataset)
+
+
+@pytest.mark.parametrize("dataset", ["vqav2", "vqa_abstract", "vizwiz", "gqa", "cocoqa", "aqua", "clove_function_attribute", "nlvr2", "snli_ve"])
+def test_a_broken_record_is_reported_with_file_and_record(root, dataset):
+    message = corrupt(root, dataset)
+    with pytest.raises(DataError, match=message):
+        read_split(dataset, root, "train", 0, seed=0, image_side=16)
+
+
+def test_missing_download_names_the_file(tmp_path):
+    cfg = tiny_config(**{"data.source": "public", "data.benchmark": "domain", "data.root": str(tmp_path)})
+    with pytest.raises(DataError, match=r"aqua: .*aqua/train.json does not exist; download"):
+        raw_clients(cfg)
+    with pytest.raises(ConfigError, match="needs data.root"):
+        load(None, {"data.source": "public", "data.benchmark": "task"})
+    with pytest.raises(ConfigError, match="data.benchmark = 'shapes' is not one of"):
+        load(None, {"data.source": "public", "data.benchmark": "shapes", "data.root": str(tmp_path)})
+
+
+@pytest.mark.parametrize("benchmark, clients", [("domain", 5), ("function", 6), ("scene", 6), ("task", 3)])
+def test_named_public_benchmarks_build_their_clients(root, benchmark, clients):
+    cfg = tiny_config(**{"data.source": "public", "data.benchmark": benchmark, "data.root": str(root), "data.train_per_client": 0, "data.test_per_client": 0})
+    raws = raw_clients(cfg)
+    assert [c.name for c in raws] == [name for name, _ in PUBLIC_BENCHMARKS[benchmark]] and len(raws) == clients
+
+
+def test_public_task_benchmark_encodes_soft_pair_and_entailment_clients(root, tiny_backbone):
+    cfg = tiny_config(**{"data.source": "public", "data.benchmark": "task", "data.root": str(root), "data.train_per_client": 0, "data.test_per_client": 0, "data.cache_dir": ""})
+    vqa, nlvr2, snli = load_clients(cfg, tiny_backbone, log=lambda s: None)
+    assert vqa.answers == ["cat"] and vqa.train.targets.is_floating_point()
+    assert vqa.train.targets[0, 0].item() == pytest.approx(1.0)  # 7 of 10 annotators said cat: min(7 / 3, 1)
+    assert nlvr2.images_per_example == 2 and nlvr2.answers == ["true", "false"]
+    assert snli.task == "entailment" and snli.test.targets.tolist() == [0, 1, 2]
+
+
+def test_every_dataset_has_a_fixture():
+    assert {spec.folder for spec in DATASETS.values()} == set(MAKERS)
+
+
+def test_one_public_dataset_split_by_category_and_by_dirichlet(root):
+    cfg = tiny_config(**{"data.source": "public", "data.benchmark": "cocoqa", "data.root": str(root), "data.partition": "category", "data.train_per_client": 0, "data.test_per_client": 0})
+    clients = raw_clients(cfg)
+    assert [(c.name, len(c.train)) for c in clients] == [("color", 2), ("object", 1)]  # types.txt: 2, 2, 0
+    cfg = tiny_config(**{"data.source": "public", "data.benchmark": "vqav2", "data.root": str(root), "data.partition": "iid", "data.num_clients": 3, "data.train_per_client": 0, "data.test_per_client": 0, "data.min_per_client": 1})
+    clients = raw_clients(cfg)
+    assert [len(c.train) for c in clients] == [1, 1, 1] and all(c.train.answer_lists for c in clients)
+
+
+def test_describe_reads_no_public_images(root, capsys):
+    from feddat.cli import main
+
+    for path in (root / "gqa" / "images").iterdir():
+        path.write_bytes(b"not an image")  # describe must not need them
+    assert main(["data", "describe", "--data.source", "public", "--data.root", str(root), "--data.benchmark", "domain", "--data.train_per_client", "0", "--data.test_per_client", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "| gqa | vqa | 3 | 3 |" in out and "Jensen-Shannon" in out

@@ -1,0 +1,126 @@
+"""Checkpoint and resume: a run killed with SIGKILL continues to exactly the numbers of an
+uninterrupted run, whatever it was writing when it died."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from feddat.cli import main
+from feddat.runtime import load_tensors, save_tensors
+
+ROUNDS = 4
+
+
+def tiny_args(tiny_vilt_dir: str, tmp_path: Path, name: str) -> list[str]:
+    return [
+        "run", "--backbone.name", "vilt", "--backbone.path", tiny_vilt_dir, "--backbone.image_size", "32",
+        "--backbone.max_text_len", "12", "--adapter.reduction_factor", "4", "--data.benchmark", "domain",
+        "--data.train_per_client", "24", "--data.test_per_client", "6", "--data.cache_dir", str(tmp_path / "cache"),
+        "--federation.rounds", str(ROUNDS), "--federation.eval_every", "1", "--federation.fraction", "0.6",
+        "--train.batch_size", "6", "--run.methods", "feddat,fedavg",
+        "--run.out_dir", str(tmp_path), "--run.name", name, "--run.threads", "1",
+    ]  # fmt: skip
+
+
+def results(run_dir: Path) -> tuple[list[dict], dict[str, dict[str, torch.Tensor]]]:
+    """Every metrics record (sorted) and each method's final A_s."""
+    records = sorted((json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()), key=lambda r: json.dumps(r, sort_keys=True))
+    adapters = {m: load_tensors(run_dir / m / "shared_adapter.safetensors") for m in ("feddat", "fedavg")}
+    return records, adapters
+
+
+def committed_round(run_dir: Path, method: str) -> int:
+    try:
+        return json.loads((run_dir / "checkpoint" / method / "progress.json").read_text())["round"]
+    except (OSError, ValueError):
+        return 0
+
+
+def kill_after(cmd: list[str], run_dir: Path, method: str, round_: int, timeout: float = 180) -> None:
+    """Start `cmd`, SIGKILL it as soon as `method` has committed `round_` (mid-way through the next)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while committed_round(run_dir, method) < round_:
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("the run did not reach the kill point in time")
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_vilt_dir, tmp_path):
+    assert main(tiny_args(tiny_vilt_dir, tmp_path, "straight")) == 0
+    expected = results(tmp_path / "straight")
+
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "feddat.cli", *tiny_args(tiny_vilt_dir, tmp_path, "killed")]
+    kill_after(cmd, run_dir, "feddat", 2)
+    assert 2 <= committed_round(run_dir, "feddat") < ROUNDS
+    # The wreckage a kill in the middle of writes leaves: a torn metrics line, a half-written
+    # temporary file, client states and checkpoint tensors of a round that never committed.
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"method": "feddat", "round": 3, "cli')
+    (run_dir / "checkpoint" / "feddat" / ".progress.json.abc.tmp").write_text('{"round": 9')
+    future = committed_round(run_dir, "feddat") + 1
+    save_tensors(run_dir / "state" / "feddat" / f"flat.r{future:05d}.safetensors", {"head.junk": torch.ones(1)})
+    save_tensors(run_dir / "checkpoint" / "feddat" / f"round-{future:05d}.safetensors", {"shared.junk": torch.ones(1)})
+
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    records, adapters = results(run_dir)
+    assert records == expected[0]
+    for method, tensors in expected[1].items():
+        assert all(torch.equal(tensors[k], adapters[method][k]) for k in tensors), method
+    assert not list(run_dir.rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_resume_after_the_first_method_finished(tiny_vilt_dir, tmp_path):
+    """Killed during the second method: the first is not rerun, the second continues."""
+    assert main(tiny_args(tiny_vilt_dir, tmp_path, "straight")) == 0
+    expected = results(tmp_path / "straight")
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "feddat.cli", *tiny_args(tiny_vilt_dir, tmp_path, "killed")]
+    kill_after(cmd, run_dir, "fedavg", 1)
+    feddat_summary = json.loads((run_dir / "summary.json").read_text())["methods"][0]
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    assert results(run_dir)[0] == expected[0]
+    assert json.loads((run_dir / "summary.json").read_text())["methods"][0] == feddat_summary
+
+
+def test_resume_refuses_other_options_and_non_runs(tmp_path, capsys):
+    assert main(["run", "--resume", str(tmp_path), "--federation.rounds", "3"]) == 2
+    assert "takes no --config or other options" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path)]) == 1
+    assert "has no config.toml" in capsys.readouterr().err
+
+
+def test_a_pickle_in_place_of_a_state_file_is_refused(tmp_path):
+    """State files are safetensors; a pickle (which could run code when loaded) is not read as one."""
+    from feddat.engines.state import ClientStateStore
+
+    store = ClientStateStore(tmp_path)
+    store.save("alice", {"head.w": torch.zeros(2)}, round_=1)
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"head.w": Exploit()}, store.path("alice", 2), _use_new_zipfile_serialization=True)
+    with pytest.raises(Exception) as err:
+        store.load("alice")
+    assert "alice" in str(err.value) and "safetensors" in str(err.value)
+    assert not (tmp_path / "pwned").exists()
