@@ -2,7 +2,7 @@
 
 Prints, for the embedded default (minivl) and a ViLT-B/32-sized backbone (random weights,
 the real architecture and sizes): ms per local step, samples per second, the ratio to
-FedAvg+Adapter measured in this same process, and peak memory above the model's baseline.
+FedAvg+Adapter measured in this same process, and peak memory.
 Variants are interleaved over repeats and the median is reported, so a noisy neighbour
 affects all of them alike. Nothing is asserted: these are figures to read.
 
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
+import subprocess
 import sys
-import threading
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,44 +38,18 @@ VARIANTS = {  # label -> (method, feddat.schedule)
 }
 
 
-class PeakMemory:
-    """Peak memory while a block runs: CUDA allocator peak, or sampled process RSS on CPU."""
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.peak = 0
 
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            return self
-        import psutil
-
-        self.process = psutil.Process()
-        self.base = self.peak = self.process.memory_info().rss
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated()
-        else:
-            self.running = False
-            self.thread.join()
-
-    @property
-    def extra_mib(self) -> float:
-        return (self.peak - self.base) / 2**20
+def memory_in_child(backbone: str, label: str, batch: int, steps: int) -> float:
+    """Peak resident memory of a fresh process that trains one variant (CPU has no allocator
+    statistics, and a process's high-water mark never goes down, so each variant gets its own)."""
+    cmd = [sys.executable, __file__, "--memory-child", label, "--backbones", backbone, "--batch", str(batch), "--vilt-batch", str(batch), "--steps", str(steps)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"memory run of {label} failed:\n{out.stderr[-2000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def build(backbone_name: str, device: torch.device, batch: int):
@@ -103,36 +78,52 @@ def make_client(cfg: Config, backbone, n: int):
     return load_clients(cfg, backbone, log=lambda _: None)[0]
 
 
-def bench_backbone(name: str, device: torch.device, batch: int, steps: int, repeats: int) -> list[dict]:
+def build_variants(name: str, device: torch.device, batch: int, steps: int):
     cfg, backbone = build(name, device, batch)
     model = AdaptedModel(backbone, cfg.adapter.reduction_factor, cfg.adapter.activation)
     client = make_client(cfg, backbone, batch * steps)
     methods = {}
     for label, (method_name, schedule) in VARIANTS.items():
+        variant_cfg = _copy(cfg)
         if schedule:
-            cfg.feddat.schedule = schedule
-        method = build_method(method_name, cfg, model, device)
+            variant_cfg.feddat.schedule = schedule
+        method = build_method(method_name, variant_cfg, model, device)
         methods[label] = (method, method.init_shared(), method.init_client_state(client))
-        method.cfg = _copy(cfg)  # freeze this variant's schedule
+    return client, methods
+
+
+def bench_backbone(name: str, device: torch.device, batch: int, steps: int, repeats: int) -> list[dict]:
+    client, methods = build_variants(name, device, batch, steps)
     times = {label: [] for label in VARIANTS}
     peaks = {label: 0.0 for label in VARIANTS}
     for label, (method, shared, state) in methods.items():  # warm-up: allocator, kernels, caches
         method.client_update(shared, state, client, round_=0)
     for r in range(repeats):
         for label, (method, shared, state) in methods.items():
-            with PeakMemory(device) as mem:
-                t0 = time.perf_counter()
-                update = method.client_update(shared, state, client, round_=r + 1)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                elapsed = time.perf_counter() - t0
-            times[label].append(elapsed / update.metrics["steps"])
-            peaks[label] = max(peaks[label], mem.extra_mib)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            update = method.client_update(shared, state, client, round_=r + 1)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                peaks[label] = max(peaks[label], torch.cuda.max_memory_allocated() / 2**20)
+            times[label].append((time.perf_counter() - t0) / update.metrics["steps"])
+    if device.type != "cuda":
+        peaks = {label: memory_in_child(name, label, batch, steps) for label in VARIANTS}
     base = statistics.median(times["fedavg"])
     return [
-        {"backbone": name, "variant": label, "ms_per_step": 1000 * statistics.median(t), "samples_per_s": batch / statistics.median(t), "ratio": statistics.median(t) / base, "peak_extra_mib": peaks[label]}
+        {"backbone": name, "variant": label, "ms_per_step": 1000 * statistics.median(t), "samples_per_s": batch / statistics.median(t), "ratio": statistics.median(t) / base, "peak_mib": peaks[label]}
         for label, t in times.items()
     ]
+
+
+def memory_child(name: str, label: str, batch: int, steps: int) -> None:
+    client, methods = build_variants(name, torch.device("cpu"), batch, steps)
+    method, shared, state = methods[label]
+    for round_ in range(2):
+        method.client_update(shared, state, client, round_=round_)
+    print(peak_rss_mib())
 
 
 def _copy(cfg: Config) -> Config:
@@ -150,16 +141,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     set_threads(args.threads)
+    if args.memory_child:
+        memory_child(args.backbones, args.memory_child, args.batch, args.steps)
+        return 0
     device = pick_device(args.device)
     print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}; median of {args.repeats} interleaved repeats of {args.steps} steps")
     print(f"{'backbone':<10} {'variant':<18} {'ms/step':>9} {'samples/s':>10} {'x fedavg':>9} {'peak MiB':>9}")
+    print("(peak MiB: GPU allocator peak on CUDA; on CPU the resident high-water mark of a fresh process training that variant, model included)")
     for name in args.backbones.split(","):
         batch = args.batch if name == "minivl" else args.vilt_batch
         steps = args.steps if name == "minivl" else max(1, args.steps // 2)
         for row in bench_backbone(name, device, batch, steps, args.repeats):
-            print(f"{row['backbone']:<10} {row['variant']:<18} {row['ms_per_step']:9.1f} {row['samples_per_s']:10.1f} {row['ratio']:9.2f} {row['peak_extra_mib']:9.1f}", flush=True)
+            print(f"{row['backbone']:<10} {row['variant']:<18} {row['ms_per_step']:9.1f} {row['samples_per_s']:10.1f} {row['ratio']:9.2f} {row['peak_mib']:9.0f}", flush=True)
     return 0
 
 

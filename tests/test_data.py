@@ -41,6 +41,12 @@ def test_feature_cache_is_reused_and_keyed_by_content(tiny_backbone, tmp_path):
     raw.key += "-changed"
     cached_features(raw, tiny_backbone, tmp_path)
     assert len(list(tmp_path.glob("*.safetensors"))) == 2
+    # another image size is another backbone input: a new entry, not the old features
+    from feddat.backbones import build_backbone
+
+    bigger = build_backbone("vilt", tiny_backbone.source, image_size=48, max_text_len=12)
+    assert cached_features(raw, bigger, tmp_path).shape[-1] == 48
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
 
 
 def write_folder(root, n=4, corrupt=False, missing=False, bad_line=False):
@@ -86,3 +92,25 @@ def test_folder_faults_name_file_and_line(tiny_backbone, tmp_path, fault, messag
     write_folder(tmp_path, **fault)
     with pytest.raises(DataError, match=message):
         load_folder(tmp_path, tiny_backbone)
+
+
+@pytest.mark.parametrize(
+    "fault, client, split, message",
+    [
+        ({"corrupt": True}, "south", "train", "train1.png is corrupt"),
+        ({"missing": True}, "south", "test", "test2.png does not exist"),
+        ({"bad_line": True}, "north", "train", "north/train.jsonl:3"),
+    ],
+)
+def test_skip_policy_drops_and_counts_bad_records(tiny_backbone, tmp_path, fault, client, split, message):
+    write_folder(tmp_path, **fault)
+    cfg = tiny_config(**{"data.benchmark": "folder", "data.root": str(tmp_path), "data.cache_dir": "", "data.on_bad_record": "skip"})
+    lines: list[str] = []
+    clients = {c.name: c for c in load_clients(cfg, tiny_backbone, log=lines.append)}
+    sizes = {name: (len(c.train), len(c.test)) for name, c in clients.items()}
+    expected = {"north": (4, 4), "south": (4, 4)}
+    n_train, n_test = expected[client]
+    expected[client] = (n_train - (split == "train"), n_test - (split == "test"))
+    assert sizes == expected
+    warning = [line for line in lines if line.startswith("warning: skipped 1 bad record(s)")]
+    assert warning and message in warning[0]

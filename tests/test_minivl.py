@@ -22,7 +22,7 @@ from feddat.backbones import build_backbone
 from feddat.peft.model import AdaptedModel
 bb = build_backbone("minivl", image_size=128, max_text_len=12)
 feats = bb.encode_images(np.zeros((2, 128, 128, 3), np.uint8))
-assert feats.shape == (2, 16, 1280) and feats.dtype == torch.float16, feats.shape
+assert feats.shape == (2, 16, 384) and feats.dtype == torch.float16, feats.shape
 ids, mask = bb.tokenize(["what colour is the circle?", "how many stars are there?"])
 model = AdaptedModel(bb)
 model.add_adapter("shared")

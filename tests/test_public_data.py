@@ -282,3 +282,17 @@ def test_describe_reads_no_public_images(root, capsys):
     assert main(["data", "describe", "--data.source", "public", "--data.root", str(root), "--data.benchmark", "domain", "--data.train_per_client", "0", "--data.test_per_client", "0"]) == 0
     out = capsys.readouterr().out
     assert "| gqa | vqa | 3 | 3 |" in out and "Jensen-Shannon" in out
+
+
+def test_skip_policy_drops_a_record_with_a_corrupt_image_and_counts_it(root):
+    from feddat.data import faults
+
+    corrupt(root, "vizwiz")
+    with faults.policy("skip") as found:
+        raw = read_split("vizwiz", root, "train", 0, seed=0, image_side=16)
+    assert len(raw) == N - 1 and len(found.skipped) == 1
+    assert "VizWiz_train_00000001.jpg is corrupt" in found.skipped[0]
+    # a malformed annotation is not an image fault: it stops the run under either policy
+    corrupt(root, "vqav2")
+    with faults.policy("skip"), pytest.raises(DataError, match="field 'question' is missing"):
+        read_split("vqav2", root, "train", 0, seed=0, image_side=16)

@@ -309,6 +309,7 @@ class RunResult:
     records: list[dict]
     summary: dict
     personal: bool = False
+    passes: int = 2  # backbone passes per local minibatch, from the method and the run's config
 
 
 def load_compare_run(run_dir: Path) -> RunResult:
@@ -316,7 +317,15 @@ def load_compare_run(run_dir: Path) -> RunResult:
 
     summary = json.loads((run_dir / "summary.json").read_text())
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("method") == summary["method"]]
-    return RunResult(summary["label"], summary["method"], int(summary["seed"]), records, summary, any("personal" in r for r in records))
+    return RunResult(summary["label"], summary["method"], int(summary["seed"]), records, summary, any("personal" in r for r in records), run_passes(run_dir, summary["method"]))
+
+
+def run_passes(run_dir: Path, method: str) -> int:
+    """Passes per step for `method` as configured in that run (read at report time, so that a
+    correction of the pass counts applies to runs that finished before it)."""
+    path = run_dir / "config.toml"
+    cfg = config_mod.load(path, {}) if path.is_file() else Config()
+    return sum(passes_per_step(method, cfg))
 
 
 def load_run_dirs(dirs: list[Path]) -> list[RunResult]:
@@ -335,7 +344,7 @@ def load_run_dirs(dirs: list[Path]) -> list[RunResult]:
         records = read_metrics(d / "metrics.jsonl")
         for s in summary["methods"]:
             mine = [r for r in records if r.get("method") == s["method"]]
-            results.append(RunResult(s["method"], s["method"], seed, mine, s, any("personal" in r for r in mine)))
+            results.append(RunResult(s["method"], s["method"], seed, mine, s, any("personal" in r for r in mine), run_passes(d, s["method"])))
     seen = [(r.label, r.seed) for r in results]
     dupes = sorted({x for x in seen if seen.count(x) > 1})
     if dupes:
@@ -361,7 +370,7 @@ def nanmean(values) -> float:
 
 def compute_by_round(result: RunResult) -> dict[int, float]:
     """Backbone passes spent in each round, summed over the participating clients."""
-    per_step = result.summary.get("passes_per_step", 2)
+    per_step = result.passes
     out: dict[int, float] = {}
     for r in result.records:
         if r.get("kind") == "train":
@@ -486,6 +495,7 @@ def cost_rows(results: list[RunResult]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"label": label, "method": runs[0].method, "seeds": len(runs)}
         for k in keys:
             row[k] = nanmean(r.summary.get(k) for r in runs)
+        row["passes_per_step"] = nanmean(r.passes for r in runs)
         rounds = nanmean(max((p["round"] for p in curve(r)), default=0) for r in runs)
         row["total_bytes"] = (row["bytes_up_per_round"] + (row["bytes_down_per_round"] if row["bytes_down_per_round"] == row["bytes_down_per_round"] else row["bytes_up_per_round"])) * rounds
         row["compute_passes"] = nanmean(sum(compute_by_round(r).values()) for r in runs)

@@ -98,6 +98,11 @@ class FlowerConfig:
     round_timeout: float = _f(600.0, "Flower engine: seconds the server waits for a phase's replies; a SuperNode that has not replied by then is left out (it rejoins when restarted)")
     join_timeout: float = _f(300.0, "Flower engine: seconds the server waits at the start for every client's SuperNode")
     clients: list[str] = _f([], "Flower engine: the clients, in order (default: the benchmark's clients, as the embedded engine lists them)")
+    secure_aggregation: bool = _f(False, "Flower engine: sum the clients' A_s updates with Flower's SecAgg+ (the server sees only the aggregate); needs federation.aggregation = mean and >= 2 clients per round")
+    secagg_num_shares: int = _f(0, "SecAgg+: shares each client's secrets are split into, among its neighbours (0: every sampled client; otherwise odd and >= 3)")
+    secagg_reconstruction_threshold: int = _f(0, "SecAgg+: shares needed to unmask a client, i.e. how many must collude (0: a majority of the shares; otherwise >= 2 and < the shares)")
+    secagg_clipping_range: float = _f(8.0, "SecAgg+: each client's weighted change of A_s must lie in [-range, range] per coordinate (a client whose change does not stops the run); the aggregate's error is at most 2*range/quantization_range per coordinate and round")
+    secagg_quantization_range: int = _f(2**22, "SecAgg+: levels a coordinate is quantised to before masking; clients per round * this must stay below 2**32")
 
 
 @dataclass
@@ -136,6 +141,7 @@ class DataConfig:
     max_answers: int = _f(100, "answer vocabulary: most frequent N answers per client")
     seed: int = _f(0, "seed of the data generator")
     cache_dir: str = _f(".cache/feddat", "where frozen image-tower features are cached")
+    on_bad_record: str = _f("error", "a corrupt/missing image or malformed line: error (stop, naming file and record) or skip (drop it, count it, warn)")
 
 
 @dataclass
@@ -286,6 +292,7 @@ def validate(cfg: Config) -> None:
     _choice("feddat.teacher", cfg.feddat.teacher, ("dual", "client_only", "frozen_only"))
     _choice("feddat.schedule", cfg.feddat.schedule, ("fused", "reference"))
     _choice("federation.weighting", cfg.federation.weighting, ("data_size", "uniform"))
+    _choice("data.on_bad_record", cfg.data.on_bad_record, ("error", "skip"))
     _choice("federation.aggregation", cfg.federation.aggregation, ("mean", "median", "trimmed_mean"))
     if cfg.privacy.clip_norm < 0 or cfg.privacy.noise_multiplier < 0 or not 0 < cfg.privacy.delta < 1:
         raise ConfigError("privacy: clip_norm and noise_multiplier must be >= 0 and delta in (0, 1)")
@@ -315,12 +322,28 @@ def validate(cfg: Config) -> None:
     _validate_baselines(cfg)
     if cfg.flower.round_timeout <= 0 or cfg.flower.join_timeout <= 0:
         raise ConfigError("flower.round_timeout and flower.join_timeout must be positive (seconds)")
+    _validate_secure_aggregation(cfg)
     if cfg.train.lr <= 0 or cfg.feddat.temperature <= 0:
         raise ConfigError("train.lr and feddat.temperature must be positive")
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"train.betas needs two numbers, got {cfg.train.betas}")
     if cfg.backbone.name == "vilt" and not cfg.backbone.path:
         raise ConfigError("backbone.path is required for vilt (hub id such as dandelin/vilt-b32-mlm, or a local folder)")
+
+
+def _validate_secure_aggregation(cfg: Config) -> None:
+    f = cfg.flower
+    shares, threshold = f.secagg_num_shares, f.secagg_reconstruction_threshold
+    if shares != 0 and (shares < 3 or shares % 2 == 0):
+        raise ConfigError(f"flower.secagg_num_shares must be 0 (every sampled client) or an odd number >= 3, got {shares}")
+    if threshold != 0 and (threshold < 2 or (shares and threshold >= shares)):
+        raise ConfigError(f"flower.secagg_reconstruction_threshold must be 0 (a majority) or >= 2 and below flower.secagg_num_shares, got {threshold}")
+    if f.secagg_clipping_range <= 0:
+        raise ConfigError(f"flower.secagg_clipping_range must be positive, got {f.secagg_clipping_range}")
+    if not 2 <= f.secagg_quantization_range < 2**31:
+        raise ConfigError(f"flower.secagg_quantization_range must be from 2 to 2**31 - 1, got {f.secagg_quantization_range}")
+    if f.secure_aggregation and cfg.federation.aggregation != "mean":
+        raise ConfigError(f"flower.secure_aggregation sums updates, so it needs federation.aggregation = mean (got {cfg.federation.aggregation}: a coordinate-wise rule must see every update)")
 
 
 def _validate_data(d: DataConfig) -> None:

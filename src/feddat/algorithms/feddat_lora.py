@@ -17,6 +17,7 @@ from feddat.peft.lora import lora_view
 
 class FedDATLoRA(FedDAT):
     name = "feddat_lora"
+    passes_per_step = (3, 2)  # the reference schedule: three forward and two backward passes
 
     def __init__(self, cfg, model, device):
         if hasattr(cfg.feddat, "schedule"):

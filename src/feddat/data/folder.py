@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from feddat.data import faults
 from feddat.data.clients import DataError, RawSplit
 
 IMAGE_SIDE = 128
@@ -32,6 +33,21 @@ def load_image(path: Path, side: int = IMAGE_SIDE) -> np.ndarray:
         raise DataError(f"image file {path} is corrupt or not an image: {err}") from err
 
 
+def read_record(line: bytes, path: Path, number: int) -> tuple[dict, np.ndarray]:
+    """One line of a client's jsonl and its image; any fault names the file and line."""
+    where = f"{path}:{number}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: not valid JSON ({err.msg})") from err
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record.get(k) for k in ("image", "question", "answer")):
+        raise DataError(f"{where}: a record needs non-empty string fields 'image', 'question' and 'answer'")
+    try:
+        return record, load_image(path.parent / record["image"])
+    except DataError as err:
+        raise DataError(f"{where}: {err}") from err
+
+
 def read_split(path: Path) -> RawSplit:
     if not path.is_file():
         raise DataError(f"annotation file {path} does not exist")
@@ -42,19 +58,13 @@ def read_split(path: Path) -> RawSplit:
             digest.update(line)
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record.get(k) for k in ("image", "question", "answer")):
-                raise DataError(f"{where}: a record needs non-empty string fields 'image', 'question' and 'answer'")
-            image_path = path.parent / record["image"]
-            try:
-                images.append(load_image(image_path))
+                record, image = read_record(line, path, number)
             except DataError as err:
-                raise DataError(f"{where}: {err}") from err
-            digest.update(image_path.read_bytes())
+                faults.current().bad(err)  # raises under the default policy; else the line is skipped
+                continue
+            images.append(image)
+            digest.update((path.parent / record["image"]).read_bytes())
             questions.append(record["question"])
             answers.append(record["answer"].strip().lower())
     array = np.stack(images) if images else np.zeros((0, IMAGE_SIDE, IMAGE_SIDE, 3), np.uint8)

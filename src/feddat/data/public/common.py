@@ -12,6 +12,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from feddat.data import faults
 from feddat.data.clients import DataError, RawSplit
 
 
@@ -124,14 +125,21 @@ def to_raw(records: list[Record], image_side: int, key: str, soft: bool, with_im
         raise DataError(f"no records to load for {key}")
     columns: list[list[np.ndarray]] = [[] for _ in records[0].images]
     placeholder = np.zeros((1, 1, 3), np.uint8)
+    kept = []
     for record in records:
         if len(record.images) != len(columns):
             raise DataError(f"{record.where}: expected {len(columns)} image(s), got {len(record.images)}")
-        for column, path in zip(columns, record.images):
-            try:
-                column.append(load_image(path, image_side) if with_images else placeholder)
-            except DataError as err:
-                raise DataError(f"{record.where}: {err}") from err
+        try:
+            pictures = [load_image(path, image_side) if with_images else placeholder for path in record.images]
+        except DataError as err:
+            faults.current().bad(DataError(f"{record.where}: {err}"))  # raises unless data.on_bad_record = skip
+            continue
+        for column, picture in zip(columns, pictures):
+            column.append(picture)
+        kept.append(record)
+    if not kept:
+        raise DataError(f"every record of {key} was skipped as bad")
+    records = kept
     key = key if with_images else f"{key}|no-images"
     return RawSplit(
         images=np.stack(columns[0]),

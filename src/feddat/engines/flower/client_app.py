@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 
 from feddat.algorithms import build_method
 from feddat.algorithms.base import Method
-from feddat.engines.flower import transport
+from feddat.engines.flower import secure, transport
 from feddat.engines.flower.partitions import PartitionError, build_model, load_partition
 from feddat.engines.state import ClientStateStore
 from feddat.runtime import pick_device, set_threads
@@ -79,12 +79,21 @@ def identify(msg: Message, context: Context) -> Message:
     return reply(msg, node, info={"num-train": len(c.train), "num-test": len(c.test), "num-answers": c.num_answers})
 
 
-@app.train()
+@app.train(mods=[secure.mod])  # Flower's secaggplus_mod, for SecAgg+ rounds only (flower.secure_aggregation)
 def train(msg: Message, context: Context) -> Message:
     node = Node(context)
-    name, round_, shared = request(msg)
+    masked = secure.is_masking_phase(msg.content)
+    if masked:  # SecAgg+: A_s arrives as a legacy FitIns; the reply, a FitRes, is masked by the mod
+        ask, shared = secure.read_fitins(msg.content)
+        name, round_ = ask.method, ask.round
+    else:
+        name, round_, shared = request(msg)
     method = node.method(name)
-    update = method.client_side(shared, method.client_update(shared, node.load_state(method), node.client, round_))
+    update = method.client_side(shared, method.client_update(shared, node.load_state(method), node.client, round_))  # DP clipping before any masking
+    if masked:
+        content = secure.fitres_content(ask, shared, update.shared, update.num_examples, dict(update.metrics), node.client.name)
+        node.save_state(method, update.state)
+        return Message(content, reply_to=msg)
     node.save_state(method, update.state)
     return reply(msg, node, shared=transport.to_record(update.shared), metrics=MetricRecord(dict(update.metrics)), info={"num-examples": update.num_examples})
 

@@ -26,7 +26,7 @@ from feddat.algorithms import build_method, privacy
 from feddat.algorithms.base import ClientUpdate, Method
 from feddat.config import Config
 from feddat.engines.embedded import MetricsLog, mean, sample_clients, tensor_bytes
-from feddat.engines.flower import transport
+from feddat.engines.flower import secure, transport
 from feddat.engines.flower.partitions import build_model, client_names
 from feddat.runtime import pick_device, save_tensors, set_threads, write_json, write_text
 
@@ -58,6 +58,7 @@ class Roster:
         self.log = log
         self.nodes: dict[str, int] = {}
         self.retired: set[int] = set()
+        self.sizes: dict[str, int] = {}  # client -> training examples, as it reported when it joined
 
     def node(self, client: str) -> int | None:
         return self.nodes.get(client)
@@ -83,7 +84,9 @@ class Roster:
             if reply.has_error():
                 raise FlowerRunError(f"SuperNode {node} could not load its client: {reply.error.reason}")
             answered.add(node)
-            self.admit(str(reply.content["info"]["client"]), node)
+            info = reply.content["info"]
+            self.admit(str(info["client"]), node)
+            self.sizes[str(info["client"])] = int(info.get("num-train", 0))
         for node in set(new) - answered:
             self.log(f"  warning: SuperNode {node} did not say which client it is within {self.timeout:.0f}s; ignored")
             self.retired.add(node)
@@ -120,21 +123,33 @@ class MethodStrategy(Strategy):
         self.times = {"train": 0.0, "eval": 0.0, "steps": 0, "t0": 0.0}
         self.bytes = {"up": 0, "down": 0}
         self.accountant = None
+        self.grid: Grid | None = None
+        sampled = len(sample_clients(roster.clients, cfg.federation.fraction, cfg.run.seed, 1))
         if privacy.enabled(cfg.privacy) and method.communicates:
-            sampled = len(sample_clients(roster.clients, cfg.federation.fraction, cfg.run.seed, 1))
             self.accountant = privacy.Accountant(cfg.privacy, sampled / len(roster.clients))
+        # SecAgg+ (secure.py): the server sees only the sum of the clients' A_s changes
+        self.secure = cfg.flower.secure_aggregation and method.communicates
+        if self.secure:
+            try:
+                secure.check_possible(cfg, sampled)
+            except secure.SecureAggregationError as err:
+                raise FlowerRunError(str(err)) from err
 
     def summary(self) -> None:
         f = self.cfg.federation
         self.log(f"  [{self.method.name}] {len(self.roster.clients)} clients, fraction {f.fraction}, {f.rounds} rounds, evaluation every {f.eval_every}")
 
     # ---- messages ------------------------------------------------------------------------
-    def messages(self, kind: str, server_round: int, clients: list[str]) -> list[Message]:
+    def select(self, kind: str, server_round: int, clients: list[str]) -> None:
+        """The phase's clients that a SuperNode serves now (self.order, self.sent)."""
         self.order = [c for c in clients if self.roster.node(c) is not None]
         for c in clients:
             if c not in self.order:
                 self.log(f"  warning: round {server_round} {kind}: no SuperNode serves client '{c}' now; skipped")
         self.sent = {self.roster.node(c): c for c in self.order}
+
+    def messages(self, kind: str, server_round: int, clients: list[str]) -> list[Message]:
+        self.select(kind, server_round, clients)
         arrays = transport.to_record(self.shared if self.method.communicates else {})
         config = ConfigRecord({"method": self.method.name, "round": server_round})
         self.bytes["down"] += arrays.count_bytes() * len(self.sent)
@@ -162,11 +177,18 @@ class MethodStrategy(Strategy):
         self.times["t0"] = time.perf_counter()
         self.roster.refresh(grid)  # a restarted SuperNode rejoins here
         sampled = sample_clients(self.roster.clients, self.cfg.federation.fraction, self.cfg.run.seed, server_round)
+        if self.secure:  # Flower's SecAgg+ workflow sends its own four phases, from aggregate_train
+            self.grid = grid
+            self.select("train", server_round, sampled)
+            return []
         return self.messages("train", server_round, sampled)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        got = self.replies("train", server_round, replies)
-        updates = [self.update(c, got[c]) for c in self.order if c in got]
+        if self.secure:
+            updates = self.secure_updates(server_round)
+        else:
+            got = self.replies("train", server_round, replies)
+            updates = [self.update(c, got[c]) for c in self.order if c in got]
         # the server step, as embedded: validation (bad updates dropped, named), then aggregation
         self.shared, rejected = self.method.server_round(self.shared, updates, server_round)
         reasons = {r.client: r.reason for r in rejected}
@@ -183,6 +205,31 @@ class MethodStrategy(Strategy):
         losses = " ".join(f"{u.metrics.get('loss', u.metrics.get('loss_student', 0)):.3f}" for u in updates[:8])
         self.log(f"  [{self.method.name}] round {server_round}/{self.cfg.federation.rounds}  {seconds:6.1f}s  loss {losses}")
         return transport.to_record(self.shared), None
+
+    def secure_updates(self, server_round: int) -> list[ClientUpdate]:
+        """One SecAgg+ round: the weighted mean of the contributors' A_s, standing in for each
+        contributor's update (identical copies, equal weights: the server step sees the mean)."""
+        if len(self.sent) < 2:  # a 'sum' of one would be that client's update: the round keeps A_s
+            if self.sent:
+                self.log(f"  warning: round {server_round}: only client '{self.order[0]}' is online; secure aggregation needs 2, A_s is kept")
+            return []
+        try:
+            out = secure.secure_mean(self.grid, self.cfg, self.method.name, server_round, self.shared, self.sent, self.roster.sizes, self.log)
+        except secure.SecureAggregationError as err:
+            raise FlowerRunError(str(err)) from err
+        self.bytes["down"] += out.bytes_down
+        self.bytes["up"] += out.bytes_up
+        for node, error in out.errors.items():
+            if error.code not in LOST:
+                raise FlowerRunError(f"client '{self.sent.get(node, node)}' (node {node}) failed in round {server_round} train (secure aggregation): {error.reason}")
+        for node, client in self.sent.items():
+            if client not in out.metrics and self.roster.node(client) == node:
+                why = f"was lost in round {server_round} train ({out.errors[node].reason})" if node in out.errors else f"did not reply to a phase of round {server_round} train within {self.roster.timeout:.0f}s"
+                self.roster.lose(client, node, why)
+        if out.mean is None:
+            self.log(f"  warning: round {server_round}: secure aggregation did not complete (too few of {len(self.sent)} clients left to unmask the sum); A_s is kept")
+            return []
+        return [ClientUpdate(client=c, shared=out.mean, num_examples=1, state={}, metrics=out.metrics[c]) for c in self.order if c in out.metrics]
 
     def update(self, client: str, content: RecordDict) -> ClientUpdate:
         self.bytes["up"] += content["shared"].count_bytes()
