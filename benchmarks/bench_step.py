@@ -148,12 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         memory_child(args.backbones, args.memory_child, args.batch, args.steps)
         return 0
     device = pick_device(args.device)
-    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}; median of {args.repeats} interleaved repeats of {args.steps} steps")
+    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}; median of {args.repeats} interleaved repeats")
     print(f"{'backbone':<10} {'variant':<18} {'ms/step':>9} {'samples/s':>10} {'x fedavg':>9} {'peak MiB':>9}")
     print("(peak MiB: GPU allocator peak on CUDA; on CPU the resident high-water mark of a fresh process training that variant, model included)")
     for name in args.backbones.split(","):
         batch = args.batch if name == "minivl" else args.vilt_batch
         steps = args.steps if name == "minivl" else max(1, args.steps // 2)
+        print(f"-- {name}: batch {batch}, {steps} local steps per timed update")
         for row in bench_backbone(name, device, batch, steps, args.repeats):
             print(f"{row['backbone']:<10} {row['variant']:<18} {row['ms_per_step']:9.1f} {row['samples_per_s']:10.1f} {row['ratio']:9.2f} {row['peak_mib']:9.0f}", flush=True)
     return 0

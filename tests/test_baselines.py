@@ -300,6 +300,7 @@ def test_ditto_evaluates_the_personal_adapter(tiny_backbone, tiny_clients):
     shared, update, method = trained(tiny_backbone, tiny_clients[1], "ditto", epochs=1)
     scores = method.evaluate(update.shared, update.state, tiny_clients[1])
     assert set(scores) == {"global", "personal"}
+    assert update.metrics["passes"] == 4 * update.metrics["steps"]  # a global and a personal step per batch
 
 
 def test_fedrep_alternates_head_then_adapter(tiny_backbone, tiny_clients, monkeypatch):
@@ -328,6 +329,7 @@ def test_fedrep_alternates_head_then_adapter(tiny_backbone, tiny_clients, monkey
         previous = (adapter, head)
     assert phases == ["head"] * 4 + ["adapter"] * 2  # 2 head epochs then 1 adapter epoch, 2 batches each
     assert update.metrics["head_steps"] == 4 and update.metrics["steps"] == 2
+    assert update.metrics["passes"] == 2 * 2 + 16 / 8  # adapter steps, plus one forward over the 16 examples
 
 
 # ---- server optimisers ----------------------------------------------------------------------

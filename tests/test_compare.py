@@ -144,7 +144,7 @@ def test_a_finished_run_with_another_configuration_is_not_silently_reused(worksp
     variants = parse_variants(["fedavg"])
     run_compare(cfg, variants, [0], tmp_path, workspace=work, log=lambda s: None)
     cfg.train.lr = 0.5
-    with pytest.raises(ConfigError, match="different configuration"):
+    with pytest.raises(ConfigError, match=r"different configuration \(train.lr: 0.01 then, 0.5 now\)"):
         run_compare(cfg, variants, [0], tmp_path, workspace=work, log=lambda s: None)
 
 

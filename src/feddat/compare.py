@@ -116,12 +116,8 @@ def passes_per_step(method: str, cfg: Config) -> tuple[int, int]:
     from feddat.algorithms import METHODS
 
     cls = METHODS[method]
-    declared = getattr(cls, "passes_per_step", None)
-    if declared is not None:
-        return tuple(declared)
-    if method == "feddat":
-        return (2, 2) if getattr(cfg.feddat, "schedule", "reference") == "fused" else (3, 2)
-    return (1, 1)
+    declared = getattr(cls, "passes_per_step", (1, 1))
+    return tuple(declared(cfg) if callable(declared) else declared)
 
 
 def matched_variants(variants: list[Variant], names: list[str], reference: str, cfg: Config) -> list[Variant]:
@@ -230,15 +226,43 @@ def run_status(run_dir: Path, cfg: Config) -> str:
     if not run_dir.exists():
         return "new"
     stored = run_dir / "config.toml"
-    same = stored.is_file() and stored.read_text() == cfg.to_toml()
+    diffs = config_differences(stored.read_text(), cfg) if stored.is_file() else ["no config.toml"]
+    same = not diffs
     if (run_dir / "summary.json").is_file():
         if not same:
-            raise ConfigError(f"{run_dir} holds a finished run with a different configuration; delete it or compare into another --out")
+            raise ConfigError(f"{run_dir} holds a finished run with a different configuration ({'; '.join(diffs[:3])}); delete it or compare into another --out")
         return "done"
     if not same:
         shutil.rmtree(run_dir)  # unfinished work for another configuration: nothing to keep
         return "new"
     return "partial"
+
+
+def config_differences(stored_toml: str, cfg: Config) -> list[str]:
+    """How a stored run's configuration differs from `cfg`. A key the stored file lacks counts
+    only if `cfg` moves it off its default: a key added to feddat later must not invalidate
+    finished runs."""
+    import tomllib
+
+    try:
+        stored = flat_dict(tomllib.loads(stored_toml))
+    except tomllib.TOMLDecodeError as err:
+        return [f"unreadable config.toml ({err})"]
+    now, defaults = flat_dict(cfg.to_dict()), flat_dict(Config().to_dict())
+    out = []
+    for key in sorted(set(stored) | set(now)):
+        if key not in now:
+            out.append(f"{key} is no longer a configuration key")
+        elif key not in stored:
+            if now[key] != defaults.get(key):
+                out.append(f"{key}: default then, {now[key]!r} now")
+        elif stored[key] != now[key]:
+            out.append(f"{key}: {stored[key]!r} then, {now[key]!r} now")
+    return out
+
+
+def flat_dict(tree: dict) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in tree.items() for key, value in values.items()}
 
 
 def train_run(variant: Variant, seed: int, cfg: Config, run_dir: Path, work: Workspace, log: Callable[[str], None], resume: bool) -> dict:

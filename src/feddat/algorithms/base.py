@@ -190,7 +190,7 @@ class Method:
             # two pooled vectors are concatenated, as ViLT does; the head takes the doubled width.
             b, m = features.shape[:2]
             pooled = self.model(features.flatten(0, 1), ids.repeat_interleave(m, 0), mask.repeat_interleave(m, 0))
-            return pooled.reshape(b, m * pooled.shape[-1])
+            return pooled.reshape(-1, m * pooled.shape[-1])  # -1: a routed pass may return k copies of b
 
     def feature_rank(self) -> int:
         """Dimensions of one image's cached features, from the backbone inside the (maybe wrapped) model."""

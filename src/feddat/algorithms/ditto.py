@@ -22,7 +22,7 @@ PERSONAL = "personal"
 class Ditto(AdapterClient):
     name = "ditto"
     personal = True
-    passes_per_step = (2, 2)  # a global and a personal step per minibatch
+    passes_per_step = (2, 2)  # a global and a personal step per minibatch (counted by AdapterClient)
 
     def adapter_sets(self) -> tuple[str, ...]:
         return ("shared", PERSONAL)
@@ -60,7 +60,6 @@ class Ditto(AdapterClient):
         update.state.update(with_prefix(self.model.adapter_state(PERSONAL), PERSONAL))
         update.state.update(with_prefix(head.state_dict(), "phead"))
         update.metrics.update({k: v / max(1, steps) for k, v in sums.items()})
-        update.metrics["passes"] += 2 * steps
         return update
 
     def evaluate(self, shared: Tensors, state: Tensors, client: ClientData) -> dict[str, float]:

@@ -46,6 +46,11 @@ class FedDAT(Method):
     name = "feddat"
     personal = True
 
+    @staticmethod
+    def passes_per_step(cfg) -> tuple[int, int]:
+        """(forward, backward) backbone passes per minibatch, in units of FedAvg's batch."""
+        return (2, 2) if cfg.feddat.schedule == "fused" else (3, 2)
+
     def adapter_sets(self) -> tuple[str, ...]:
         return ("shared", "frozen", "client")
 
@@ -141,14 +146,14 @@ class FedDAT(Method):
 
         The DAT passes of steps 1 and 3 see the same Â_s and A_c (only the head moves in
         between), so the backbone runs once for [student slice; DAT slice] with the adapters
-        routed per slice. The head-level losses are computed on detached pooled vectors, the
+        routed per slice, and everything below the first adapter runs once for both. The head-level losses are computed on detached pooled vectors, the
         head is stepped as in the reference, and the pooled gradients of both losses then go
         back through the backbone together: A_s gets only the student's, A_c only the DAT's.
         """
         y = batch[-1]
-        twice = tuple(torch.cat([t, t]) for t in batch[:-1]) + (y,)
-        with self.model.routed(("shared",), self.teacher):
-            pooled = self.represent(twice)
+        # Below the first adapter both paths are the same: the backbone runs that part once.
+        with self.model.routed(("shared",), self.teacher, share_prefix=True):
+            pooled = self.represent(batch)
         pooled_s, pooled_dat = (p.detach().requires_grad_() for p in pooled.chunk(2))
         # 1. the teacher's logits, with the head as it was before this batch
         with torch.no_grad():

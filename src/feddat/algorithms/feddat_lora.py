@@ -20,7 +20,6 @@ class FedDATLoRA(FedDAT):
     passes_per_step = (3, 2)  # the reference schedule: three forward and two backward passes
 
     def __init__(self, cfg, model, device):
-        if hasattr(cfg.feddat, "schedule"):
-            cfg = copy.deepcopy(cfg)
-            cfg.feddat.schedule = "reference"
+        cfg = copy.deepcopy(cfg)
+        cfg.feddat.schedule = "reference"
         super().__init__(cfg, lora_view(model, cfg.peft), device)

@@ -69,12 +69,12 @@ class FedRep(Method):
         head = self.load_head(state, client)
         head_steps, head_loss = self.train_head(head, client, round_)
         body_steps, body_loss = self.train_adapter(head, client, round_)
-        size = self.cfg.train.eval_batch_size
-        rep_passes = -(-len(client.train) // size) if head_steps else 0  # one forward over the data
+        # the head phase costs one forward over the local data, in units of a training minibatch
+        rep_passes = len(client.train) / self.cfg.train.batch_size if head_steps else 0.0
         return ClientUpdate(
             client=client.name,
             shared=self.model.adapter_state("shared"),
             num_examples=len(client.train),
             state=self.head_state(head),
-            metrics={"loss": body_loss, "head_loss": head_loss, "steps": body_steps, "head_steps": head_steps, "passes": 2 * body_steps + rep_passes * size / self.cfg.train.batch_size},
+            metrics={"loss": body_loss, "head_loss": head_loss, "steps": body_steps, "head_steps": head_steps, "passes": 2 * body_steps + rep_passes},
         )

@@ -108,4 +108,6 @@ class MiniVL(Backbone):
         hidden = self.encoder(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types).last_hidden_state
         # Mean pooling over real tokens: how all-MiniLM-L6-v2 was trained to summarise a sequence.
         weights = mask.unsqueeze(-1).to(hidden.dtype)
+        if hidden.shape[0] != weights.shape[0]:  # a routed pass fanned the batch out (peft.model.routed)
+            weights = weights.repeat(hidden.shape[0] // weights.shape[0], 1, 1)
         return (hidden * weights).sum(1) / weights.sum(1)

@@ -42,12 +42,20 @@ class AdapterSite(nn.Module):
         self.adapters = nn.ModuleDict()
         self.active: tuple[str, ...] = ()
         self.routes: tuple[tuple[str, ...], ...] = ()  # per equal batch slice; overrides `active`
+        # Shared prefix: the first routed site receives the batch once and fans it out to one
+        # copy per route ("expand"); later sites widen the block's other batch-shaped inputs
+        # (attention masks) to match ("widen").
+        self.fan_out: str = ""
 
     def forward(self, *args, **kwargs):
+        if self.fan_out == "widen":
+            args, kwargs = widen_batch(args, kwargs, len(self.routes))
         out = self.block(*args, **kwargs)
         if not self.active and not self.routes:
             return out
         hidden = out[0] if isinstance(out, tuple) else out
+        if self.fan_out == "expand":
+            hidden = hidden.repeat(len(self.routes), *([1] * (hidden.ndim - 1)))
         if self.routes:
             slices = hidden.chunk(len(self.routes), dim=0)
             hidden = torch.cat([z + self.delta(z, names) for z, names in zip(slices, self.routes)])
@@ -62,3 +70,21 @@ class AdapterSite(nn.Module):
         for name in names[1:]:
             delta = delta + self.adapters[name](hidden)
         return delta / len(names) if len(names) > 1 else delta
+
+
+def widen_batch(args: tuple, kwargs: dict, copies: int) -> tuple[tuple, dict]:
+    """Repeat every batch-shaped tensor input (attention masks) to match a fanned-out hidden state.
+
+    The hidden state (first argument) already has copies x B rows; a tensor of two or more
+    dimensions whose first dimension is B is repeated; anything else (1-d positions, None) is
+    left alone.
+    """
+    hidden, rest = args[0], args[1:]
+    small = hidden.shape[0] // copies
+
+    def widen(x):
+        if isinstance(x, torch.Tensor) and x.ndim >= 2 and x.shape[0] == small and small != hidden.shape[0]:
+            return x.repeat(copies, *([1] * (x.ndim - 1)))
+        return x
+
+    return (hidden, *map(widen, rest)), {k: widen(v) for k, v in kwargs.items()}

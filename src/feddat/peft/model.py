@@ -68,22 +68,27 @@ class AdaptedModel(nn.Module):
             self.activate(*previous)
 
     @contextmanager
-    def routed(self, *routes: tuple[str, ...]) -> Iterator[None]:
-        """Cut each batch into len(routes) equal slices; slice i runs with adapters routes[i].
+    def routed(self, *routes: tuple[str, ...], share_prefix: bool = False) -> Iterator[None]:
+        """Run len(routes) adapter paths (e.g. FedDAT's student and teacher) in one batched pass:
+        slice i of the batch runs with adapters routes[i].
 
-        One batched pass then computes several adapter paths (e.g. FedDAT's student and
-        teacher) through the frozen backbone; the caller repeats the inputs len(routes) times.
+        Without `share_prefix` the caller repeats the inputs len(routes) times. With it, the
+        caller passes the batch once: everything below the first adapter site (embeddings,
+        the blocks before it, the first block itself) runs once, and the first site fans its
+        output out to one copy per route. The backbone's output then has len(routes) x B rows.
         """
         missing = sorted({n for names in routes for n in names} - set(self.adapter_names()))
         if missing:
             raise KeyError(f"no adapter named {missing}; have {self.adapter_names()}")
-        for site in self.sites.values():
+        sites = [self.sites[k] for k in sorted(self.sites, key=int)]
+        for i, site in enumerate(sites):
             site.routes = tuple(tuple(names) for names in routes)
+            site.fan_out = ("expand" if i == 0 else "widen") if share_prefix else ""
         try:
             yield
         finally:
-            for site in self.sites.values():
-                site.routes = ()
+            for site in sites:
+                site.routes, site.fan_out = (), ""
 
     def new_adapter_state(self) -> dict[str, torch.Tensor]:
         """Freshly initialised adapter-set state (from torch's global RNG), not inserted anywhere."""
