@@ -61,14 +61,17 @@ def kill_after(cmd: list[str], run_dir: Path, method: str, round_: int, timeout:
         proc.wait()
 
 
+def straight_then_killed(tiny_vilt_dir: str, tmp_path: Path, method: str, round_: int):
+    """An uninterrupted run's results, and the directory of the same run SIGKILLed mid-way."""
+    assert main(tiny_args(tiny_vilt_dir, tmp_path, "straight")) == 0
+    run_dir = tmp_path / "killed"
+    kill_after([sys.executable, "-m", "feddat.cli", *tiny_args(tiny_vilt_dir, tmp_path, "killed")], run_dir, method, round_)
+    return results(tmp_path / "straight"), run_dir
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_vilt_dir, tmp_path):
-    assert main(tiny_args(tiny_vilt_dir, tmp_path, "straight")) == 0
-    expected = results(tmp_path / "straight")
-
-    run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "feddat.cli", *tiny_args(tiny_vilt_dir, tmp_path, "killed")]
-    kill_after(cmd, run_dir, "feddat", 2)
+    expected, run_dir = straight_then_killed(tiny_vilt_dir, tmp_path, "feddat", 2)
     assert 2 <= committed_round(run_dir, "feddat") < ROUNDS
     # The wreckage a kill in the middle of writes leaves: a torn metrics line, a half-written
     # temporary file, client states and checkpoint tensors of a round that never committed.
@@ -90,11 +93,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_vilt_dir, tmp_path)
 @pytest.mark.slow
 def test_resume_after_the_first_method_finished(tiny_vilt_dir, tmp_path):
     """Killed during the second method: the first is not rerun, the second continues."""
-    assert main(tiny_args(tiny_vilt_dir, tmp_path, "straight")) == 0
-    expected = results(tmp_path / "straight")
-    run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "feddat.cli", *tiny_args(tiny_vilt_dir, tmp_path, "killed")]
-    kill_after(cmd, run_dir, "fedavg", 1)
+    expected, run_dir = straight_then_killed(tiny_vilt_dir, tmp_path, "fedavg", 1)
     feddat_summary = json.loads((run_dir / "summary.json").read_text())["methods"][0]
     assert main(["run", "--resume", str(run_dir)]) == 0
     assert results(run_dir)[0] == expected[0]
