@@ -13,6 +13,7 @@ affects all of them alike. Nothing is asserted: these are figures to read.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import resource
 import statistics
@@ -84,7 +85,7 @@ def build_variants(name: str, device: torch.device, batch: int, steps: int):
     client = make_client(cfg, backbone, batch * steps)
     methods = {}
     for label, (method_name, schedule) in VARIANTS.items():
-        variant_cfg = _copy(cfg)
+        variant_cfg = copy.deepcopy(cfg)
         if schedule:
             variant_cfg.feddat.schedule = schedule
         method = build_method(method_name, variant_cfg, model, device)
@@ -124,12 +125,6 @@ def memory_child(name: str, label: str, batch: int, steps: int) -> None:
     for round_ in range(2):
         method.client_update(shared, state, client, round_=round_)
     print(peak_rss_mib())
-
-
-def _copy(cfg: Config) -> Config:
-    import copy
-
-    return copy.deepcopy(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

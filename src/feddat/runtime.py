@@ -57,6 +57,11 @@ def _atomic_path(path: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    """What a dict of tensors weighs on the wire or on disk (safetensors adds a small header)."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     with _atomic_path(Path(path)) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from feddat.algorithms.base import ClientUpdate, Tensors
 from feddat.algorithms.common import AdapterClient, prefixed, squared_distance, with_prefix
 from feddat.data.clients import ClientData
+from feddat.heads import TaskHead
 from feddat.losses import task_loss
 
 PERSONAL = "personal"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from feddat.algorithms.validation import update_norm
 from feddat.runtime import generator
 
 Tensors = dict[str, torch.Tensor]
@@ -22,7 +23,7 @@ def enabled(privacy) -> bool:
 
 def clip_update(shared: Tensors, update: Tensors, clip_norm: float) -> Tensors:
     """A_s + Δ·min(1, C/‖Δ‖): the client's update with its change bounded by C."""
-    norm = float(torch.sqrt(sum(((update[k].double() - shared[k].double()) ** 2).sum() for k in shared)))
+    norm = update_norm(update, shared)
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     return {k: (shared[k].double() + scale * (update[k].double() - shared[k].double())).to(shared[k].dtype) for k in shared}
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from feddat.peft.model import check_state
+from feddat.runtime import tensor_bytes
 
 Tensors = dict[str, torch.Tensor]
 
@@ -23,14 +24,15 @@ class Rejection:
     reason: str
 
 
-def tensors_bytes(tensors: Tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+def update_norm(update: Tensors, shared: Tensors) -> float:
+    """‖A_s^k − A_s‖₂ over every tensor of the set: how far a client moved the shared module."""
+    return float(torch.sqrt(sum(((update[k].double() - shared[k].double()) ** 2).sum() for k in shared)))
 
 
 def problem_with(update_shared: Tensors, num_examples, shared: Tensors, fed) -> str:
     """Why the server must not aggregate this update ('' when it may)."""
-    if fed.max_update_mib > 0 and tensors_bytes(update_shared) > fed.max_update_mib * 2**20:
-        return f"oversized: {tensors_bytes(update_shared) / 2**20:.2f} MiB > federation.max_update_mib = {fed.max_update_mib}"
+    if fed.max_update_mib > 0 and tensor_bytes(update_shared) > fed.max_update_mib * 2**20:
+        return f"oversized: {tensor_bytes(update_shared) / 2**20:.2f} MiB > federation.max_update_mib = {fed.max_update_mib}"
     problem = check_state(update_shared, shared)
     if problem:
         return problem
@@ -40,7 +42,7 @@ def problem_with(update_shared: Tensors, num_examples, shared: Tensors, fed) -> 
     if not isinstance(num_examples, int) or num_examples < 0:
         return f"num_examples = {num_examples!r} is not a non-negative integer"
     if fed.max_update_norm > 0:
-        norm = float(torch.sqrt(sum(((update_shared[k].double() - shared[k].double()) ** 2).sum() for k in shared)))
+        norm = update_norm(update_shared, shared)
         if norm > fed.max_update_norm:
             return f"update norm {norm:.4g} exceeds federation.max_update_norm = {fed.max_update_norm}"
     return ""

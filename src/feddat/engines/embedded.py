@@ -19,11 +19,7 @@ from feddat.config import Config
 from feddat.data.clients import ClientData
 from feddat.engines.state import Checkpoint, ClientStateStore, Progress
 from feddat.peft.model import AdaptedModel
-from feddat.runtime import derive_seed, save_tensors, write_text
-
-
-def tensor_bytes(tensors: Tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+from feddat.runtime import derive_seed, save_tensors, tensor_bytes, write_text
 
 
 class Clock:

@@ -104,15 +104,20 @@ class AdaptedModel(nn.Module):
     def load_adapter(self, name: str, state: dict[str, torch.Tensor]) -> None:
         """Copy `state` into adapter set `name`; every key and shape must match exactly."""
         expected = {f"{i}.{k}": v for i, site in self.sites.items() for k, v in site.adapters[name].state_dict().items()}
-        problems = check_state(state, expected)
-        if problems:
-            raise ValueError(f"adapter state for '{name}' does not fit this model: {problems}")
-        with torch.no_grad():
-            for key, target in expected.items():
-                target.copy_(state[key])
+        copy_checked(state, expected, f"adapter state for '{name}'")
 
     def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.backbone(image_features, input_ids, attention_mask)
+
+
+def copy_checked(state: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], what: str) -> None:
+    """Copy `state` into the tensors `targets` after check_state; refuse, naming `what`, if it does not fit."""
+    problems = check_state(state, targets)
+    if problems:
+        raise ValueError(f"{what} does not fit this model: {problems}")
+    with torch.no_grad():
+        for key, target in targets.items():
+            target.copy_(state[key])
 
 
 def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from feddat.peft.model import AdaptedModel, check_state
+from feddat.peft.model import AdaptedModel, copy_checked
 
 Tensors = dict[str, torch.Tensor]
 
@@ -71,13 +71,7 @@ class PeftView:
         return {k: v.detach().clone() for k, v in self.set_tensors(name).items()}
 
     def load_adapter(self, name: str, state: Tensors) -> None:
-        expected = self.set_tensors(name)
-        problems = check_state(state, expected)
-        if problems:
-            raise ValueError(f"{self.kind} state for '{name}' does not fit this model: {problems}")
-        with torch.no_grad():
-            for key, target in expected.items():
-                target.copy_(state[key])
+        copy_checked(state, self.set_tensors(name), f"{self.kind} state for '{name}'")
 
     def activate(self, *names: str) -> None:
         missing = [n for n in names if n not in self.trainable]

@@ -25,10 +25,10 @@ from flwr.serverapp.strategy import Strategy
 from feddat.algorithms import build_method, privacy
 from feddat.algorithms.base import ClientUpdate, Method
 from feddat.config import Config
-from feddat.engines.embedded import MetricsLog, mean, sample_clients, tensor_bytes
+from feddat.engines.embedded import MetricsLog, mean, sample_clients
 from feddat.engines.flower import secure, transport
 from feddat.engines.flower.partitions import build_model, client_names
-from feddat.runtime import pick_device, save_tensors, set_threads, write_json, write_text
+from feddat.runtime import pick_device, save_tensors, set_threads, tensor_bytes, write_json, write_text
 
 app = ServerApp()
 Log = Callable[[str], None]
