@@ -1,5 +1,9 @@
 """Time per local step: FedAvg+Adapter vs FedDAT (reference and fused schedules).
 
+`feddat-fused` is exact (same maths as the reference); `feddat-branch1` and `feddat-branch2`
+are the fused schedule with feddat.branch_site = 1 / 2, a deliberate difference (the
+teacher reuses the student's lowest sites; README "Speed" shows what it does to scores).
+
 Prints, for the embedded default (minivl) and a ViLT-B/32-sized backbone (random weights,
 the real architecture and sizes): ms per local step, samples per second, the ratio to
 FedAvg+Adapter measured in this same process, and peak memory.
@@ -32,10 +36,12 @@ from feddat.data.clients import load_clients
 from feddat.peft.model import AdaptedModel
 from feddat.runtime import pick_device, set_threads
 
-VARIANTS = {  # label -> (method, feddat.schedule)
-    "fedavg": ("fedavg", None),
-    "feddat-reference": ("feddat", "reference"),
-    "feddat-fused": ("feddat", "fused"),
+VARIANTS = {  # label -> (method, feddat.schedule, feddat.branch_site)
+    "fedavg": ("fedavg", None, 0),
+    "feddat-reference": ("feddat", "reference", 0),
+    "feddat-fused": ("feddat", "fused", 0),
+    "feddat-branch1": ("feddat", "fused", 1),
+    "feddat-branch2": ("feddat", "fused", 2),
 }
 
 
@@ -84,10 +90,11 @@ def build_variants(name: str, device: torch.device, batch: int, steps: int):
     model = AdaptedModel(backbone, cfg.adapter.reduction_factor, cfg.adapter.activation)
     client = make_client(cfg, backbone, batch * steps)
     methods = {}
-    for label, (method_name, schedule) in VARIANTS.items():
+    for label, (method_name, schedule, branch_site) in VARIANTS.items():
         variant_cfg = copy.deepcopy(cfg)
         if schedule:
             variant_cfg.feddat.schedule = schedule
+        variant_cfg.feddat.branch_site = branch_site
         method = build_method(method_name, variant_cfg, model, device)
         methods[label] = (method, method.init_shared(), method.init_client_state(client))
     return client, methods

@@ -71,3 +71,38 @@ def test_backbone_stays_frozen_and_in_eval_mode(tiny_backbone):
     assert not tiny_backbone.training
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert trainable == {id(p) for p in model.adapter_parameters("shared")}
+
+
+def test_branched_paths_share_the_lower_sites(tiny_backbone):
+    """active(..., below, branch) and routed(..., branch) give the same per-path outputs as
+    running each path alone; the branching path's copy carries no gradient below the branch."""
+    model = AdaptedModel(tiny_backbone, reduction_factor=4)
+    for name in ("s", "t"):
+        model.add_adapter(name)
+        with torch.no_grad():
+            for p in model.adapter_parameters(name):
+                p.normal_(std=0.3)
+    images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).numpy()
+    features = tiny_backbone.encode_images(images)
+    ids, mask = torch.randint(0, 100, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+
+    def run():
+        torch.manual_seed(3)  # ViLT samples patches from the global RNG
+        return model(features, ids, mask)
+
+    with model.active("s"):
+        student = run()
+    with model.active("t", below=("s",), branch=1):
+        teacher = run()
+    with model.active("t"):
+        assert not torch.allclose(run(), teacher)  # the branch really changed the teacher's path
+    with model.routed(("s",), ("t",), share_prefix=True, branch=1):
+        both = run()
+    torch.testing.assert_close(both, torch.cat([student, teacher]), rtol=1e-5, atol=1e-6)
+    both[2:].sum().backward()  # the teacher's output alone
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in model.sites["0"].adapters["s"].parameters())
+    with pytest.raises(ValueError, match="share_prefix"):
+        with model.routed(("s",), ("t",), branch=1):
+            pass
+    with pytest.raises(ValueError, match="out of range"):
+        model.activate("t", below=("s",), branch=5)

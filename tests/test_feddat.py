@@ -178,3 +178,63 @@ def test_aggregation_rejects_bad_updates_naming_the_client(tiny_backbone):
     wrong = dict(shared, **{key: torch.zeros(3)})
     with pytest.raises(UpdateRejected, match="client 'eve'.*shape"):
         method.aggregate(shared, [ClientUpdate("eve", wrong, 5, {})])
+
+
+def test_branched_teacher_shares_the_students_lower_sites_and_trains_nothing_there(tiny_backbone, tiny_clients):
+    """feddat.branch_site = 1: below site 1 the teacher is the student's A_s stream (detached for
+    the teacher's loss) and has no A_c; each optimiser sees exactly its own loss's gradient."""
+    cfg, model, method = make(tiny_backbone, **{"feddat.branch_site": 1, "train.batch_size": 64})
+    client = tiny_clients[0]
+    shared, state = method.init_shared(), method.init_client_state(client)
+    head = method.load_client(shared, state, client)
+    head.requires_grad_(False)  # a fixed head: the expected gradients below need no head steps
+    batch = client.train.batch(torch.arange(len(client.train)), torch.device("cpu"))
+    path = {"below": ("shared",), "branch": 1}
+
+    def grads(names, *, active, loss_of):
+        params = [p for n in names for p in model.adapter_parameters(n)]
+        torch.manual_seed(7)  # ViLT samples image patches from the global RNG in forward
+        with model.active(*active, **({} if active == ("shared",) else path)):
+            z = method.logits(head, batch)
+        return z, torch.autograd.grad(loss_of(z), params, allow_unused=True)
+
+    with torch.no_grad(), model.active("frozen", "client", **path):
+        torch.manual_seed(7)
+        z_dat = method.logits(head, batch)
+    z_s, g_shared = grads(["shared"], active=("shared",), loss_of=lambda z: method.losses(z, z_dat, batch[3])[0])
+    _, g_client = grads(["client"], active=("frozen", "client"), loss_of=lambda z: method.dat_losses(z, z_s.detach(), batch[3])[0])
+
+    sgd = lambda params: torch.optim.SGD(list(params), lr=1.0)  # noqa: E731  -- Δp = -grad
+    from feddat.algorithms.feddat import Optimizers
+
+    opts = Optimizers(sgd(model.adapter_parameters("shared")), sgd(head.parameters()), sgd(model.adapter_parameters("client")), sgd(head.parameters()))
+    before = snapshot(model)
+    torch.manual_seed(7)
+    method.fused_step(batch, head, opts)
+    after = snapshot(model)
+    for name, expected in (("shared", g_shared), ("client", g_client)):
+        keys = list(before[name])
+        for key, g in zip(keys, expected):
+            delta = before[name][key] - after[name][key]
+            if g is None:  # A_c below the branch: not on the teacher's path, never moves
+                assert key.startswith("0.") and name == "client" and torch.equal(delta, torch.zeros_like(delta))
+            else:
+                torch.testing.assert_close(delta, g, rtol=1e-4, atol=1e-7, msg=lambda m: f"{name} {key}: {m}")
+    assert any(k.startswith("0.") for k in before["shared"]) and changed(
+        {k: v for k, v in before["shared"].items() if k.startswith("0.")}, after["shared"]
+    ), "A_s below the branch still learns from the student's loss"
+
+    # Evaluation follows the same path: A_c below the branch plays no part in the personal score.
+    state = {**state, **{k: v + 5.0 for k, v in state.items() if k.startswith("client.0.")}}
+    assert method.evaluate(shared, state, client)["personal"] == method.evaluate(
+        shared, {**state, **{k: torch.zeros_like(v) for k, v in state.items() if k.startswith("client.0.")}}, client
+    )["personal"]
+
+
+def test_branch_site_is_refused_where_it_cannot_apply(tiny_backbone):
+    from feddat.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="variant of the fused schedule"):
+        validate(tiny_config(**{"feddat.branch_site": 1, "feddat.schedule": "reference"}))
+    with pytest.raises(ConfigError, match="has 2 adapter sites"):
+        make(tiny_backbone, **{"feddat.branch_site": 2})

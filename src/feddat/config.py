@@ -51,6 +51,7 @@ class FedDATConfig:
     kd: str = _f("mutual", "mutual, one_way (only A_s learns from the DAT) or none")
     teacher: str = _f("dual", "dual (frozen A_s copy + A_c), client_only (A_c alone) or frozen_only (frozen A_s copy alone)")
     schedule: str = _f("fused", "fused (one batched backbone pass for student and teacher, same maths) or reference (three passes, DESIGN §4)")
+    branch_site: int = _f(0, "fused schedule: adapter site (0 = lowest) where the teacher branches off the student; below it the teacher reuses the student's A_s stream and has no A_c, which skips its lower passes (a deliberate difference from DESIGN §4, see README 'Speed'); 0 = exact")
 
 
 @dataclass
@@ -291,6 +292,10 @@ def validate(cfg: Config) -> None:
     _choice("feddat.kd", cfg.feddat.kd, ("mutual", "one_way", "none"))
     _choice("feddat.teacher", cfg.feddat.teacher, ("dual", "client_only", "frozen_only"))
     _choice("feddat.schedule", cfg.feddat.schedule, ("fused", "reference"))
+    if cfg.feddat.branch_site < 0:
+        raise ConfigError(f"feddat.branch_site must be >= 0, got {cfg.feddat.branch_site}")
+    if cfg.feddat.branch_site and cfg.feddat.schedule != "fused":
+        raise ConfigError("feddat.branch_site > 0 is a variant of the fused schedule; the reference schedule is DESIGN §4 exactly")
     _choice("federation.weighting", cfg.federation.weighting, ("data_size", "uniform"))
     _choice("data.on_bad_record", cfg.data.on_bad_record, ("error", "skip"))
     _choice("federation.aggregation", cfg.federation.aggregation, ("mean", "median", "trimmed_mean"))

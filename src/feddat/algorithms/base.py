@@ -206,13 +206,14 @@ class Method:
         return self.head_logits(head, self.represent(batch))
 
     @torch.no_grad()
-    def score_split(self, split: Split, head: nn.Module, adapters: tuple[str, ...]) -> float:
+    def score_split(self, split: Split, head: nn.Module, adapters: tuple[str, ...], **path) -> float:
+        """Mean score of `head` on `split` with `adapters` active (`path`: see AdaptedModel.activate)."""
         if len(split) == 0:
             return float("nan")
         total = 0.0
         size = self.cfg.train.eval_batch_size
         self.seed_forward("eval")
-        with self.model.active(*adapters):
+        with self.model.active(*adapters, **path):
             for i in range(0, len(split), size):
                 batch = split.batch(torch.arange(i, min(i + size, len(split))), self.device)
                 total += float(score(self.logits(head, batch), batch[3]).sum())

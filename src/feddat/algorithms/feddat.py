@@ -8,6 +8,8 @@ Only A_s travels; A_c and H_k stay with the client across rounds; Â_s is rebuil
 
 `feddat.schedule = "fused"` (default) computes exactly this with one batched backbone pass
 (see `fused_step`); "reference" runs the three passes literally and is what tests compare with.
+`feddat.branch_site = k > 0` (fused only, opt-in) is faster and not exact: the teacher reuses
+the student's A_s at the lowest k sites and has A_c only above them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from feddat.algorithms.base import ClientUpdate, Method, Tensors
+from feddat.config import ConfigError
 from feddat.data.clients import ClientData
 from feddat.losses import distill, task_loss
 from feddat.runtime import derive_seed
@@ -46,6 +49,12 @@ class FedDAT(Method):
     name = "feddat"
     personal = True
 
+    def __init__(self, cfg, model, device):
+        super().__init__(cfg, model, device)
+        k = cfg.feddat.branch_site
+        if k and k >= len(model.sites):
+            raise ConfigError(f"feddat.branch_site = {k} but the model has {len(model.sites)} adapter sites (0..{len(model.sites) - 1})")
+
     @staticmethod
     def passes_per_step(cfg) -> tuple[int, int]:
         """(forward, backward) backbone passes per minibatch, in units of FedAvg's batch."""
@@ -57,6 +66,14 @@ class FedDAT(Method):
     @property
     def teacher(self) -> tuple[str, ...]:
         return TEACHERS[self.cfg.feddat.teacher]
+
+    @property
+    def teacher_path(self) -> dict:
+        """Where the teacher's adapters differ by site: nowhere (DESIGN §4, no keywords, which
+        PEFT views such as FedDAT-LoRA's also accept), or, with feddat.branch_site = k > 0,
+        the student's A_s below site k (no A_c there)."""
+        k = self.cfg.feddat.branch_site
+        return {"below": ("shared",), "branch": k} if k else {}
 
     def init_client_state(self, client: ClientData) -> Tensors:
         state = super().init_client_state(client)
@@ -151,8 +168,9 @@ class FedDAT(Method):
         back through the backbone together: A_s gets only the student's, A_c only the DAT's.
         """
         y = batch[-1]
-        # Below the first adapter both paths are the same: the backbone runs that part once.
-        with self.model.routed(("shared",), self.teacher, share_prefix=True):
+        # Below the first adapter both paths are the same: the backbone runs that part once
+        # (with feddat.branch_site = k, everything below site k: a deliberate difference).
+        with self.model.routed(("shared",), self.teacher, share_prefix=True, branch=self.cfg.feddat.branch_site):
             pooled = self.represent(batch)
         pooled_s, pooled_dat = (p.detach().requires_grad_() for p in pooled.chunk(2))
         # 1. the teacher's logits, with the head as it was before this batch
@@ -180,5 +198,5 @@ class FedDAT(Method):
         head = self.load_client(shared, state, client)
         return {
             "global": self.score_split(client.test, head, ("shared",)),
-            "personal": self.score_split(client.test, head, self.teacher),
+            "personal": self.score_split(client.test, head, self.teacher, **self.teacher_path),
         }

@@ -22,4 +22,5 @@ class FedDATLoRA(FedDAT):
     def __init__(self, cfg, model, device):
         cfg = copy.deepcopy(cfg)
         cfg.feddat.schedule = "reference"
+        cfg.feddat.branch_site = 0  # a variant of the fused schedule only
         super().__init__(cfg, lora_view(model, cfg.peft), device)

@@ -55,7 +55,9 @@ class AdapterSite(nn.Module):
             return out
         hidden = out[0] if isinstance(out, tuple) else out
         if self.fan_out == "expand":
-            hidden = hidden.repeat(len(self.routes), *([1] * (hidden.ndim - 1)))
+            # Copies after the first are detached: a path branching off here trains nothing
+            # below it (a no-op at the first site, where nothing below is trainable).
+            hidden = torch.cat([hidden] + [hidden.detach()] * (len(self.routes) - 1))
         if self.routes:
             slices = hidden.chunk(len(self.routes), dim=0)
             hidden = torch.cat([z + self.delta(z, names) for z, names in zip(slices, self.routes)])

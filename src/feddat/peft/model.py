@@ -50,25 +50,43 @@ class AdaptedModel(nn.Module):
     def adapter_names(self) -> list[str]:
         return list(next(iter(self.sites.values())).adapters.keys()) if self.sites else []
 
-    def activate(self, *names: str) -> None:
-        """One name: single mode; several: their mean (DESIGN §3). No name: the bare backbone."""
-        missing = [n for n in names if n not in self.adapter_names()]
+    def ordered_sites(self) -> list[AdapterSite]:
+        """The adapter sites from the bottom of the backbone to the top."""
+        return [self.sites[k] for k in sorted(self.sites, key=int)]
+
+    def _check_names(self, *groups: tuple[str, ...]) -> None:
+        missing = sorted({n for names in groups for n in names} - set(self.adapter_names()))
         if missing:
             raise KeyError(f"no adapter named {missing}; have {self.adapter_names()}")
-        for site in self.sites.values():
-            site.active = tuple(names)
+
+    def _check_branch(self, branch: int) -> None:
+        if not 0 <= branch < max(1, len(self.sites)):
+            raise ValueError(f"branch site {branch} out of range: the model has {len(self.sites)} adapter sites (0..{len(self.sites) - 1})")
+
+    def activate(self, *names: str, below: tuple[str, ...] = (), branch: int = 0) -> None:
+        """One name: single mode; several: their mean (DESIGN §3). No name: the bare backbone.
+
+        With `branch` > 0 the sites below position `branch` (bottom up) run `below` instead:
+        a path that shares its lower part with another one (FedDAT's branched teacher).
+        """
+        self._check_names(names, below)
+        self._check_branch(branch)
+        for i, site in enumerate(self.ordered_sites()):
+            site.active = tuple(below) if i < branch else tuple(names)
 
     @contextmanager
-    def active(self, *names: str) -> Iterator[None]:
-        previous = next(iter(self.sites.values())).active if self.sites else ()
-        self.activate(*names)
+    def active(self, *names: str, below: tuple[str, ...] = (), branch: int = 0) -> Iterator[None]:
+        sites = self.ordered_sites()
+        previous = [site.active for site in sites]
+        self.activate(*names, below=below, branch=branch)
         try:
             yield
         finally:
-            self.activate(*previous)
+            for site, names_before in zip(sites, previous):
+                site.active = names_before
 
     @contextmanager
-    def routed(self, *routes: tuple[str, ...], share_prefix: bool = False) -> Iterator[None]:
+    def routed(self, *routes: tuple[str, ...], share_prefix: bool = False, branch: int = 0) -> Iterator[None]:
         """Run len(routes) adapter paths (e.g. FedDAT's student and teacher) in one batched pass:
         slice i of the batch runs with adapters routes[i].
 
@@ -76,14 +94,22 @@ class AdaptedModel(nn.Module):
         caller passes the batch once: everything below the first adapter site (embeddings,
         the blocks before it, the first block itself) runs once, and the first site fans its
         output out to one copy per route. The backbone's output then has len(routes) x B rows.
+
+        `branch` > 0 (with `share_prefix`) moves the fan-out up to that site: the sites below
+        it run routes[0] once for all paths, and the other paths receive a detached copy, so
+        their losses train nothing below the branch and their backward stops there.
         """
-        missing = sorted({n for names in routes for n in names} - set(self.adapter_names()))
-        if missing:
-            raise KeyError(f"no adapter named {missing}; have {self.adapter_names()}")
-        sites = [self.sites[k] for k in sorted(self.sites, key=int)]
+        self._check_names(*routes)
+        self._check_branch(branch)
+        if branch and not share_prefix:
+            raise ValueError("a branch site needs share_prefix: the paths share what runs below it")
+        sites = self.ordered_sites()
         for i, site in enumerate(sites):
-            site.routes = tuple(tuple(names) for names in routes)
-            site.fan_out = ("expand" if i == 0 else "widen") if share_prefix else ""
+            if share_prefix and i < branch:
+                site.routes, site.fan_out = (tuple(routes[0]),), ""
+            else:
+                site.routes = tuple(tuple(names) for names in routes)
+                site.fan_out = ("expand" if i == branch else "widen") if share_prefix else ""
         try:
             yield
         finally:
