@@ -214,7 +214,7 @@ class Workspace:
             set_threads(cfg.run.threads)
             device = pick_device(cfg.run.device)
             b, a = cfg.backbone, cfg.adapter
-            backbone = build_backbone(b.name, b.path, b.image_size, b.max_text_len).to(device)
+            backbone = build_backbone(b.name, b.path, b.image_size, b.max_text_len, b.projector).to(device)
             clients = load_clients(cfg, backbone, log=self.log)
             model = AdaptedModel(backbone, a.reduction_factor, a.activation, a.blocks or None, a.init, a.init_std)
             self.parts = {"device": device, "clients": clients, "model": model}

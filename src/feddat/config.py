@@ -32,6 +32,7 @@ class BackboneConfig:
     path: str = _f("", "vilt only: Hugging Face hub id or local folder (e.g. dandelin/vilt-b32-mlm)")
     image_size: int = _f(128, "image side in pixels fed to the image tower")
     max_text_len: int = _f(20, "question tokens kept (truncation)")
+    projector: str = _f("aligned", "minivl only: how image features become tokens: aligned (mid-level features, an affine map fitted once to MiniLM's word embeddings; README 'Image tokens') or random (final features, fixed random projection)")
 
 
 @dataclass
@@ -292,6 +293,7 @@ def validate(cfg: Config) -> None:
     _choice("feddat.kd", cfg.feddat.kd, ("mutual", "one_way", "none"))
     _choice("feddat.teacher", cfg.feddat.teacher, ("dual", "client_only", "frozen_only"))
     _choice("feddat.schedule", cfg.feddat.schedule, ("fused", "reference"))
+    _choice("backbone.projector", cfg.backbone.projector, ("aligned", "random"))
     if cfg.feddat.branch_site < 0:
         raise ConfigError(f"feddat.branch_site must be >= 0, got {cfg.feddat.branch_site}")
     if cfg.feddat.branch_site and cfg.feddat.schedule != "fused":

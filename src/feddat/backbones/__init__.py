@@ -7,11 +7,11 @@ from feddat.backbones.base import Backbone
 BACKBONES = ("minivl", "vilt")
 
 
-def build_backbone(name: str, path: str = "", image_size: int = 128, max_text_len: int = 20) -> Backbone:
+def build_backbone(name: str, path: str = "", image_size: int = 128, max_text_len: int = 20, projector: str = "aligned") -> Backbone:
     if name == "minivl":
         from feddat.backbones.minivl import MiniVL
 
-        return MiniVL(image_size=image_size, max_text_len=max_text_len)
+        return MiniVL(image_size=image_size, max_text_len=max_text_len, projector=projector)
     if name == "vilt":
         from feddat.backbones.vilt import ViLT
 

@@ -56,5 +56,5 @@ def build_model(cfg: Config, device):
     from feddat.peft.model import AdaptedModel
 
     b, a = cfg.backbone, cfg.adapter
-    backbone = build_backbone(b.name, b.path, b.image_size, b.max_text_len).to(device)
+    backbone = build_backbone(b.name, b.path, b.image_size, b.max_text_len, b.projector).to(device)
     return AdaptedModel(backbone, a.reduction_factor, a.activation, a.blocks or None, a.init, a.init_std)
