@@ -41,7 +41,7 @@ print("ok")
 def minivl():
     from feddat.backbones.minivl import MiniVL
 
-    return MiniVL(max_text_len=16)  # one aligned-projector fit for the module
+    return MiniVL(max_text_len=16, projector="aligned")  # one alignment fit for the module
 
 
 def test_pretrained_weights_are_really_pretrained(minivl):
@@ -84,7 +84,7 @@ def test_projector_choice_keys_the_cache_and_bad_names_are_refused(minivl):
 
     with pytest.raises(ValueError, match="unknown minivl projector 'nope'"):
         MiniVL(projector="nope")
-    random = MiniVL(max_text_len=16, projector="random")
+    random = MiniVL(max_text_len=16)  # the default
     assert random.cache_key() != minivl.cache_key()  # cached tokens of one never serve the other
     image = np.full((1, 128, 128, 3), 200, np.uint8)
     a, b = random.encode_images(image), minivl.encode_images(image)

@@ -32,7 +32,7 @@ class BackboneConfig:
     path: str = _f("", "vilt only: Hugging Face hub id or local folder (e.g. dandelin/vilt-b32-mlm)")
     image_size: int = _f(128, "image side in pixels fed to the image tower")
     max_text_len: int = _f(20, "question tokens kept (truncation)")
-    projector: str = _f("aligned", "minivl only: how image features become tokens: aligned (mid-level features, an affine map fitted once to MiniLM's word embeddings; README 'Image tokens') or random (final features, fixed random projection)")
+    projector: str = _f("random", "minivl only: how image features become tokens: random (final features, fixed random orthonormal projection) or aligned (mid-level features, an affine map fitted once to MiniLM's word embeddings); README 'Image tokens'")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from feddat.backbones.base import Backbone
 BACKBONES = ("minivl", "vilt")
 
 
-def build_backbone(name: str, path: str = "", image_size: int = 128, max_text_len: int = 20, projector: str = "aligned") -> Backbone:
+def build_backbone(name: str, path: str = "", image_size: int = 128, max_text_len: int = 20, projector: str = "random") -> Backbone:
     if name == "minivl":
         from feddat.backbones.minivl import MiniVL
 

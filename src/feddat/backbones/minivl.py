@@ -5,10 +5,10 @@ Single-stream fusion encoder: all-MiniLM-L6-v2 (6 blocks, d = 384) reads
 ImageNet EfficientNet-Lite0, given token type 1 and MiniLM's own position embeddings, so the
 encoder can tell image positions apart. How the grid becomes tokens (`backbone.projector`,
 see README "Image tokens"):
-- aligned (default): the tower's stride-8 and stride-16 stages, mapped by an affine map fitted
-  once (ridge regression, deterministic, offline) so that a cell holding "a large red circle"
-  lands near the mean of MiniLM's word embeddings of "large", "red" and "circle";
-- random: the tower's final 1280-d grid through a fixed random orthonormal projection.
+- random (default): the tower's final 1280-d grid through a fixed random orthonormal projection;
+- aligned: the tower's stride-8 and stride-16 stages, mapped by an affine map fitted once
+  (ridge regression, deterministic, offline) so that a cell holding "a large red circle"
+  lands near the mean of MiniLM's word embeddings of "large", "red" and "circle".
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def stage_grid(net: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 
 
 class MiniVL(Backbone):
-    def __init__(self, image_size: int = 128, max_text_len: int = 20, projector: str = "aligned"):
+    def __init__(self, image_size: int = 128, max_text_len: int = 20, projector: str = "random"):
         super().__init__()
         if projector not in PROJECTORS:
             raise ValueError(f"unknown minivl projector '{projector}': choose one of {', '.join(PROJECTORS)}")
