@@ -65,14 +65,15 @@ def stage_grid(net: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     """The TOKEN_STAGES outputs, each average-pooled to the token grid, concatenated: (N, C, g, g)."""
     side = pixels.shape[-1]
     grid = max(1, side // GRID_STRIDE)
-    wanted = {side // stride for stride, _ in TOKEN_STAGES}
-    x = net._swish(net._bn0(net._conv_stem(pixels)))
-    last_at: dict[int, torch.Tensor] = {}
+    x = net._swish(net._bn0(net._conv_stem(pixels)))  # stride 2
+    by_stride: dict[int, torch.Tensor] = {}
+    stride, width = 2, x.shape[-1]
     for block in net._blocks:
         x = block(x)
-        if x.shape[-1] in wanted:
-            last_at[x.shape[-1]] = x  # the last block at a resolution ends that stage
-    return torch.cat([F.adaptive_avg_pool2d(last_at[side // stride], grid) for stride, _ in TOKEN_STAGES], dim=1)
+        if x.shape[-1] < width:  # a downsampling block starts the next stage (rounding varies with size)
+            stride, width = stride * 2, x.shape[-1]
+        by_stride[stride] = x  # the last block at a stride ends that stage
+    return torch.cat([F.adaptive_avg_pool2d(by_stride[s], grid) for s, _ in TOKEN_STAGES], dim=1)
 
 
 class MiniVL(Backbone):
