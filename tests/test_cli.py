@@ -27,7 +27,11 @@ def test_run_writes_the_run_directory_and_prints_the_table(tiny_vilt_dir, tmp_pa
     assert "| feddat | global |" in out and "| feddat | personal |" in out and "| fedavg | global |" in out
     assert "[feddat] round 2/2" in out  # progress output
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert {r["client"] for r in records if r["kind"] == "eval"} == {"object", "attribute", "count", "spatial", "logic"}
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert {r["client"] for r in evals} == {"object", "attribute", "count", "spatial", "logic"}
+    # each function client asks one kind of question, so its one category score is its score
+    assert all(r[f"global/{r['client']}"] == r["global"] for r in evals)
+    assert "By category of question" in out and "| fedavg | global | " in out.split("By category of question")[1]
     adapter = load_tensors(run_dir / "feddat" / "shared_adapter.safetensors")
     assert set(adapter) == {f"{b}.{p}.{w}" for b in "01" for p in ("down", "up") for w in ("weight", "bias")}
     assert 'name = "vilt"' in (run_dir / "config.toml").read_text()

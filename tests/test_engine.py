@@ -6,7 +6,8 @@ import json
 
 import torch
 
-from conftest import tiny_config
+from conftest import raw_split, tiny_config
+from feddat.data.clients import build_client
 from feddat.engines.embedded import run_method, sample_clients
 from feddat.engines.state import ClientStateStore
 from feddat.peft.model import AdaptedModel
@@ -64,3 +65,29 @@ def test_fedavg_local_and_centralised_run(tiny_backbone, tiny_clients, tmp_path)
         assert len(evals) == 2 * len(tiny_clients) and "personal" not in evals[0]
         assert summary["local_steps"] > 0
     assert summary["bytes_up_per_round"] == 0  # centralised sends nothing
+
+
+def test_scores_are_also_reported_per_category_of_question(tiny_backbone, tmp_path):
+    def with_groups(split, groups):
+        split.groups = [groups[i % len(groups)] for i in range(len(split))]
+        return split
+
+    answers = ("red", "blue", "green")
+    clients = [
+        build_client("alpha", with_groups(raw_split(16, 0, answers), ["count"]), with_groups(raw_split(9, 100, answers), ["count", "colour", "colour"]), tiny_backbone, 100, None),
+        build_client("beta", with_groups(raw_split(16, 1, answers), ["colour"]), with_groups(raw_split(8, 101, answers), ["colour"]), tiny_backbone, 100, None),
+    ]
+    _, records = run(tiny_backbone, clients, tmp_path / "r", **{"federation.rounds": 1})
+    evals = {r["client"]: r for r in records if r["kind"] == "eval"}
+    assert set(evals["beta"]) >= {"global/colour", "personal/colour"} and "global/count" not in evals["beta"]
+    alpha = evals["alpha"]
+    for view in ("global", "personal"):
+        # the categories' scores, weighted by their sizes (3 and 6 of 9), give the client's score
+        assert abs((3 * alpha[f"{view}/count"] + 6 * alpha[f"{view}/colour"]) / 9 - alpha[view]) < 1e-9
+
+    from feddat.reporting import category_table
+
+    table = category_table(records).splitlines()
+    assert table[0] == "| method | view | colour | count |"
+    colour = (alpha["global/colour"] + evals["beta"]["global/colour"]) / 2
+    assert table[2] == f"| feddat | global | {100 * colour:.1f} | {100 * alpha['global/count']:.1f} |"

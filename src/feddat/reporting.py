@@ -1,9 +1,13 @@
-"""Results tables from a run's metrics.jsonl: per client, mean, global and personal, per method."""
+"""Results tables from a run's metrics.jsonl: per client, mean, global and personal, per method;
+and per category of question (kind, answer type) where the data have one."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+
+VIEWS = ("global", "personal")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -20,7 +24,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def final_scores(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """method -> client -> {'global', 'personal'?} at that method's last evaluated round."""
+    """method -> client -> {'global', 'personal'?, 'global/<category>', ...} at that method's last evaluated round."""
     last: dict[str, int] = {}
     for r in records:
         if r.get("kind") == "eval":
@@ -28,7 +32,7 @@ def final_scores(records: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     out: dict[str, dict[str, dict[str, float]]] = {}
     for r in records:
         if r.get("kind") == "eval" and r["round"] == last[r["method"]]:
-            out.setdefault(r["method"], {})[r["client"]] = {k: r[k] for k in ("global", "personal") if k in r}
+            out.setdefault(r["method"], {})[r["client"]] = {k: v for k, v in r.items() if k.split("/")[0] in VIEWS}
     return out
 
 
@@ -45,11 +49,31 @@ def results_table(records: list[dict]) -> str:
     header = "| method | view | " + " | ".join(clients) + " | mean |"
     lines = [header, "|" + "---|" * (len(clients) + 3)]
     for method, per_client in scores.items():
-        for view in ("global", "personal"):
+        for view in VIEWS:
             values = [per_client.get(c, {}).get(view) for c in clients]
             if all(v is None for v in values):
                 continue
             present = [v for v in values if v is not None]
             mean = sum(present) / len(present)
             lines.append(f"| {method} | {view} | " + " | ".join(_cell(v) for v in values) + f" | {_cell(mean)} |")
+    return "\n".join(lines)
+
+
+def category_table(records: list[dict]) -> str:
+    """Markdown: one row per method and view, one column per category of question (question
+    kind, VQA answer type; in alphabetical order), each the mean over the clients that have
+    that category; "" when the data have no categories."""
+    scores = final_scores(records)
+    categories = sorted({key.partition("/")[2] for per_client in scores.values() for s in per_client.values() for key in s} - {""})
+    if not categories:
+        return ""
+    lines = ["| method | view | " + " | ".join(categories) + " |", "|" + "---|" * (len(categories) + 2)]
+    for method, per_client in scores.items():
+        for view in VIEWS:
+            cells = []
+            for category in categories:
+                present = [s[f"{view}/{category}"] for s in per_client.values() if f"{view}/{category}" in s]
+                cells.append(_cell(sum(present) / len(present) if present else None))
+            if any(cell != "—" for cell in cells):
+                lines.append(f"| {method} | {view} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -135,7 +135,7 @@ class Method:
         """Scores on the client's held-out split: 'global' (and 'personal' where the method has one)."""
         head = self.load_head(state, client)
         self.model.load_adapter("shared", shared)
-        return {"global": self.score_split(client.test, head, ("shared",))}
+        return self.view_scores("global", client.test, head, ("shared",))
 
     # ---- helpers shared by the methods -------------------------------------------------
     def new_head(self, client: ClientData) -> TaskHead:
@@ -206,15 +206,23 @@ class Method:
         return self.head_logits(head, self.represent(batch))
 
     @torch.no_grad()
-    def score_split(self, split: Split, head: nn.Module, adapters: tuple[str, ...], **path) -> float:
-        """Mean score of `head` on `split` with `adapters` active (`path`: see AdaptedModel.activate)."""
+    def view_scores(self, view: str, split: Split, head: nn.Module, adapters: tuple[str, ...], **path) -> dict[str, float]:
+        """{view: mean score of `head` on `split`} with `adapters` active (`path`: see
+        AdaptedModel.activate), plus {"view/category": mean} per category where the split's
+        examples have one (question kind, VQA answer type)."""
         if len(split) == 0:
-            return float("nan")
-        total = 0.0
+            return {view: float("nan")}
         size = self.cfg.train.eval_batch_size
         self.seed_forward("eval")
+        chunks = []
         with self.model.active(*adapters, **path):
             for i in range(0, len(split), size):
                 batch = split.batch(torch.arange(i, min(i + size, len(split))), self.device)
-                total += float(score(self.logits(head, batch), batch[3]).sum())
-        return total / len(split)
+                chunks.append(score(self.logits(head, batch), batch[3]).double().cpu())
+        per_example = torch.cat(chunks)
+        scores = {view: float(per_example.mean())}
+        if split.groups is not None:
+            for group in sorted(set(split.groups) - {""}):
+                members = torch.tensor([g == group for g in split.groups])
+                scores[f"{view}/{group}"] = float(per_example[members].mean())
+        return scores

@@ -66,5 +66,5 @@ class Ditto(AdapterClient):
     def evaluate(self, shared: Tensors, state: Tensors, client: ClientData) -> dict[str, float]:
         scores = super().evaluate(shared, state, client)
         self.model.load_adapter(PERSONAL, prefixed(state, PERSONAL))
-        scores["personal"] = self.score_split(client.test, self.personal_head(state, client), (PERSONAL,))
+        scores.update(self.view_scores("personal", client.test, self.personal_head(state, client), (PERSONAL,)))
         return scores

@@ -197,6 +197,6 @@ class FedDAT(Method):
     def evaluate(self, shared: Tensors, state: Tensors, client: ClientData) -> dict[str, float]:
         head = self.load_client(shared, state, client)
         return {
-            "global": self.score_split(client.test, head, ("shared",)),
-            "personal": self.score_split(client.test, head, self.teacher, **self.teacher_path),
+            **self.view_scores("global", client.test, head, ("shared",)),
+            **self.view_scores("personal", client.test, head, self.teacher, **self.teacher_path),
         }

@@ -29,6 +29,9 @@ class Split:
     # (N,) class index, -1 for an answer outside the vocabulary; or (N, answers) float VQA soft
     # scores where the dataset has several annotator answers per question (losses.task_loss/score).
     targets: torch.Tensor
+    # Each example's category where the data have one (question kind, VQA answer type): scores
+    # are also reported per category.
+    groups: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -152,7 +155,8 @@ def encode_split(raw: RawSplit, backbone: Backbone, vocab: list[str], cache_dir:
         second = RawSplit(raw.images2, raw.questions, raw.answers, key=f"{raw.key}|image2")
         features = torch.stack([features, cached_features(second, backbone, cache_dir)], dim=1)
     ids, mask = backbone.tokenize(raw.questions)
-    return Split(features[keep], ids[keep], mask[keep], targets[keep])
+    groups = None if raw.groups is None else [g for g, k in zip(raw.groups, keep.tolist()) if k]
+    return Split(features[keep], ids[keep], mask[keep], targets[keep], groups)
 
 
 def cached_features(raw: RawSplit, backbone: Backbone, cache_dir: Path | None, batch: int = 64) -> torch.Tensor:

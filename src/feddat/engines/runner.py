@@ -82,9 +82,13 @@ def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, 
 
 def write_report(cfg: Config, run_dir: Path, summaries: list[dict], log: Callable[[str], None]) -> None:
     """results.md from metrics.jsonl and the methods' summaries (both engines write it this way)."""
-    from feddat.reporting import read_metrics, results_table
+    from feddat.reporting import category_table, read_metrics, results_table
 
-    table = results_table(read_metrics(run_dir / "metrics.jsonl"))
+    records = read_metrics(run_dir / "metrics.jsonl")
+    table = results_table(records)
+    by_category = category_table(records)
+    if by_category:
+        table += "\n\nBy category of question (mean over the clients that ask it):\n\n" + by_category
     timing = "\n".join(
         f"- {s['method']}: wall {s['wall_s']:.1f}s, {s['local_steps']} local steps, {1000 * s['s_per_local_step']:.0f} ms per local step, "
         f"{s['shared_params']:,} shared parameters, {s['bytes_up_per_round']:,} bytes up per round"
