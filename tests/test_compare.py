@@ -58,15 +58,17 @@ def test_difference_flags_only_what_exceeds_the_seed_noise():
     assert difference({3: 0.50, 4: 0.53, 5: 0.51}, ref)[1] is True  # unpaired seeds: Welch
 
 
-def fake_run(run_dir, method, seed, scores_by_round, personal=False):
-    """A finished `feddat run` directory written by hand: known numbers in, known table out."""
+def fake_run(run_dir, method, seed, scores_by_round, personal=False, categories=None):
+    """A finished `feddat run` directory written by hand: known numbers in, known table out.
+    `categories`: client -> {category: global score} added to the last round's evaluation."""
     cfg = valid_config(**{"run.seed": seed})
     write_text(run_dir / "config.toml", cfg.to_toml())
     lines = []
     for round_, per_client in scores_by_round.items():
         lines.append({"method": method, "round": round_, "client": "all", "kind": "train", "steps": 4})
         for client, s in per_client.items():
-            lines.append({"method": method, "round": round_, "client": client, "kind": "eval", "global": s, **({"personal": s + 0.1} if personal else {})})
+            by_category = {f"global/{c}": v for c, v in (categories or {}).get(client, {}).items()} if round_ == max(scores_by_round) else {}
+            lines.append({"method": method, "round": round_, "client": client, "kind": "eval", "global": s, **({"personal": s + 0.1} if personal else {}), **by_category})
     write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
     write_json(run_dir / "summary.json", {"methods": [{"method": method, "wall_s": 10.0, "s_per_local_step": 0.5, "local_steps": 8, "shared_params": 100, "bytes_up_per_round": 800}]})
 
@@ -88,6 +90,20 @@ def test_report_from_finished_runs_has_mean_std_last3_and_costs(tmp_path):
     costs = list(csv.DictReader(open(out / "costs.csv")))
     assert float(costs[0]["total_bytes"]) == pytest.approx(3 * 1600)  # 3 rounds x (800 up + 800 down)
     assert {p.name for p in (out / "plots").iterdir()} == {"curve_round.png", "curve_compute.png", "curve_bytes.png", "clients_global.png", "clients_personal.png"}
+
+
+def test_report_breaks_scores_down_by_category_of_question(tmp_path):
+    for seed, colour in enumerate([0.2, 0.4]):
+        categories = {"x": {"colour": colour, "count": 0.5}, "y": {"colour": 0.6}}
+        fake_run(tmp_path / f"r{seed}", "fedavg", seed, {1: {"x": 0.1, "y": 0.1}, 2: {"x": 0.3, "y": 0.6}}, categories=categories)
+    out = tmp_path / "report"
+    compare.report_from_dirs([tmp_path / "r0", tmp_path / "r1"], out)
+    table = (out / "table.md").read_text()
+    # colour: mean over x and y per seed (40, 50), then over seeds; count: x alone, 50 on both seeds
+    assert "| method | colour | count |\n|---|---|---|\n| fedavg | 45.0 ± 7.1 | 50.0 ± 0.0 |" in table
+    fake_run(tmp_path / "plain", "fedavg", 0, {1: {"x": 0.1}})
+    compare.report_from_dirs([tmp_path / "plain"], tmp_path / "plain_report")
+    assert "by category" not in (tmp_path / "plain_report" / "table.md").read_text()
 
 
 def test_same_method_and_seed_twice_is_refused(tmp_path):

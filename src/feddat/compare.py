@@ -29,6 +29,7 @@ import torch
 
 from feddat import config as config_mod
 from feddat.config import Config, ConfigError
+from feddat.reporting import final_scores
 from feddat.runtime import write_json, write_text
 
 # ---- variants -----------------------------------------------------------------------------
@@ -554,6 +555,27 @@ def markdown_scores(rows: list[Row], clients: list[str], view: str, reference: s
     return "\n".join(lines)
 
 
+def category_means(result: RunResult, view: str) -> dict[str, float]:
+    """category -> mean over the clients that ask it, at the run's final evaluation."""
+    per_client = next(iter(final_scores(result.records).values()), {})
+    categories = sorted({key.partition("/")[2] for s in per_client.values() for key in s if key.startswith(f"{view}/")})
+    return {c: nanmean(s.get(f"{view}/{c}") for s in per_client.values()) for c in categories}
+
+
+def markdown_categories(results: list[RunResult], view: str = "global") -> str:
+    """Per category of question (question kind, answer type): mean ± std over seeds; "" without categories."""
+    per_label: dict[str, list[dict[str, float]]] = {}
+    for r in results:
+        per_label.setdefault(r.label, []).append(category_means(r, view))
+    categories = sorted({c for runs in per_label.values() for means in runs for c in means})
+    if not categories:
+        return ""
+    lines = ["| method | " + " | ".join(categories) + " |", "|" + "---|" * (len(categories) + 1)]
+    for label, runs in per_label.items():
+        lines.append(f"| {label} | " + " | ".join(pct(*mean_std([m.get(c) for m in runs])[:2]) for c in categories) + " |")
+    return "\n".join(lines)
+
+
 def human_bytes(n: float) -> str:
     if n != n:
         return "—"
@@ -615,6 +637,9 @@ def write_report(results: list[RunResult], out_dir: Path, reference: str, title:
         "## Global model (shared PEFT module + private head)",
         markdown_scores(rows, clients, "global", reference),
     ]
+    by_category = markdown_categories(results)
+    if by_category:
+        parts += ["### Global model by category of question (mean over the clients that ask it)", by_category]
     personal = markdown_scores(rows, clients, "personal", reference)
     if personal:
         parts += ["## Personal model (FedDAT's Dual-Adapter Teacher, Ditto's personal adapter)", personal]
