@@ -29,7 +29,7 @@ import torch
 
 from feddat import config as config_mod
 from feddat.config import Config, ConfigError
-from feddat.reporting import final_scores
+from feddat.reporting import category_means, final_scores
 from feddat.runtime import write_json, write_text
 
 # ---- variants -----------------------------------------------------------------------------
@@ -555,18 +555,12 @@ def markdown_scores(rows: list[Row], clients: list[str], view: str, reference: s
     return "\n".join(lines)
 
 
-def category_means(result: RunResult, view: str) -> dict[str, float]:
-    """category -> mean over the clients that ask it, at the run's final evaluation."""
-    per_client = next(iter(final_scores(result.records).values()), {})
-    categories = sorted({key.partition("/")[2] for s in per_client.values() for key in s if key.startswith(f"{view}/")})
-    return {c: nanmean(s.get(f"{view}/{c}") for s in per_client.values()) for c in categories}
-
-
 def markdown_categories(results: list[RunResult], view: str = "global") -> str:
     """Per category of question (question kind, answer type): mean ± std over seeds; "" without categories."""
     per_label: dict[str, list[dict[str, float]]] = {}
     for r in results:
-        per_label.setdefault(r.label, []).append(category_means(r, view))
+        per_client = next(iter(final_scores(r.records).values()), {})  # a run's records are one method's
+        per_label.setdefault(r.label, []).append(category_means(per_client, view))
     categories = sorted({c for runs in per_label.values() for means in runs for c in means})
     if not categories:
         return ""

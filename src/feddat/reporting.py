@@ -59,21 +59,27 @@ def results_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def category_means(per_client: dict[str, dict[str, float]], view: str) -> dict[str, float]:
+    """category -> mean of `view/<category>` over the clients that have it, categories sorted."""
+    values: dict[str, list[float]] = {}
+    for scores in per_client.values():
+        for key, value in scores.items():
+            prefix, _, category = key.partition("/")
+            if prefix == view and category:
+                values.setdefault(category, []).append(value)
+    return {c: sum(v) / len(v) for c, v in sorted(values.items())}
+
+
 def category_table(records: list[dict]) -> str:
     """Markdown: one row per method and view, one column per category of question (question
     kind, VQA answer type; in alphabetical order), each the mean over the clients that have
     that category; "" when the data have no categories."""
-    scores = final_scores(records)
-    categories = sorted({key.partition("/")[2] for per_client in scores.values() for s in per_client.values() for key in s} - {""})
+    rows = {(method, view): category_means(per_client, view) for method, per_client in final_scores(records).items() for view in VIEWS}
+    categories = sorted({c for means in rows.values() for c in means})
     if not categories:
         return ""
     lines = ["| method | view | " + " | ".join(categories) + " |", "|" + "---|" * (len(categories) + 2)]
-    for method, per_client in scores.items():
-        for view in VIEWS:
-            cells = []
-            for category in categories:
-                present = [s[f"{view}/{category}"] for s in per_client.values() if f"{view}/{category}" in s]
-                cells.append(_cell(sum(present) / len(present) if present else None))
-            if any(cell != "—" for cell in cells):
-                lines.append(f"| {method} | {view} | " + " | ".join(cells) + " |")
+    for (method, view), means in rows.items():
+        if means:
+            lines.append(f"| {method} | {view} | " + " | ".join(_cell(means.get(c)) for c in categories) + " |")
     return "\n".join(lines)
