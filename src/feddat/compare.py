@@ -206,7 +206,7 @@ class Workspace:
 
     def get(self) -> dict[str, Any]:
         if not self.parts:
-            from feddat.backbones import build_backbone
+            from feddat.backbones import backbone_from_config
             from feddat.data.clients import load_clients
             from feddat.peft.model import AdaptedModel
             from feddat.runtime import pick_device, set_threads
@@ -214,8 +214,8 @@ class Workspace:
             cfg = self.cfg
             set_threads(cfg.run.threads)
             device = pick_device(cfg.run.device)
-            b, a = cfg.backbone, cfg.adapter
-            backbone = build_backbone(b.name, b.path, b.image_size, b.max_text_len, b.projector).to(device)
+            a = cfg.adapter
+            backbone = backbone_from_config(cfg.backbone).to(device)
             clients = load_clients(cfg, backbone, log=self.log)
             model = AdaptedModel(backbone, a.reduction_factor, a.activation, a.blocks or None, a.init, a.init_std)
             self.parts = {"device": device, "clients": clients, "model": model}

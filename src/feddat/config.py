@@ -279,7 +279,7 @@ def _choice(key: str, value: str, allowed: typing.Iterable[str]) -> None:
 def validate(cfg: Config) -> None:
     """Refuse values that would fail later, deep inside training."""
     from feddat.algorithms import METHODS
-    from feddat.backbones import BACKBONES
+    from feddat.backbones import BACKBONES, PROJECTORS
     from feddat.data.synthetic import MAX_OBJECTS
 
     _choice("backbone.name", cfg.backbone.name, BACKBONES)
@@ -293,7 +293,7 @@ def validate(cfg: Config) -> None:
     _choice("feddat.kd", cfg.feddat.kd, ("mutual", "one_way", "none"))
     _choice("feddat.teacher", cfg.feddat.teacher, ("dual", "client_only", "frozen_only"))
     _choice("feddat.schedule", cfg.feddat.schedule, ("fused", "reference"))
-    _choice("backbone.projector", cfg.backbone.projector, ("aligned", "random"))
+    _choice("backbone.projector", cfg.backbone.projector, PROJECTORS)
     if cfg.feddat.branch_site < 0:
         raise ConfigError(f"feddat.branch_site must be >= 0, got {cfg.feddat.branch_site}")
     if cfg.feddat.branch_site and cfg.feddat.schedule != "fused":

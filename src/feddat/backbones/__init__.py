@@ -5,6 +5,7 @@ from __future__ import annotations
 from feddat.backbones.base import Backbone
 
 BACKBONES = ("minivl", "vilt")
+PROJECTORS = ("aligned", "random")  # minivl: how the image grid becomes tokens (minivl.py)
 
 
 def build_backbone(name: str, path: str = "", image_size: int = 128, max_text_len: int = 20, projector: str = "random") -> Backbone:
@@ -17,3 +18,8 @@ def build_backbone(name: str, path: str = "", image_size: int = 128, max_text_le
 
         return ViLT.from_pretrained(path, image_size=image_size, max_text_len=max_text_len)
     raise ValueError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
+
+
+def backbone_from_config(b) -> Backbone:
+    """The backbone a run's `[backbone]` section (config.BackboneConfig) describes."""
+    return build_backbone(b.name, b.path, b.image_size, b.max_text_len, b.projector)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feddat.backbones import PROJECTORS
 from feddat.backbones.base import Backbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -50,7 +51,6 @@ def orthogonal_projector(d_in: int, d_out: int) -> torch.Tensor:
     return q.T.contiguous()
 
 
-PROJECTORS = ("aligned", "random")
 #: EfficientNet-Lite0 stages read by the aligned projector: (stride, channels). A linear probe
 #: per grid cell reads colour / shape / size at 91 / 98 / 96 % from these, 57 / 72 / 79 % from
 #: the final 1280-d head (README, "Image tokens").

@@ -41,7 +41,7 @@ def clean_partial_writes(run_dir: Path) -> int:
 
 def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, flush=True), resume: Path | None = None) -> Path:
     """Run every configured method; with `resume`, continue the interrupted run in that directory."""
-    from feddat.backbones import build_backbone
+    from feddat.backbones import backbone_from_config
     from feddat.data.clients import load_clients
     from feddat.engines.embedded import run_method
     from feddat.peft.model import AdaptedModel
@@ -60,7 +60,7 @@ def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, 
     log(f"feddat: run directory {run_dir}  (device {device}){'  resuming' if resume else ''}")
     t0 = time.perf_counter()
     b = cfg.backbone
-    backbone = build_backbone(b.name, b.path, b.image_size, b.max_text_len, b.projector).to(device)
+    backbone = backbone_from_config(b).to(device)
     log(f"backbone {b.name} loaded in {time.perf_counter() - t0:.1f}s; encoding the {cfg.data.benchmark} benchmark (image features cached in {cfg.data.cache_dir})")
     t0 = time.perf_counter()
     clients = load_clients(cfg, backbone, log=log)

@@ -52,9 +52,9 @@ def load_partition(cfg: Config, backbone, name: str) -> ClientData:
 
 def build_model(cfg: Config, device):
     """The frozen backbone with adapter sites, as the embedded runner builds it (both sides need it)."""
-    from feddat.backbones import build_backbone
+    from feddat.backbones import backbone_from_config
     from feddat.peft.model import AdaptedModel
 
-    b, a = cfg.backbone, cfg.adapter
-    backbone = build_backbone(b.name, b.path, b.image_size, b.max_text_len, b.projector).to(device)
+    a = cfg.adapter
+    backbone = backbone_from_config(cfg.backbone).to(device)
     return AdaptedModel(backbone, a.reduction_factor, a.activation, a.blocks or None, a.init, a.init_std)
