@@ -38,7 +38,7 @@ def first_update(method, client, **kw):
     return method.client_update(method.init_shared(), method.init_client_state(client), client, round_=1, **kw)
 
 
-@pytest.mark.parametrize("name", sorted(set(METHODS) - {"feddat", "fedavg", "local", "centralised"}))
+@pytest.mark.parametrize("name", sorted(set(METHODS) - {"feddat", "fedavg", "local", "centralised", "head_only"}))
 def test_every_new_method_runs_two_rounds_and_reports_scores(tiny_backbone, tiny_clients, tmp_path, name):
     cfg = tiny_config(**{"federation.rounds": 2})
     cfg.peft.prompt_length, cfg.peft.lora_rank = 2, 2
@@ -330,6 +330,28 @@ def test_fedrep_alternates_head_then_adapter(tiny_backbone, tiny_clients, monkey
     assert phases == ["head"] * 4 + ["adapter"] * 2  # 2 head epochs then 1 adapter epoch, 2 batches each
     assert update.metrics["head_steps"] == 4 and update.metrics["steps"] == 2
     assert update.metrics["passes"] == 2 * 2 + 16 / 8  # adapter steps, plus one forward over the 16 examples
+
+
+def test_head_only_trains_the_head_on_the_bare_backbone_and_shares_nothing(tiny_backbone, tiny_clients, tmp_path, monkeypatch):
+    cfg, model, method = make(tiny_backbone, "head_only")
+    client = tiny_clients[0]
+    state = method.init_client_state(client)
+    before = backbone_weights(model)
+    update = first_update(method, client)
+    assert update.shared == {} and method.init_shared() == {}
+    assert distance(prefixed(update.state, "head"), prefixed(state, "head")) > 0
+    assert all(torch.equal(before[k], v) for k, v in backbone_weights(model).items())
+    # it trains and evaluates on the bare backbone, even when an adapter is left active
+    model.add_adapter("shared", trainable=True)
+    seen = []
+    real_logits = method.logits
+    monkeypatch.setattr(method, "logits", lambda head, batch: seen.append({s.active for s in model.ordered_sites()}) or real_logits(head, batch))
+    with model.active("shared"):
+        first_update(method, client)
+        method.evaluate({}, update.state, client)
+    assert seen and all(active == {()} for active in seen)
+    summary = run_method("head_only", cfg, model, tiny_clients[:1], tmp_path, CPU, log=lambda s: None)
+    assert summary["shared_params"] == 0 and summary["bytes_up_per_round"] == 0 and summary["local_steps"] > 0
 
 
 # ---- server optimisers ----------------------------------------------------------------------

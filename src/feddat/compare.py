@@ -51,7 +51,7 @@ PRESETS = {
 GROUPS = {  # names that expand to several methods (none equals a method's name)
     "feddat_family": ["feddat", "feddat_nokd", "feddat_oneway", "feddat_clientonly", "feddat_frozenonly", "feddat_lora"],
     "peft_kinds": ["fedavg", "fedavg_full", "fedavg_lora", "fedavg_prompt", "fedavg_bitfit"],
-    "adapter_fl": ["fedprox", "scaffold", "feddyn", "moon", "ditto", "fedrep", "local", "centralised"],
+    "adapter_fl": ["fedprox", "scaffold", "feddyn", "moon", "ditto", "fedrep", "head_only", "local", "centralised"],
     "server_opt": ["fedavgm", "fedadam"],
 }
 GROUPS["all"] = [m for g in ("feddat_family", "peft_kinds", "adapter_fl", "server_opt") for m in GROUPS[g]]
@@ -129,7 +129,7 @@ def matched_variants(variants: list[Variant], names: list[str], reference: str, 
     ref_cfg = variant_config(cfg, by_label[reference], 0)
     ref_cost = sum(passes_per_step(by_label[reference].method, ref_cfg)) * ref_cfg.train.local_epochs
     if names == ["all"]:
-        names = [v.label for v in variants if not v.method.startswith("feddat") and v.method not in ("local", "centralised")]
+        names = [v.label for v in variants if not v.method.startswith("feddat") and v.method not in ("head_only", "local", "centralised")]
     out = []
     for name in names:
         if name not in by_label:

@@ -6,6 +6,7 @@ from feddat.algorithms.base import ClientUpdate, Method, UpdateRejected
 from feddat.algorithms.centralised import Centralised
 from feddat.algorithms.fedavg import FedAvgAdapter
 from feddat.algorithms.feddat import FedDAT
+from feddat.algorithms.head_only import HeadOnly
 from feddat.algorithms.local import LocalOnly
 from feddat.algorithms.ditto import Ditto
 from feddat.algorithms.fedadam import FedAdam
@@ -22,13 +23,13 @@ from feddat.algorithms.moon import Moon
 from feddat.algorithms.scaffold import Scaffold
 
 # FedDAT and its LoRA form; PEFT kinds under FedAvg; client-drift and personalised FL on the
-# adapter; server optimisers; the two references (local-only, centralised).
+# adapter; server optimisers; the references (head only, local-only, centralised).
 BASELINES: tuple[type[Method], ...] = (
     FedAvgFull, FedAvgLoRA, FedAvgPrompt, FedAvgBitFit,
     FedProx, Scaffold, FedDyn, Moon, Ditto, FedRep,
     FedAvgM, FedAdam,
 )
-METHODS: dict[str, type[Method]] = {m.name: m for m in (FedDAT, FedAvgAdapter, LocalOnly, Centralised, FedDATLoRA, *BASELINES)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (FedDAT, FedAvgAdapter, LocalOnly, Centralised, HeadOnly, FedDATLoRA, *BASELINES)}
 
 
 def build_method(name: str, cfg, model, device) -> Method:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from feddat.algorithms.base import ClientUpdate, Method, Tensors
 from feddat.data.clients import ClientData
-from feddat.losses import task_loss
 
 
 class FedAvgAdapter(Method):
@@ -14,14 +13,8 @@ class FedAvgAdapter(Method):
         self.model.load_adapter("shared", shared)
         head = self.load_head(state, client)
         opt = self.optimizer(self.model.adapter_parameters("shared") + list(head.parameters()))
-        losses = []
         with self.model.active("shared"):
-            for batch in self.batches(client.train, self.name, round_, client.name):
-                loss = task_loss(self.logits(head, batch), batch[3])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
+            losses = self.fit(head, opt, client.train, self.name, round_, client.name)
         return ClientUpdate(
             client=client.name,
             shared=self.model.adapter_state("shared"),

@@ -1,0 +1,39 @@
+"""Head only: each client trains its private head on the frozen backbone; no adapter, nothing travels.
+
+The floor every adapter method must beat (a probe of the frozen backbone): what a client's
+head learns from its own data alone. The gap from here to local-only is what the adapter
+adds; the gap from local-only to centralised is what pooling the adapter's data adds.
+"""
+
+from __future__ import annotations
+
+from feddat.algorithms.base import ClientUpdate, Method, Tensors
+from feddat.data.clients import ClientData
+
+
+class HeadOnly(Method):
+    name = "head_only"
+    communicates = False
+    passes_per_step = (1, 0)  # no gradient reaches the frozen backbone
+
+    def init_shared(self) -> Tensors:
+        return {}  # no adapter: the run saves and reports an empty shared state
+
+    def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
+        head = self.load_head(state, client)
+        opt = self.optimizer(list(head.parameters()))
+        with self.model.active():  # the bare backbone
+            losses = self.fit(head, opt, client.train, self.name, round_, client.name)
+        return ClientUpdate(
+            client=client.name,
+            shared={},
+            num_examples=len(client.train),
+            state=self.head_state(head),
+            metrics={"loss": sum(losses) / max(1, len(losses)), "steps": len(losses)},
+        )
+
+    def aggregate(self, shared: Tensors, updates: list[ClientUpdate]) -> Tensors:
+        return shared  # nothing is shared
+
+    def evaluate(self, shared: Tensors, state: Tensors, client: ClientData) -> dict[str, float]:
+        return self.view_scores("global", client.test, self.load_head(state, client), ())
