@@ -72,10 +72,11 @@ def assert_all_gone(tree: list[psutil.Process]) -> None:
 
 
 def test_flower_run_matches_embedded_engine(tiny_vilt_dir, data_root, tmp_path):
-    """Two rounds of FedDAT, 2 of 3 clients sampled per round: same adapter and per-client metrics."""
+    """Two rounds of FedDAT, 2 of 3 clients sampled per round, evaluated after round 2 only:
+    same adapter and per-client metrics (a round without evaluation loses no client)."""
     from feddat.engines.runner import run_experiment
 
-    overrides = {"federation.fraction": 0.6, "federation.rounds": 2}
+    overrides = {"federation.fraction": 0.6, "federation.rounds": 2, "federation.eval_every": 2}
     embedded_cfg = make_config(tiny_vilt_dir, data_root, tmp_path, "embedded", **overrides)
     t0 = time.perf_counter()
     embedded = run_experiment(embedded_cfg, log=lambda s: None)
@@ -95,6 +96,7 @@ def test_flower_run_matches_embedded_engine(tiny_vilt_dir, data_root, tmp_path):
     got, want = records(flower), records(embedded)
     assert got.keys() == want.keys()
     assert {k[2] for k in want if k[1] == 1 and k[3] == "train"} != set(CLIENTS)  # sampling did leave a client out
+    assert {k[1] for k in want if k[3] == "eval"} == {2} and {k[1] for k in want if k[3] == "train"} == {1, 2}
     for key, record in want.items():
         assert got[key].keys() == record.keys(), key
         for field, value in record.items():

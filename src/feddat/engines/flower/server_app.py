@@ -241,6 +241,9 @@ class MethodStrategy(Strategy):
         f = self.cfg.federation
         self.times["t0"] = time.perf_counter()
         if server_round % f.eval_every and server_round != f.rounds:
+            # Flower still calls aggregate_evaluate (with no replies): nobody was asked, so
+            # nobody may be counted as lost, which the train phase's roster would do.
+            self.order, self.sent = [], {}
             return []
         # The embedded engine's evaluation sample: the same fixed seeded subset every time.
         chosen = sample_clients(range(len(self.roster.clients)), f.eval_fraction, self.cfg.run.seed, "eval")
