@@ -12,6 +12,7 @@ from conftest import tiny_config
 from feddat.algorithms import METHODS, build_method
 from feddat.algorithms.base import ClientUpdate
 from feddat.algorithms.common import prefixed
+from feddat.compare import trainable_parameters
 from feddat.engines.embedded import run_method
 from feddat.peft.model import AdaptedModel
 
@@ -339,6 +340,7 @@ def test_head_only_trains_the_head_on_the_bare_backbone_and_shares_nothing(tiny_
     before = backbone_weights(model)
     update = first_update(method, client)
     assert update.shared == {} and method.init_shared() == {}
+    assert trainable_parameters(method, client) == sum(v.numel() for v in state.values())  # the head alone
     assert distance(prefixed(update.state, "head"), prefixed(state, "head")) > 0
     assert all(torch.equal(before[k], v) for k, v in backbone_weights(model).items())
     # it trains and evaluates on the bare backbone, even when an adapter is left active

@@ -191,7 +191,7 @@ TRAINABLE_STATE = ("head", "client", "personal", "phead")  # private state entri
 
 def trainable_parameters(method, client) -> int:
     """Parameters one client trains: the shared PEFT module plus its private trainable parts."""
-    shared = sum(p.numel() for p in method.model.adapter_parameters("shared"))
+    shared = sum(p.numel() for p in method.model.adapter_parameters("shared")) if "shared" in method.adapter_sets() else 0
     state = method.init_client_state(client)
     return shared + sum(v.numel() for k, v in state.items() if k.split(".")[0] in TRAINABLE_STATE)
 

@@ -16,6 +16,9 @@ class HeadOnly(Method):
     communicates = False
     passes_per_step = (1, 0)  # no gradient reaches the frozen backbone
 
+    def adapter_sets(self) -> tuple[str, ...]:
+        return ()
+
     def init_shared(self) -> Tensors:
         return {}  # no adapter: the run saves and reports an empty shared state
 
