@@ -214,10 +214,9 @@ class Workspace:
             cfg = self.cfg
             set_threads(cfg.run.threads)
             device = pick_device(cfg.run.device)
-            a = cfg.adapter
             backbone = backbone_from_config(cfg.backbone).to(device)
             clients = load_clients(cfg, backbone, log=self.log)
-            model = AdaptedModel(backbone, a.reduction_factor, a.activation, a.blocks or None, a.init, a.init_std)
+            model = AdaptedModel.from_config(backbone, cfg.adapter)
             self.parts = {"device": device, "clients": clients, "model": model}
         return self.parts
 

@@ -65,8 +65,7 @@ def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, 
     t0 = time.perf_counter()
     clients = load_clients(cfg, backbone, log=log)
     log(f"data ready in {time.perf_counter() - t0:.1f}s")
-    a = cfg.adapter
-    model = AdaptedModel(backbone, a.reduction_factor, a.activation, a.blocks or None, a.init, a.init_std)
+    model = AdaptedModel.from_config(backbone, cfg.adapter)
     summaries = []
     for name in cfg.run.methods:
         if name in done:

@@ -33,6 +33,11 @@ class AdaptedModel(nn.Module):
             backbone.blocks[i] = site
             self.sites[str(i)] = site
 
+    @classmethod
+    def from_config(cls, backbone: Backbone, a) -> "AdaptedModel":
+        """Adapter sites on `backbone` as a run's `[adapter]` section (config.AdapterConfig) describes."""
+        return cls(backbone, a.reduction_factor, a.activation, a.blocks or None, a.init, a.init_std)
+
     @property
     def hidden_size(self) -> int:
         return self.backbone.hidden_size

@@ -55,6 +55,5 @@ def build_model(cfg: Config, device):
     from feddat.backbones import backbone_from_config
     from feddat.peft.model import AdaptedModel
 
-    a = cfg.adapter
     backbone = backbone_from_config(cfg.backbone).to(device)
-    return AdaptedModel(backbone, a.reduction_factor, a.activation, a.blocks or None, a.init, a.init_std)
+    return AdaptedModel.from_config(backbone, cfg.adapter)
