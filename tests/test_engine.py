@@ -8,7 +8,8 @@ import torch
 
 from conftest import raw_split, tiny_config
 from feddat.data.clients import build_client
-from feddat.engines.embedded import run_method, sample_clients
+from feddat.algorithms import build_method
+from feddat.engines.embedded import Ticker, run_method, sample_clients, train_round
 from feddat.engines.state import ClientStateStore
 from feddat.peft.model import AdaptedModel
 from feddat.runtime import load_tensors
@@ -91,3 +92,18 @@ def test_scores_are_also_reported_per_category_of_question(tiny_backbone, tmp_pa
     assert table[0] == "| method | view | colour | count |"
     colour = (alpha["global/colour"] + evals["beta"]["global/colour"]) / 2
     assert table[2] == f"| feddat | global | {100 * colour:.1f} | {100 * alpha['global/count']:.1f} |"
+
+
+def test_long_rounds_report_progress_within_the_round(tiny_backbone, tiny_clients, tmp_path):
+    cfg = tiny_config()
+    model = AdaptedModel(tiny_backbone, reduction_factor=cfg.adapter.reduction_factor)
+    for method in ("fedavg", "centralised"):
+        lines = []
+        ticker = Ticker(lines.append, f"[{method}]", every=0.0)  # no throttle: every step or client
+        algorithm = build_method(method, cfg, model, torch.device("cpu"))
+        train_round(algorithm, algorithm.init_shared(), list(tiny_clients), ClientStateStore(tmp_path / method), 1, ticker=ticker)
+        unit = "clients trained" if method == "fedavg" else "steps"
+        assert lines and all(unit in line for line in lines), lines
+        # the last client / step is not announced: the round line follows it
+        total = len(tiny_clients) if method == "fedavg" else int(lines[0].split()[1].split("/")[1])
+        assert [int(line.split()[1].split("/")[0]) for line in lines] == list(range(1, total))

@@ -17,7 +17,7 @@ from torch import nn
 from feddat.config import Config
 from feddat.data.clients import ClientData, Split
 from feddat.heads import TaskHead
-from feddat.losses import score, task_loss
+from feddat.losses import score
 from feddat.algorithms import privacy
 from feddat.algorithms.validation import Rejection, coordinatewise, problem_with
 from feddat.peft.model import AdaptedModel, check_state
@@ -177,18 +177,6 @@ class Method:
             order = torch.randperm(len(split), generator=g)
             for i in range(0, len(order), size):
                 yield split.batch(order[i : i + size], self.device)
-
-    def fit(self, head: nn.Module, opt: torch.optim.Optimizer, split: Split, *seed_parts) -> list[float]:
-        """Minimise the task loss over `split` for local_epochs (with whatever adapters are active);
-        the per-step losses."""
-        losses = []
-        for batch in self.batches(split, *seed_parts):
-            loss = task_loss(self.logits(head, batch), batch[-1])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return losses
 
     def represent(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The pooled representation of a batch. A batch is (model inputs..., targets): the last

@@ -7,6 +7,8 @@ order shuffled across clients.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from feddat.algorithms.base import Method, Tensors
@@ -20,7 +22,8 @@ class Centralised(Method):
     pooled = True
     communicates = False
 
-    def pooled_update(self, shared: Tensors, states: dict[str, Tensors], clients: list[ClientData], round_: int) -> tuple[Tensors, dict[str, Tensors], dict[str, float]]:
+    def pooled_update(self, shared: Tensors, states: dict[str, Tensors], clients: list[ClientData], round_: int, progress: Callable[[int, int, str], None] | None = None) -> tuple[Tensors, dict[str, Tensors], dict[str, float]]:
+        """One round over the pooled data; `progress(done, total, unit)` is told after every step."""
         self.model.load_adapter("shared", shared)
         heads = {c.name: self.load_head(states[c.name], c) for c in clients}
         params = self.model.adapter_parameters("shared") + [p for h in heads.values() for p in h.parameters()]
@@ -36,5 +39,7 @@ class Centralised(Method):
                 loss.backward()
                 opt.step()
                 losses.append(loss.item())
+                if progress is not None:
+                    progress(len(losses), len(queue), "steps")
         new_states = {name: self.head_state(h) for name, h in heads.items()}
         return self.model.adapter_state("shared"), new_states, {"loss": sum(losses) / max(1, len(losses)), "steps": len(losses)}

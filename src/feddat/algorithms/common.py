@@ -1,8 +1,10 @@
 """What the adapter baselines share: FedAvg's client loop with hooks, and pass counting.
 
 `AdapterClient.client_update` is FedAvg+Adapter's local update (A_s and the private head on
-the task loss) with three hooks, so that each baseline file holds only its defining rule:
-- `begin`: per-update context from the received A_s and the client's state;
+the task loss; fedavg.py is this class unchanged) with hooks, so that each baseline file holds
+only its defining rule:
+- `begin`: per-update context from the received A_s and the client's state (`anchored` adds
+  a copy of the received parameters, for the methods that pull towards them);
 - `local_loss`: the loss of one minibatch (FedProx, FedDyn, MOON add their terms here);
 - `after_backward`: gradients before the optimiser step (SCAFFOLD corrects them here);
 - `finish`: private state to keep and anything extra to upload.
@@ -41,7 +43,12 @@ class AdapterClient(Method):
     passes_per_step = (1, 1)  # backbone forward and backward passes per local minibatch
 
     def begin(self, shared: Tensors, state: Tensors, client: ClientData, params: list[nn.Parameter]) -> dict[str, Any]:
-        return {"anchor": [p.detach().clone() for p in params]}
+        return {}
+
+    @staticmethod
+    def anchored(ctx: dict[str, Any], params: list[nn.Parameter]) -> dict[str, Any]:
+        """`ctx` plus 'anchor': the parameters as received, before any local step."""
+        return {**ctx, "anchor": [p.detach().clone() for p in params]}
 
     def local_loss(self, head: nn.Module, batch: tuple[torch.Tensor, ...], params: list[nn.Parameter], ctx: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = task_loss(self.logits(head, batch), batch[-1])

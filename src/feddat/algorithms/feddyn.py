@@ -33,7 +33,7 @@ class FedDyn(ServerState, AdapterClient):
         return {**state, **with_prefix(zeros, GRAD)}
 
     def begin(self, shared, state, client, params):
-        ctx = super().begin(shared, state, client, params)
+        ctx = self.anchored(super().begin(shared, state, client, params), params)
         keys = list(self.model.adapter_state("shared"))
         g = prefixed(state, GRAD)
         ctx.update(keys=keys, g=[g[k].to(self.device) for k in keys])

@@ -12,6 +12,9 @@ from feddat.algorithms.common import AdapterClient, squared_distance
 class FedProx(AdapterClient):
     name = "fedprox"
 
+    def begin(self, shared, state, client, params):
+        return self.anchored(super().begin(shared, state, client, params), params)
+
     def local_loss(self, head, batch, params, ctx):
         loss, terms = super().local_loss(head, batch, params, ctx)
         prox = squared_distance(params, ctx["anchor"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from feddat.algorithms.base import ClientUpdate, Method, Tensors
 from feddat.data.clients import ClientData
+from feddat.losses import task_loss
 
 
 class HeadOnly(Method):
@@ -25,8 +26,14 @@ class HeadOnly(Method):
     def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
         head = self.load_head(state, client)
         opt = self.optimizer(list(head.parameters()))
+        losses = []
         with self.model.active():  # the bare backbone
-            losses = self.fit(head, opt, client.train, self.name, round_, client.name)
+            for batch in self.batches(client.train, self.name, round_, client.name):
+                loss = task_loss(self.logits(head, batch), batch[-1])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
         return ClientUpdate(
             client=client.name,
             shared={},

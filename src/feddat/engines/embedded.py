@@ -42,6 +42,21 @@ class Clock:
         return {k: round(self.seconds[k], 4) for k in self.KINDS}
 
 
+class Ticker:
+    """Progress lines inside a long round, at most one per `every` seconds, so a round of many
+    clients (or one centralised pass over all their data) does not sit silent for minutes."""
+
+    def __init__(self, log: Callable[[str], None], prefix: str, every: float = 30.0):
+        self.log, self.prefix, self.every = log, prefix, every
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int, unit: str) -> None:
+        now = time.perf_counter()
+        if done < total and now - self.last >= self.every:
+            self.last = now
+            self.log(f"{self.prefix} {done}/{total} {unit}  {now - self.start:6.1f}s")
+
+
 def sample_clients(clients: Sequence[ClientData], fraction: float, seed: int, round_: int) -> list[ClientData]:
     """A seeded fraction of the clients (at least one), in their original order."""
     k = max(1, math.ceil(fraction * len(clients)))
@@ -122,7 +137,8 @@ def run_method(name: str, cfg: Config, model: AdaptedModel, clients: Sequence[Cl
         t0 = time.perf_counter()
         with clock("data"):
             participants = sample_clients(clients, fed.fraction, cfg.run.seed, round_)
-        shared, train_metrics = train_round(method, shared, participants, store, round_, clock)
+        ticker = Ticker(log, f"  [{name}] round {round_}/{fed.rounds}  ...")
+        shared, train_metrics = train_round(method, shared, participants, store, round_, clock, ticker)
         counters["train_s"] += time.perf_counter() - t0
         counters["steps"] += sum(int(m.get("steps", 0)) for m in train_metrics.values())
         records = [{"method": name, "round": round_, "client": c, "kind": "train", **m} for c, m in train_metrics.items()]
@@ -163,13 +179,14 @@ def run_method(name: str, cfg: Config, model: AdaptedModel, clients: Sequence[Cl
     }
 
 
-def train_round(method: Method, shared: Tensors, participants: list[ClientData], store: ClientStateStore, round_: int, clock: Clock | None = None) -> tuple[Tensors, dict[str, dict]]:
+def train_round(method: Method, shared: Tensors, participants: list[ClientData], store: ClientStateStore, round_: int, clock: Clock | None = None, ticker: Callable[[int, int, str], None] | None = None) -> tuple[Tensors, dict[str, dict]]:
     clock = clock or Clock()
+    ticker = ticker or (lambda done, total, unit: None)
     if method.pooled:
         with clock("state_io"):
             states = {c.name: load_state(method, store, c) for c in participants}
         with clock("compute"):
-            shared, new_states, m = method.pooled_update(shared, states, participants, round_)
+            shared, new_states, m = method.pooled_update(shared, states, participants, round_, ticker)
         with clock("state_io"):
             for client, state in new_states.items():
                 store.save(client, state, round_)
@@ -183,6 +200,7 @@ def train_round(method: Method, shared: Tensors, participants: list[ClientData],
         with clock("state_io"):
             store.save(client.name, update.state, round_)
         updates.append(update)
+        ticker(len(updates), len(participants), "clients trained")
     with clock("aggregate"):
         shared, rejected = method.server_round(shared, updates, round_)
     metrics = {u.client: u.metrics for u in updates}
