@@ -43,7 +43,7 @@ def test_run_writes_the_run_directory_and_prints_the_table(tiny_vilt_dir, tmp_pa
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--backbone.name", "clip"], "backbone.name = 'clip' is not one of: minivl, vilt"),
+        (["--backbone.name", "clip"], "backbone.name = 'clip' is not one of: foundation, minivl, vilt"),
         (["--run.methods", "feddat,magic"], "run.methods = 'magic'"),
         (["--config", "missing.toml"], "config file missing.toml does not exist"),
     ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import tiny_config
 from feddat.algorithms import build_method
@@ -53,9 +54,9 @@ def test_each_step_moves_only_its_own_parameters(tiny_backbone, tiny_clients, mo
                 return name
         return "head"
 
-    def spying_optimizer(params):
+    def spying_optimizer(params, *step_count):
         params = list(params)
-        opt = make_optimizer(params)
+        opt = make_optimizer(params, *step_count)
         role = role_of(params)
         opt.register_step_post_hook(lambda *_: steps.append((role, snapshot(model, head))))
         return opt
@@ -238,3 +239,61 @@ def test_branch_site_is_refused_where_it_cannot_apply(tiny_backbone):
         validate(tiny_config(**{"feddat.branch_site": 1, "feddat.schedule": "reference"}))
     with pytest.raises(ConfigError, match="has 2 adapter sites"):
         make(tiny_backbone, **{"feddat.branch_site": 2})
+
+
+# ---- the reference code's behaviour, opt-in (README "Differences from the reference implementation")
+
+
+def test_reference_lr_schedule_warms_up_then_decays_linearly():
+    """transformers' get_polynomial_decay_schedule_with_warmup(power=1, lr_end=0) with
+    num_warmup_steps = int(0.1 * total), as the reference code builds it for every local update."""
+    from feddat.algorithms.base import reference_lr_factor
+
+    factors = [reference_lr_factor(step, 20, 0.1) for step in range(21)]
+    assert factors[:4] == [0.0, 0.5, 1.0, 17 / 18]
+    assert factors[-2:] == [1 / 18, 0.0]
+    assert [reference_lr_factor(step, 4, 0.1) for step in range(4)] == [1.0, 0.75, 0.5, 0.25]  # int(0.4) = 0: no warm-up
+
+
+@pytest.mark.parametrize("method_name", ["feddat", "fedavg"])
+def test_reference_lr_schedule_is_rebuilt_for_every_local_update(tiny_backbone, tiny_clients, method_name):
+    """Every optimiser of a local update starts the schedule again: with 2 steps per update the
+    learning rates are lr·[1, 0.5] in round 1 and again in round 2 (constant: lr·[1, 1])."""
+    seen: list[float] = []
+    hook = register_optimizer_step_pre_hook(lambda opt, *_: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        for schedule in ("reference", "constant"):
+            cfg = tiny_config(**{"train.lr_schedule": schedule})
+            method = build_method(method_name, cfg, AdaptedModel(tiny_backbone, reduction_factor=4), torch.device("cpu"))
+            client = tiny_clients[0]  # 16 examples, batch 8, one epoch: 2 steps
+            shared, state = method.init_shared(), method.init_client_state(client)
+            for round_ in (1, 2):
+                update = method.client_update(shared, state, client, round_)
+                shared, state = method.aggregate(shared, [update]), update.state
+    finally:
+        hook.remove()
+    per_update = 4 if method_name == "feddat" else 1  # FedDAT steps four optimisers per minibatch
+    lr = cfg.train.lr
+    ref_round = [lr] * per_update + [0.5 * lr] * per_update
+    assert seen == ref_round * 2 + [lr] * (4 * per_update)
+
+
+def test_loss_scale_one_half_is_the_reference_codes_loss(tiny_backbone, tiny_clients):
+    """The reference's L = ½(CE + T²·KL) for the student and the teacher: with one minibatch, the
+    logged losses are exactly half of DESIGN's, and the first AdamW step (sign-like) is unchanged."""
+    updates = {}
+    for scale in (1.0, 0.5):
+        cfg, model, method = make(tiny_backbone, **{"train.batch_size": 64, "feddat.loss_scale": scale, "feddat.schedule": "reference"})
+        client = tiny_clients[0]
+        updates[scale] = method.client_update(method.init_shared(), method.init_client_state(client), client, round_=1)
+    design, reference = updates[1.0], updates[0.5]
+    assert reference.metrics["loss_student"] == pytest.approx(0.5 * design.metrics["loss_student"], rel=1e-6)
+    assert reference.metrics["loss_dat"] == pytest.approx(0.5 * design.metrics["loss_dat"], rel=1e-6)
+    assert reference.metrics["kd_student"] == pytest.approx(design.metrics["kd_student"], rel=1e-6)  # the KD term itself is unscaled
+
+
+def test_design_defaults_stay_the_defaults():
+    from feddat.config import Config
+
+    cfg = Config()
+    assert (cfg.train.lr_schedule, cfg.feddat.loss_scale, cfg.feddat.alpha, cfg.feddat.beta) == ("constant", 1.0, 1.0, 1.0)

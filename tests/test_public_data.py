@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import tiny_config
@@ -296,3 +297,106 @@ def test_skip_policy_drops_a_record_with_a_corrupt_image_and_counts_it(root):
     corrupt(root, "vqav2")
     with faults.policy("skip"), pytest.raises(DataError, match="field 'question' is missing"):
         read_split("vqav2", root, "train", 0, seed=0, image_side=16)
+
+
+# ---- the files as their releases write them, and the official VQA accuracy -------------------------
+
+
+def rewrite_snli_ve_as_current_generator(root: Path) -> None:
+    """necla-ml/SNLI-VE's current generator (vet/tools/snli_ve_generator.py) writes
+    "Flickr30K_ID": "<id>" with no extension, where the 2018 release wrote "Flikr30kID": "<id>.jpg"."""
+    for split in ("train", "test"):
+        path = root / "snli_ve" / f"snli_ve_{split}.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        for r in records:
+            r["Flickr30K_ID"] = r.pop("Flikr30kID").removesuffix(".jpg")
+        dump_lines(path, records)
+
+
+def test_snli_ve_reads_the_2018_release_and_the_current_generator_alike(root):
+    old = read_split("snli_ve", root, "test", 0, seed=0, image_side=16)
+    rewrite_snli_ve_as_current_generator(root)
+    new = read_split("snli_ve", root, "test", 0, seed=0, image_side=16)
+    assert new.answers == old.answers == ["entailment", "neutral", "contradiction"]
+    np.testing.assert_array_equal(new.images, old.images)  # the same Flickr30k files
+
+
+def test_snli_ve_record_without_an_image_field_or_with_two_different_ones_is_named(root):
+    path = root / "snli_ve" / "snli_ve_train.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[1]["Flickr30K_ID"] = "999"  # disagrees with its Flikr30kID
+    del records[2]["Flikr30kID"]
+    dump_lines(path, records)
+    with pytest.raises(DataError, match=r"snli_ve_train.jsonl:2: 'Flickr30K_ID' and 'Flikr30kID' name different images"):
+        read_split("snli_ve", root, "train", 0, seed=0, image_side=16)
+    records[1]["Flickr30K_ID"] = records[1]["Flikr30kID"]
+    dump_lines(path, records)
+    with pytest.raises(DataError, match=r"snli_ve_train.jsonl:3: no image field: expected 'Flickr30K_ID'"):
+        read_split("snli_ve", root, "train", 0, seed=0, image_side=16)
+
+
+def strip_field(path: Path, key: str | None, name: str) -> None:
+    data = json.loads(path.read_text())
+    for record in data[key] if key else data:
+        del record[name]
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("dataset, path, key", [
+    ("vqav2", "vqav2/v2_mscoco_train2014_annotations.json", "annotations"),
+    ("vizwiz", "vizwiz/Annotations/train.json", None),
+])
+def test_a_record_without_answer_type_gets_the_declared_unknown_category_and_a_warning(root, dataset, path, key):
+    from feddat.data.public.common import MissingCategory
+
+    strip_field(root / path, key, "answer_type")
+    with pytest.warns(MissingCategory, match=r"3 of 3 record\(s\) have no 'answer_type'; their category is 'unknown'"):
+        raw = read_split(dataset, root, "train", 0, seed=0, image_side=16)
+    assert raw.groups == ["unknown"] * N and "unknown" in DATASETS[dataset].categories
+
+
+def test_an_answer_type_outside_the_declared_ones_stops_the_run(root):
+    path = root / "vizwiz" / "Annotations" / "train.json"
+    data = json.loads(path.read_text())
+    data[1]["answer_type"] = ""
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"Annotations/train.json: record 1: field 'answer_type' is '', not one of other, yes/no, number, unanswerable"):
+        read_split("vizwiz", root, "train", 0, seed=0, image_side=16)
+
+
+def test_answers_are_processed_as_the_official_vqa_evaluation_does(root):
+    path = root / "vqav2" / "v2_mscoco_val2014_annotations.json"
+    data = json.loads(path.read_text())
+    data["annotations"][0]["answers"] = ten("2.5", "2.5", "2.5", "10:30", "don't know", "Two", "two", "2.5", "2.5", "2.5")
+    path.write_text(json.dumps(data))
+    raw = read_split("vqav2", root, "test", 0, seed=0, image_side=16)
+    assert set(raw.answer_lists[0]) == {"2.5", "10:30", "don't know", "2"}  # the official processing keeps 2.5, 10:30, don't
+    assert raw.eval_answers[0][5] == "Two"  # the official accuracy takes the annotators' answers as written
+
+
+def test_ten_answer_clients_are_scored_with_the_official_vqa_accuracy(root, tiny_backbone):
+    """Fixture questions: 7 annotators said cat, 3 said dog. The soft training target of 'dog' is
+    min(3 / 3, 1) = 1; the official accuracy of answering 'dog' is 0.9 (three of ten)."""
+    path = root / "vqav2" / "v2_mscoco_train2014_annotations.json"
+    data = json.loads(path.read_text())
+    data["annotations"][1]["answers"] = ten("dog")  # a training question whose answer is dog: 'dog' joins the vocabulary
+    path.write_text(json.dumps(data))
+    cfg = tiny_config(**{"data.source": "public", "data.benchmark": "vqav2", "data.root": str(root), "data.train_per_client": 0, "data.test_per_client": 0, "data.cache_dir": ""})
+    (client,) = load_clients(cfg, tiny_backbone, log=lambda s: None)
+    assert client.answers == ["cat", "dog"] and client.test.accuracy is not None
+    assert client.test.targets[:, 1].tolist() == [1.0] * N  # training targets stay the soft scores
+    logits = torch.tensor([[0.0, 1.0]] * N)  # always answer 'dog'
+    assert client.test.score(logits, torch.arange(N)).tolist() == pytest.approx([0.9] * N)
+    assert client.test.score(-logits, torch.arange(N)).tolist() == pytest.approx([1.0] * N)  # 'cat': 7 of 10
+
+
+def test_pooling_ten_answer_and_one_answer_data_scores_the_one_answer_part_by_exact_match():
+    from feddat.data.clients import RawSplit
+    from feddat.data.vqa_eval import accuracy_table
+
+    images = np.zeros((1, 4, 4, 3), np.uint8)
+    ten_answers = RawSplit(images, ["q"], ["cat"], key="a", answer_lists=[["cat"] * 10], eval_answers=[["cat"] * 10])
+    one_answer = RawSplit(images, ["q"], ["dog"], key="b")
+    pooled = RawSplit.concat([ten_answers, one_answer], key="pool")
+    assert pooled.eval_answers == [["cat"] * 10, ["dog"]]
+    assert accuracy_table(pooled.eval_answers, ["cat", "dog"]).tolist() == [[1.0, 0.0], [0.0, 1.0]]

@@ -195,11 +195,21 @@ def test_random_scene_rejects_bad_object_counts(low, high):
         random_scene(np.random.default_rng(0), low, high)
 
 
+def test_benchmarks_never_draw_the_pretraining_only_vocabulary():
+    """Hearts and pink objects exist only in the pretraining corpus (pretrain/corpus.py)."""
+    from feddat.data.synthetic import EXTRA_COLOURS, EXTRA_SHAPES
+
+    rng = np.random.default_rng(0)
+    drawn = [o for _ in range(500) for o in random_scene(rng, 2, MAX_OBJECTS).objects]
+    assert not {o.shape for o in drawn} & set(EXTRA_SHAPES) and not {o.colour for o in drawn} & set(EXTRA_COLOURS)
+    SceneObject("heart", "pink", "small", 0.5, 0.5)  # drawable, for the corpus
+
+
 def test_scene_object_rejects_unknown_attributes():
     with pytest.raises(ValueError, match="hexagon"):
         SceneObject("hexagon", "red", "small", 0.5, 0.5)
-    with pytest.raises(ValueError, match="pink"):
-        SceneObject("circle", "pink", "small", 0.5, 0.5)
+    with pytest.raises(ValueError, match="mauve"):
+        SceneObject("circle", "mauve", "small", 0.5, 0.5)
     with pytest.raises(ValueError, match="x="):
         SceneObject("circle", "red", "small", 1.5, 0.5)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ def _run_parser(sub) -> argparse.ArgumentParser:
         allow_abbrev=False,
         help="train methods on a benchmark and print the results table",
         description="Train the configured methods on one benchmark with the embedded engine. "
-        "Defaults: minivl backbone (offline), synthetic domain benchmark, FedDAT vs FedAvg+Adapter. "
+        "Defaults: the packaged foundation backbone (offline), synthetic domain benchmark, FedDAT vs FedAvg+Adapter. "
         "Values come from the defaults, then --config FILE (TOML, sections as below), then these flags.",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with [run], [backbone], [adapter], [feddat], [train], [federation], [data] tables")
@@ -26,9 +27,12 @@ def _run_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One --section.key flag per configuration key (also used by `feddat flower`)."""
+def add_config_flags(p: argparse.ArgumentParser, section: str = "") -> None:
+    """One --section.key flag per configuration key (also used by `feddat flower`): every key but
+    the [pretrain] ones, or only those of `section`."""
     for key, f, _ in config_mod.iter_fields():
+        if (key.split(".")[0] != section) if section else key.startswith("pretrain."):
+            continue
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         if isinstance(default, list):
             default = ",".join(map(str, default))
@@ -122,16 +126,85 @@ def command_compare(args: argparse.Namespace) -> int:
     print(f"feddat: comparison written to {out}/table.md (plots in {out}/plots)")
     return 0
 
+def _pretrain_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "pretrain",
+        allow_abbrev=False,
+        help="build a vision-language foundation checkpoint offline (masked words from the image + image-text matching)",
+        description="Pretrain the fusion encoder and image projector on an image-caption corpus (the procedural one, or yours with "
+        "--pretrain.corpus folder --pretrain.root DIR) and write a foundation checkpoint (card.json + foundation.safetensors) to "
+        "--pretrain.out. Use it with: feddat run --backbone.name foundation --backbone.path DIR. "
+        "Example: feddat pretrain --pretrain.steps 200 --pretrain.corpus_size 2000 --pretrain.out runs/pretrain-small",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML file with a [pretrain] table")
+    p.add_argument("--resume", metavar="DIR", help="continue an interrupted pretraining run in DIR from its last committed step (its own recipe; no other options)")
+    add_config_flags(p, section="pretrain")
+    return p
+
+
+def command_pretrain(args: argparse.Namespace) -> int:
+    import json
+
+    from feddat.pretrain.train import STATE_DIR, pretrain
+
+    overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    if args.resume:
+        if overrides or args.config:
+            raise ConfigError("--resume continues a pretraining run with its own recipe; it takes no --config or other options")
+        progress = Path(args.resume) / STATE_DIR / "progress.json"
+        if not progress.is_file():
+            raise ConfigError(f"{args.resume} holds no pretraining run to resume ({progress} is missing)")
+        committed = json.loads(progress.read_text())
+        # the thread count it ran with, not this machine's: the same threads, the same checkpoint
+        threads = committed.get("threads", committed["config"]["threads"])
+        cfg = config_mod.load(None, {f"pretrain.{k}": v for k, v in committed["config"].items()} | {"pretrain.out": args.resume, "pretrain.threads": threads})
+        pretrain(cfg.pretrain, resume=True)
+        return 0
+    cfg = config_mod.load(args.config, overrides)
+    pretrain(cfg.pretrain)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feddat", description="Federated Dual-Adapter Teacher and baselines for vision-language PEFT.")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _compare_parser(sub)
     _data_parser(sub)
+    _pretrain_parser(sub)
     from feddat.engines.flower.cli import add_parser as flower_parser
 
     flower_parser(sub, add_config_flags)
+    from feddat.commands import add_parsers as model_parsers
+
+    model_parsers(sub)  # predict, export, report
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, except that an unknown option is named with the nearest valid one, as
+    config errors do, instead of argparse's bare "unrecognized arguments"."""
+    args, extras = parser.parse_known_args(argv)
+    unknown = [a.split("=")[0] for a in extras if a.startswith("-")]
+    if extras:
+        command, options = chosen_command(parser, args)
+        close = difflib.get_close_matches(unknown[0], options, n=1, cutoff=0.6) if unknown else []
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        what = f"unknown option '{unknown[0]}'{hint}" if unknown else f"unexpected argument(s) {' '.join(extras)}"
+        parser.error(f"{what}; `{command} --help` lists the options")
+    return args
+
+
+def chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The (sub-)subcommand `args` chose ('feddat flower local') and every option it takes."""
+    found, current = [], parser
+    while True:
+        found += [o for a in current._actions for o in a.option_strings if o.startswith("--")]
+        chooser = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = getattr(args, chooser.dest, None) if chooser else None
+        if chosen not in getattr(chooser, "choices", {}):
+            return current.prog, found
+        current = chooser.choices[chosen]
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -148,7 +221,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         if args.command == "run":
             return command_run(args)
@@ -156,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             return command_data(args)
         if args.command == "compare":
             return command_compare(args)
-        if args.command == "flower":
+        if args.command == "pretrain":
+            return command_pretrain(args)
+        if args.command in ("flower", "predict", "export", "report"):
             return args.handler(args)
     except ConfigError as err:
         print(f"feddat: config error: {err}", file=sys.stderr)

@@ -30,7 +30,7 @@ import torch
 from feddat import config as config_mod
 from feddat.config import Config, ConfigError
 from feddat.reporting import category_means, final_scores
-from feddat.runtime import write_json, write_text
+from feddat.runtime import environment, write_json, write_text
 
 # ---- variants -----------------------------------------------------------------------------
 
@@ -57,6 +57,8 @@ GROUPS = {  # names that expand to several methods (none equals a method's name)
 GROUPS["all"] = [m for g in ("feddat_family", "peft_kinds", "adapter_fl", "server_opt") for m in GROUPS[g]]
 # Overrides may change how a method trains, never the backbone or data that all runs share.
 SHAREABLE = ("run.", "train.", "federation.", "feddat.", "peft.", "baselines.", "server.")
+# Keys that change what a run shows or logs while it trains, never what it computes.
+WATCHING = ("run.progress", "tracking.")
 
 
 def parse_variant(item: str) -> list[Variant]:
@@ -211,7 +213,10 @@ class Workspace:
             from feddat.peft.model import AdaptedModel
             from feddat.runtime import pick_device, set_threads
 
+            from feddat.data.sources import check_inputs
+
             cfg = self.cfg
+            check_inputs(cfg)  # before the backbone loads
             set_threads(cfg.run.threads)
             device = pick_device(cfg.run.device)
             backbone = backbone_from_config(cfg.backbone).to(device)
@@ -251,6 +256,8 @@ def config_differences(stored_toml: str, cfg: Config) -> list[str]:
     now, defaults = flat_dict(cfg.to_dict()), flat_dict(Config().to_dict())
     out = []
     for key in sorted(set(stored) | set(now)):
+        if key.startswith(WATCHING):
+            continue  # how a run is watched changes none of its numbers
         if key not in now:
             out.append(f"{key} is no longer a configuration key")
         elif key not in stored:
@@ -268,10 +275,12 @@ def flat_dict(tree: dict) -> dict[str, Any]:
 def train_run(variant: Variant, seed: int, cfg: Config, run_dir: Path, work: Workspace, log: Callable[[str], None], resume: bool) -> dict:
     from feddat.algorithms import build_method
     from feddat.engines.embedded import run_method
+    from feddat.inference import write_client_index
 
     parts = work.get()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.toml", cfg.to_toml())
+    write_client_index(run_dir, parts["clients"])  # what `feddat predict` needs to name answers
     with PeakMemory(parts["device"]) as memory:
         summary = run_method(variant.method, cfg, parts["model"], parts["clients"], run_dir, parts["device"], log, resume=resume)
     method = build_method(variant.method, cfg, parts["model"], parts["device"])
@@ -286,6 +295,7 @@ def train_run(variant: Variant, seed: int, cfg: Config, run_dir: Path, work: Wor
         bytes_down_per_round=summary["bytes_up_per_round"],  # the server sends each participant what it sends back
         peak_memory_mb=memory.peak_mb,
         memory_kind="cuda_max_allocated" if parts["device"].type == "cuda" else "process_rss",
+        environment=environment(parts["device"]),  # where these numbers repeat bit for bit (README)
     )
     write_json(run_dir / "summary.json", summary)  # written last: marks the run finished
     return summary
@@ -659,12 +669,23 @@ def write_plots(results: list[RunResult], plot_dir: Path, clients: list[str]) ->
     labels = list(dict.fromkeys(r.label for r in results))
     colours = {label: plt.get_cmap("tab20")(i % 20) for i, label in enumerate(labels)}
     paths = []
-    for axis, xlabel in (("round", "round"), ("compute", "compute spent (backbone passes over a minibatch)"), ("bytes", "bytes sent (up + down, all clients)")):
+    if all(len(curve(r)) <= 1 for r in results):
+        # One evaluation per run (federation.eval_every = rounds) is a point, not a curve: a
+        # one-point line gets an x axis of ±0.2 around it (4.8 to 5.2) and says nothing.
+        paths.append(scores_once(plt, results, labels, colours, plot_dir / "scores_once.png"))
+        axes = ()
+    else:
+        axes = (("round", "round"), ("compute", "compute spent (backbone passes over a minibatch)"), ("bytes", "bytes sent (up + down, all clients)"))
+    for axis, xlabel in axes:
         fig, ax = plt.subplots(figsize=(10, 6))
         for label in labels:
             line_points(ax, [r for r in results if r.label == label], axis, label, colours[label])
         if axis == "bytes":
             ax.set_xscale("symlog", linthresh=1e5)
+        if axis == "round":
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
         ax.set_xlabel(xlabel)
         ax.set_ylabel("mean global score over clients (%)")
         ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -675,6 +696,20 @@ def write_plots(results: list[RunResult], plot_dir: Path, clients: list[str]) ->
         if path:
             paths.append(path)
     return paths
+
+
+def scores_once(plt, results: list[RunResult], labels: list[str], colours, path: Path) -> Path:
+    """Bars of each label's final mean global score (±std over seeds), for runs evaluated once."""
+    rounds = sorted({p["round"] for r in results for p in curve(r)})
+    stats = [mean_std([p["score"] for r in results if r.label == label for p in curve(r)]) for label in labels]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) + 2), 5))
+    ax.bar(range(len(labels)), [100 * m for m, _, _ in stats], yerr=[100 * sd if sd == sd else 0 for _, sd, _ in stats], color=[colours[label] for label in labels], capsize=2)
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
+    ax.set_ylabel("mean global score over clients (%)")
+    when = f"round {rounds[0]}" if len(rounds) == 1 else f"rounds {', '.join(map(str, rounds))}"
+    ax.set_title(f"Evaluated once ({when}): final scores, no curve over rounds, compute or bytes", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return save(fig, path)
 
 
 def line_points(ax, runs: list[RunResult], axis: str, label: str, colour) -> None:

@@ -28,8 +28,8 @@ def _f(default: Any, help: str, **kwargs: Any) -> Any:
 
 @dataclass
 class BackboneConfig:
-    name: str = _f("minivl", "backbone: minivl (offline, packaged weights) or vilt")
-    path: str = _f("", "vilt only: Hugging Face hub id or local folder (e.g. dandelin/vilt-b32-mlm)")
+    name: str = _f("foundation", "backbone: foundation (a vision-language model pretrained offline by `feddat pretrain`; the packaged checkpoint by default), minivl (the packaged weights, not VL-pretrained) or vilt")
+    path: str = _f("", "foundation: a `feddat pretrain` checkpoint folder (empty: the packaged one); vilt: Hugging Face hub id or local folder (e.g. dandelin/vilt-b32-mlm)")
     image_size: int = _f(128, "image side in pixels fed to the image tower")
     max_text_len: int = _f(20, "question tokens kept (truncation)")
     projector: str = _f("random", "minivl only: how image features become tokens: random (final features, fixed random orthonormal projection) or aligned (mid-level features, an affine map fitted once to MiniLM's word embeddings); README 'Image tokens'")
@@ -53,6 +53,7 @@ class FedDATConfig:
     teacher: str = _f("dual", "dual (frozen A_s copy + A_c), client_only (A_c alone) or frozen_only (frozen A_s copy alone)")
     schedule: str = _f("fused", "fused (one batched backbone pass for student and teacher, same maths) or reference (three passes, DESIGN §4)")
     branch_site: int = _f(0, "fused schedule: adapter site (0 = lowest) where the teacher branches off the student; below it the teacher reuses the student's A_s stream and has no A_c, which skips its lower passes (a deliberate difference from DESIGN §4, see README 'Speed'); 0 = exact")
+    loss_scale: float = _f(1.0, "multiplies both FedDAT losses (CE + α·T²·KL and CE + β·T²·KL); 0.5 is the reference code's ½(CE + KL) (README 'Differences from the reference implementation'); 1 = DESIGN §4")
 
 
 @dataclass
@@ -64,6 +65,8 @@ class TrainConfig:
     batch_size: int = _f(32, "local minibatch size")
     local_epochs: int = _f(2, "local epochs per round")
     eval_batch_size: int = _f(128, "minibatch size for evaluation")
+    lr_schedule: str = _f("constant", "learning rate over a local update: constant (DESIGN) or reference (the reference code's linear warm-up over train.warmup_fraction of the update's steps, then linear decay to 0, rebuilt every round)")
+    warmup_fraction: float = _f(0.1, "lr_schedule = reference: share of a local update's optimiser steps spent warming up (the reference: 0.1)")
 
 
 @dataclass
@@ -147,13 +150,61 @@ class DataConfig:
 
 
 @dataclass
+class PretrainConfig:
+    corpus: str = _f("synthetic", "feddat pretrain: synthetic (the procedural caption corpus, generated offline) or folder (your image-caption pairs under pretrain.root)")
+    root: str = _f("", "folder corpus: a captions.jsonl file, or the folder holding it ({\"image\": ..., \"caption\": ...} per line)")
+    corpus_size: int = _f(20000, "synthetic corpus: scenes (one image each; captions are drawn anew every step)")
+    corpus_seed: int = _f(8, "synthetic corpus: its own seed (the held-out scenes derive theirs from it); never a benchmark's data")
+    styles: list[str] = _f(["flat", "photo"], "synthetic corpus: rendering styles of its images (the others stay a domain shift for finetuning)")
+    max_objects: int = _f(4, "synthetic corpus: scenes hold 1 to this many objects")
+    eval_size: int = _f(600, "held-out scenes per style group for the grounding report (MLM per word role, real vs shuffled images; ITM per negative kind)")
+    text_encoder: str = _f("minilm", "minilm (packaged all-MiniLM-L6-v2) or a folder / hub id of a BERT-style Hugging Face model")
+    vision_tower: str = _f("efficientnet-lite0", "efficientnet-lite0 (packaged, read at strides 8/16/32) or a folder / hub id of a Hugging Face vision transformer")
+    image_size: int = _f(128, "image side in pixels; image tokens are a (side/32)^2 grid")
+    max_caption_len: int = _f(32, "caption tokens kept")
+    tune: str = _f("lora", "lora (LoRA on every encoder linear layer, merged on load; LayerNorms and token types trained in full) or full (every encoder weight but the embeddings)")
+    lora_rank: int = _f(16, "LoRA rank")
+    lora_alpha: float = _f(32.0, "LoRA scaling numerator (update = alpha / rank * B A)")
+    pool: str = _f("cls", "what the foundation backbone returns for a head: cls (the [CLS] state that image-text matching trains) or mean (over all tokens)")
+    steps: int = _f(3000, "optimiser steps")
+    batch_size: int = _f(64, "image-caption pairs per step")
+    lr: float = _f(1e-3, "AdamW peak learning rate (linear warm-up, cosine decay to a tenth)")
+    warmup: float = _f(0.05, "fraction of steps of linear warm-up")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not on biases and norms)")
+    mlm_fraction: float = _f(0.5, "share of each batch used for masked-word prediction; the rest is image-text matching")
+    mask_prob: float = _f(0.4, "probability that a content word (colour, shape, size, count, relation; any word in a folder corpus) is masked; at least one per caption")
+    itm_weight: float = _f(1.0, "weight of the matching loss")
+    hard_negatives: float = _f(0.7, "final share of hard negatives (one content word changed) among matching negatives; the rest are other scenes' captions")
+    hard_warmup: float = _f(0.3, "fraction of steps over which the hard share rises from 0 (easy negatives first)")
+    curriculum: float = _f(0.15, "fraction of steps drawing only scenes of 1-2 objects")
+    store: str = _f("fp16", "dtype of the stored checkpoint tensors: fp16 (half the size; the held-out report is computed after rounding) or fp32")
+    precision: str = _f("bf16", "bf16 (CPU autocast; about 2x faster here) or fp32")
+    seed: int = _f(0, "training seed (initialisation, batches, masks, negatives)")
+    threads: int = _f(0, "torch CPU threads (0: all cores); a checkpoint is reproduced bit for bit with the same count")
+    log_every: int = _f(50, "steps between progress lines (and log.jsonl records)")
+    save_every: int = _f(250, "steps between committed run states (what --resume continues from)")
+    eval_every: int = _f(0, "steps between held-out grounding reports during training (0: only at the end)")
+    out: str = _f("runs/pretrain", "the checkpoint folder (card.json, foundation.safetensors, log.jsonl, state/)")
+    cache_dir: str = _f(".cache/feddat", "where the corpus's frozen tower features are cached")
+
+
+@dataclass
 class RunConfig:
     methods: list[str] = _f(["feddat", "fedavg"], "methods to run one after another")
     seed: int = _f(0, "training seed (adapter init, client sampling, batch order)")
     out_dir: str = _f("runs", "parent folder of run directories")
     name: str = _f("", "run directory name (default: benchmark-timestamp)")
     device: str = _f("auto", "auto, cpu or cuda")
+    precision: str = _f("bf16", "on CUDA: bf16 (autocast; losses and scores in float32) or fp32 (no autocast); the CPU always computes in float32")
     threads: int = _f(0, "torch CPU threads (0: all cores)")
+    progress: str = _f("auto", "progress display: auto (bars with rates and ETA on a terminal, throttled lines otherwise), bars, lines or off (README 'Watching a run')")
+
+
+@dataclass
+class TrackingConfig:
+    loggers: list[str] = _f([], "experiment trackers fed every per-round per-client metric and the config: tensorboard (event files in RUN_DIR/tensorboard/<method>), mlflow; empty = none")
+    mlflow_uri: str = _f("", "MLflow tracking URI (a server, or any store MLflow reads); empty = the local SQLite file <run.out_dir>/mlflow.db, artifacts beside it")
+    experiment: str = _f("", "MLflow experiment name (default: feddat-<benchmark>)")
 
 
 @dataclass
@@ -170,6 +221,14 @@ class Config:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     flower: FlowerConfig = field(default_factory=FlowerConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @classmethod
+    def from_toml(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "Config":
+        """Defaults, then the TOML file (a run's config.toml works as is), then dotted overrides
+        such as {"federation.rounds": 3}; validated, as `feddat run --config` does."""
+        return load(path, overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -293,6 +352,11 @@ def validate(cfg: Config) -> None:
     _choice("feddat.kd", cfg.feddat.kd, ("mutual", "one_way", "none"))
     _choice("feddat.teacher", cfg.feddat.teacher, ("dual", "client_only", "frozen_only"))
     _choice("feddat.schedule", cfg.feddat.schedule, ("fused", "reference"))
+    _choice("train.lr_schedule", cfg.train.lr_schedule, ("constant", "reference"))
+    if not 0.0 <= cfg.train.warmup_fraction < 1.0:
+        raise ConfigError(f"train.warmup_fraction must be in [0, 1), got {cfg.train.warmup_fraction}")
+    if cfg.feddat.loss_scale <= 0:
+        raise ConfigError(f"feddat.loss_scale must be positive, got {cfg.feddat.loss_scale}")
     _choice("backbone.projector", cfg.backbone.projector, PROJECTORS)
     if cfg.feddat.branch_site < 0:
         raise ConfigError(f"feddat.branch_site must be >= 0, got {cfg.feddat.branch_site}")
@@ -306,6 +370,10 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= cfg.federation.trim_fraction < 0.5:
         raise ConfigError(f"federation.trim_fraction must be in [0, 0.5), got {cfg.federation.trim_fraction}")
     _choice("run.device", cfg.run.device, ("auto", "cpu", "cuda"))
+    _choice("run.precision", cfg.run.precision, ("bf16", "fp32"))
+    _choice("run.progress", cfg.run.progress, ("auto", "bars", "lines", "off"))
+    for logger in cfg.tracking.loggers:
+        _choice("tracking.loggers", logger, ("tensorboard", "mlflow"))
     positive = {
         "train.batch_size": cfg.train.batch_size,
         "train.local_epochs": cfg.train.local_epochs,
@@ -327,6 +395,7 @@ def validate(cfg: Config) -> None:
     if not 0.0 < cfg.federation.eval_fraction <= 1.0:
         raise ConfigError(f"federation.eval_fraction must be in (0, 1], got {cfg.federation.eval_fraction}")
     _validate_baselines(cfg)
+    _validate_pretrain(cfg.pretrain)
     if cfg.flower.round_timeout <= 0 or cfg.flower.join_timeout <= 0:
         raise ConfigError("flower.round_timeout and flower.join_timeout must be positive (seconds)")
     _validate_secure_aggregation(cfg)
@@ -379,6 +448,40 @@ def _validate_data(d: DataConfig) -> None:
         raise ConfigError(f"data.alpha must be positive, got {d.alpha}")
     if d.min_per_client < 0 or d.num_clients < 0:
         raise ConfigError("data.min_per_client and data.num_clients must not be negative")
+
+
+def _validate_pretrain(p: PretrainConfig) -> None:
+    from feddat.backbones.foundation import IMAGE_POSITION, POOLS
+    from feddat.data.synthetic import STYLES
+    from feddat.pretrain.corpus import MAX_CORPUS_OBJECTS
+
+    _choice("pretrain.corpus", p.corpus, ("synthetic", "folder"))
+    _choice("pretrain.tune", p.tune, ("lora", "full"))
+    _choice("pretrain.pool", p.pool, POOLS)
+    _choice("pretrain.precision", p.precision, ("bf16", "fp32"))
+    _choice("pretrain.store", p.store, ("fp16", "fp32"))
+    for style in p.styles:
+        _choice("pretrain.styles", style, STYLES)
+    if p.corpus == "synthetic" and not p.styles:
+        raise ConfigError("pretrain.styles is empty: name at least one rendering style")
+    if p.corpus == "folder" and not p.root:
+        raise ConfigError("pretrain.corpus = folder needs pretrain.root (a captions.jsonl file or the folder holding it)")
+    positive = {"pretrain.corpus_size": p.corpus_size, "pretrain.steps": p.steps, "pretrain.batch_size": p.batch_size, "pretrain.lora_rank": p.lora_rank,
+                "pretrain.image_size": p.image_size, "pretrain.max_caption_len": p.max_caption_len, "pretrain.lr": p.lr, "pretrain.log_every": p.log_every, "pretrain.save_every": p.save_every}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if p.max_caption_len > IMAGE_POSITION:
+        raise ConfigError(f"pretrain.max_caption_len must be at most {IMAGE_POSITION} (where image token positions start), got {p.max_caption_len}")
+    if not 1 <= p.max_objects <= MAX_CORPUS_OBJECTS:
+        raise ConfigError(f"pretrain.max_objects must be from 1 to {MAX_CORPUS_OBJECTS}, got {p.max_objects}")
+    for key in ("mlm_fraction", "mask_prob", "hard_negatives", "hard_warmup", "curriculum", "warmup"):
+        if not 0.0 <= getattr(p, key) <= 1.0:
+            raise ConfigError(f"pretrain.{key} must be in [0, 1], got {getattr(p, key)}")
+    if p.batch_size < 2:
+        raise ConfigError(f"pretrain.batch_size must be at least 2 (masked-word and matching examples share each batch), got {p.batch_size}")
+    if p.eval_size < 0 or p.eval_every < 0 or p.threads < 0:
+        raise ConfigError("pretrain.eval_size, pretrain.eval_every and pretrain.threads must not be negative")
 
 
 def _validate_baselines(cfg: Config) -> None:

@@ -6,12 +6,30 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
+
+
+#: Where every tensor that crosses the client/server boundary lives: shared parameters, updates,
+#: method (server) state and client state. A client moves what it needs to its compute device
+#: inside its own update and hands back CPU copies, so server code never mixes devices and
+#: what an engine stores or sends is the same whatever device trained it.
+HOME = torch.device("cpu")
+
+
+def at_home(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` detached and on HOME (a tensor already there is not copied)."""
+    return {k: v.detach().to(HOME) for k, v in tensors.items()}
+
+
+def home_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached copy on HOME that shares no memory with `tensor` (one copy, from any device)."""
+    return tensor.detach().to(HOME, copy=True)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -26,11 +44,49 @@ def set_threads(threads: int = 0) -> None:
     torch.set_num_threads(threads if threads > 0 else max(1, os.cpu_count() or 1))
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; full precision on CPU, where bf16 is slower and changes results."""
-    if device.type == "cuda":
+def autocast(device: torch.device, precision: str = "bf16") -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (`precision` "fp32" turns it off); full precision on CPU, where bf16
+    is slower and changes results."""
+    if device.type == "cuda" and precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def environment(device: torch.device | None = None) -> dict[str, Any]:
+    """What a run's numbers depend on beyond its configuration (README, "Same seed, same
+    numbers"): package versions, device, thread count, CPU model, platform."""
+    from importlib import metadata
+
+    versions = {}
+    for package in ("feddat", "torch", "transformers", "peft", "safetensors", "numpy", "flwr"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    env: dict[str, Any] = {
+        "packages": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device) if device is not None else None,
+        "cuda": torch.version.cuda,
+    }
+    if device is not None and device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def derive_seed(*parts: Any) -> int:

@@ -4,10 +4,17 @@ An engine (embedded loop, Flower app) owns the rounds: it asks a method for the 
 shared parameters, gives each sampled client the current shared parameters and that
 client's private state, stores the returned private state, and hands the updates to
 `aggregate`. Everything is plain dicts of tensors so engines can store or send them.
+
+Every tensor that crosses that boundary (shared parameters, updates, client state, server
+state) lives on the CPU, `runtime.HOME`: a client moves what it needs onto its compute device
+inside its update and hands back CPU copies, so the server side never mixes devices, whatever
+device the clients train on (tests/test_device_home.py runs every method with the model on
+another device).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -17,11 +24,11 @@ from torch import nn
 from feddat.config import Config
 from feddat.data.clients import ClientData, Split
 from feddat.heads import TaskHead
-from feddat.losses import score
+from feddat import progress
 from feddat.algorithms import privacy
 from feddat.algorithms.validation import Rejection, coordinatewise, problem_with
 from feddat.peft.model import AdaptedModel, check_state
-from feddat.runtime import autocast, derive_seed, generator
+from feddat.runtime import at_home, autocast, derive_seed, generator
 
 Tensors = dict[str, torch.Tensor]
 
@@ -33,6 +40,10 @@ class ClientUpdate:
     num_examples: int
     state: Tensors  # private state, kept by the client
     metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # What leaves a client's compute goes home (runtime.HOME), whichever method built it.
+        self.shared, self.state = at_home(self.shared), at_home(self.state)
 
 
 class UpdateRejected(ValueError):
@@ -62,7 +73,7 @@ class Method:
     def init_shared(self) -> Tensors:
         """A_s at round 0: the same for every method under one seed, for a fair comparison."""
         torch.manual_seed(derive_seed(self.cfg.run.seed, "shared-init"))
-        return self.model.new_adapter_state()
+        return at_home(self.model.new_adapter_state())
 
     def aggregate(self, shared: Tensors, updates: list[ClientUpdate]) -> Tensors:
         """A_s ← Σ_k w_k A_s^k, w_k ∝ n_k (or uniform, as the reference code)."""
@@ -94,6 +105,10 @@ class Method:
         """The server step every engine calls: drop the updates that fail validation (each
         reported with its client and reason), then `aggregate` the rest (with DP: their
         equal-weight mean plus calibrated Gaussian noise, seeded by the round)."""
+        new_shared, rejected = self._server_round(shared, updates, round_)
+        return at_home(new_shared), rejected
+
+    def _server_round(self, shared: Tensors, updates: list[ClientUpdate], round_: int) -> tuple[Tensors, list[Rejection]]:
         if not self.communicates:
             return self.aggregate(shared, updates), []
         fed = self.cfg.federation
@@ -126,7 +141,7 @@ class Method:
         """Private state at first participation: the task head (and client adapters in subclasses)."""
         torch.manual_seed(derive_seed(self.cfg.run.seed, "head", client.name))
         head = self.new_head(client)
-        return {f"head.{k}": v for k, v in head.state_dict().items()}
+        return at_home({f"head.{k}": v for k, v in head.state_dict().items()})
 
     def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
         raise NotImplementedError
@@ -151,13 +166,28 @@ class Method:
     def head_state(head: nn.Module) -> Tensors:
         return {f"head.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()}
 
-    def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        """AdamW; no weight decay on biases and LayerNorm weights (every 1-d parameter)."""
+    def optimizer(self, params: list[nn.Parameter], steps: int | None = None) -> torch.optim.Optimizer:
+        """AdamW; no weight decay on biases and LayerNorm weights (every 1-d parameter).
+
+        `steps`: how many times this local update will step it. With train.lr_schedule =
+        "reference" the learning rate follows the reference code's schedule over those steps
+        (`attach_reference_schedule`); a fresh optimiser per local update rebuilds it every round.
+        """
         t = self.cfg.train
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps)
+        opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps)
+        if t.lr_schedule == "reference":
+            if steps is None:
+                raise ValueError(f"method '{self.name}' built an optimiser without its step count; train.lr_schedule = reference needs it")
+            attach_reference_schedule(opt, steps, t.warmup_fraction)
+        return opt
+
+    def local_steps(self, split: Split, epochs: int | None = None) -> int:
+        """Optimiser steps of a local update over `split` (`batches` yields this many minibatches)."""
+        epochs = self.cfg.train.local_epochs if epochs is None else epochs
+        return epochs * math.ceil(len(split) / self.cfg.train.batch_size)
 
     def seed_forward(self, *parts) -> None:
         """Seed torch's global RNG before a client's forward passes.
@@ -173,17 +203,20 @@ class Method:
         g = generator(self.cfg.run.seed, *seed_parts)
         self.seed_forward("train", *seed_parts)
         size = self.cfg.train.batch_size
-        for _ in range(self.cfg.train.local_epochs):
-            order = torch.randperm(len(split), generator=g)
-            for i in range(0, len(order), size):
-                yield split.batch(order[i : i + size], self.device)
+        # The run's display (feddat.progress): a bar of this client's local steps on a terminal.
+        with progress.current().steps(self.local_steps(split), f"  {seed_parts[-1] if seed_parts else ''} steps") as step_done:
+            for _ in range(self.cfg.train.local_epochs):
+                order = torch.randperm(len(split), generator=g)
+                for i in range(0, len(order), size):
+                    yield split.batch(order[i : i + size], self.device)
+                    step_done()
 
     def represent(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The pooled representation of a batch. A batch is (model inputs..., targets): the last
         element is always the target, so callers may repeat or slice the rest."""
         features, ids, mask = batch[:-1]
         pair = features.ndim == self.feature_rank() + 2
-        with autocast(self.device):
+        with autocast(self.device, self.cfg.run.precision):
             if not pair:
                 return self.model(features, ids, mask)
             # Two images per example (NLVR2): the statement is read with each image in turn and the
@@ -199,7 +232,7 @@ class Method:
         return self._feature_rank
 
     def head_logits(self, head: nn.Module, pooled: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device):
+        with autocast(self.device, self.cfg.run.precision):
             return head(pooled).float()
 
     def logits(self, head: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -209,7 +242,8 @@ class Method:
     def view_scores(self, view: str, split: Split, head: nn.Module, adapters: tuple[str, ...], **path) -> dict[str, float]:
         """{view: mean score of `head` on `split`} with `adapters` active (`path`: see
         AdaptedModel.activate), plus {"view/category": mean} per category where the split's
-        examples have one (question kind, VQA answer type)."""
+        examples have one (question kind, VQA answer type). The score is the official VQA
+        accuracy where the data have ten annotators' answers, else exact match (Split.score)."""
         if len(split) == 0:
             return {view: float("nan")}
         size = self.cfg.train.eval_batch_size
@@ -217,8 +251,9 @@ class Method:
         chunks = []
         with self.model.active(*adapters, **path):
             for i in range(0, len(split), size):
-                batch = split.batch(torch.arange(i, min(i + size, len(split))), self.device)
-                chunks.append(score(self.logits(head, batch), batch[3]).double().cpu())
+                index = torch.arange(i, min(i + size, len(split)))
+                batch = split.batch(index, self.device)
+                chunks.append(split.score(self.logits(head, batch), index))  # official VQA accuracy or exact match
         per_example = torch.cat(chunks)
         scores = {view: float(per_example.mean())}
         if split.groups is not None:
@@ -226,3 +261,24 @@ class Method:
                 members = torch.tensor([g == group for g in split.groups])
                 scores[f"{view}/{group}"] = float(per_example[members].mean())
         return scores
+
+
+def reference_lr_factor(step: int, total: int, warmup_fraction: float) -> float:
+    """The reference code's learning-rate factor before its `step`-th optimiser step (from 0) of
+    `total`: transformers' get_polynomial_decay_schedule_with_warmup with power 1 and lr_end 0,
+    num_warmup_steps = int(total * warmup_fraction). Linear from 0 up to 1 over the warm-up,
+    then linear down to 0 at `total`."""
+    warmup = int(total * warmup_fraction)
+    if step < warmup:
+        return step / max(1, warmup)
+    if step >= total:
+        return 0.0
+    return (total - step) / (total - warmup)
+
+
+def attach_reference_schedule(opt: torch.optim.Optimizer, total: int, warmup_fraction: float) -> None:
+    """Set `opt`'s learning rate by `reference_lr_factor` before each of its steps: a LambdaLR
+    advanced by a hook after every `opt.step()`, so the callers' loops stay as they are."""
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: reference_lr_factor(step, total, warmup_fraction))
+    opt.register_step_post_hook(lambda *_: scheduler.step())
+    opt.lr_scheduler = scheduler  # kept alive with the optimiser, and inspectable

@@ -27,8 +27,8 @@ class Centralised(Method):
         self.model.load_adapter("shared", shared)
         heads = {c.name: self.load_head(states[c.name], c) for c in clients}
         params = self.model.adapter_parameters("shared") + [p for h in heads.values() for p in h.parameters()]
-        opt = self.optimizer(params)
         queue = [(c, batch) for c in clients for batch in self.batches(c.train, self.name, round_, c.name)]
+        opt = self.optimizer(params, len(queue))
         order = torch.randperm(len(queue), generator=generator(self.cfg.run.seed, self.name, round_, "pool"))
         losses = []
         with self.model.active("shared"):

@@ -66,7 +66,7 @@ class AdapterClient(Method):
         head = self.load_head(state, client)
         params = self.model.adapter_parameters("shared")
         ctx = self.begin(shared, state, client, params)
-        opt = self.optimizer(params + list(head.parameters()))
+        opt = self.optimizer(params + list(head.parameters()), self.local_steps(client.train))
         sums: dict[str, float] = {}
         steps = 0
         with self.model.active("shared"):

@@ -44,7 +44,7 @@ class Ditto(AdapterClient):
         head = self.personal_head(state, client)
         params = self.model.adapter_parameters(PERSONAL)
         anchor = [shared[k].to(self.device) for k in self.model.adapter_state(PERSONAL)]
-        opt = self.optimizer(params + list(head.parameters()))
+        opt = self.optimizer(params + list(head.parameters()), self.local_steps(client.train))
         lam = self.cfg.baselines.ditto_lambda
         sums = {"personal_loss": 0.0, "personal_prox": 0.0}
         steps = 0

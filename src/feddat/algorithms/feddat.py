@@ -90,7 +90,7 @@ class FedDAT(Method):
 
     def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
         head = self.load_client(shared, state, client)
-        opts = self.optimizers(head)
+        opts = self.optimizers(head, self.local_steps(client.train))
         step = self.fused_step if self.cfg.feddat.schedule == "fused" else self.reference_step
         sums = {"loss_student": 0.0, "loss_dat": 0.0, "kd_student": 0.0, "kd_dat": 0.0}
         steps = 0
@@ -108,33 +108,36 @@ class FedDAT(Method):
             metrics={**{k: v / max(1, steps) for k, v in sums.items()}, "steps": steps},
         )
 
-    def optimizers(self, head: torch.nn.Module) -> Optimizers:
+    def optimizers(self, head: torch.nn.Module, steps: int) -> Optimizers:
         """The reference's two optimisers (A_s+H_k, A_c+H_k), each split by parameter.
 
         AdamW is elementwise, so stepping A_s and H_k with separate instances is identical to
         one instance over both; the split lets the fused step update the head before the
-        adapters' gradients exist. Each optimiser moves only what its own loss touched.
+        adapters' gradients exist. Each optimiser moves only what its own loss touched, and each
+        steps once per minibatch: `steps` times in the local update.
         """
         head_params = list(head.parameters())
         client = self.model.adapter_parameters("client") if "client" in self.teacher else []
         return Optimizers(
-            shared=self.optimizer(self.model.adapter_parameters("shared")),
-            student_head=self.optimizer(head_params),
-            client=self.optimizer(client) if client else None,
-            teacher_head=self.optimizer(head_params),
+            shared=self.optimizer(self.model.adapter_parameters("shared"), steps),
+            student_head=self.optimizer(head_params, steps),
+            client=self.optimizer(client, steps) if client else None,
+            teacher_head=self.optimizer(head_params, steps),
         )
 
     def losses(self, z_s: torch.Tensor, z_dat_teacher: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Student loss: CE + α·T²·KL(DAT ‖ student) (kd terms are zero when switched off)."""
+        """Student loss: CE + α·T²·KL(DAT ‖ student) (kd terms are zero when switched off), times
+        feddat.loss_scale (0.5: the reference code's ½(CE + KL))."""
         f = self.cfg.feddat
         kd = distill(z_s, z_dat_teacher, f.temperature) if f.kd != "none" else z_s.new_zeros(())
-        return task_loss(z_s, y) + f.alpha * kd, kd
+        return f.loss_scale * (task_loss(z_s, y) + f.alpha * kd), kd
 
     def dat_losses(self, z_dat: torch.Tensor, z_s: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """DAT loss: CE + β·T²·KL(student ‖ DAT), the student's logits taken before its update."""
+        """DAT loss: CE + β·T²·KL(student ‖ DAT), the student's logits taken before its update,
+        times feddat.loss_scale."""
         f = self.cfg.feddat
         kd = distill(z_dat, z_s, f.temperature) if f.kd == "mutual" else z_dat.new_zeros(())
-        return task_loss(z_dat, y) + f.beta * kd, kd
+        return f.loss_scale * (task_loss(z_dat, y) + f.beta * kd), kd
 
     def reference_step(self, batch, head, opts: Optimizers):
         """DESIGN §4 as written: three forward and two backward passes through the backbone."""

@@ -36,7 +36,7 @@ class FedRep(Method):
         if epochs == 0:
             return 0, 0.0
         reps, targets = self.representations(client.train)
-        opt = self.optimizer(list(head.parameters()))
+        opt = self.optimizer(list(head.parameters()), self.local_steps(client.train, epochs))
         g = generator(self.cfg.run.seed, self.name, "head", round_, client.name)
         size, steps, total = self.cfg.train.batch_size, 0, 0.0
         for _ in range(epochs):
@@ -52,7 +52,7 @@ class FedRep(Method):
 
     def train_adapter(self, head, client: ClientData, round_: int) -> tuple[int, float]:
         head.requires_grad_(False)
-        opt = self.optimizer(self.model.adapter_parameters("shared"))
+        opt = self.optimizer(self.model.adapter_parameters("shared"), self.local_steps(client.train))
         steps, total = 0, 0.0
         with self.model.active("shared"):
             for batch in self.batches(client.train, self.name, round_, client.name):

@@ -25,7 +25,7 @@ class HeadOnly(Method):
 
     def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
         head = self.load_head(state, client)
-        opt = self.optimizer(list(head.parameters()))
+        opt = self.optimizer(list(head.parameters()), self.local_steps(client.train))
         losses = []
         with self.model.active():  # the bare backbone
             for batch in self.batches(client.train, self.name, round_, client.name):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from feddat.backbones.base import Backbone
 
-BACKBONES = ("minivl", "vilt")
+BACKBONES = ("foundation", "minivl", "vilt")
 PROJECTORS = ("aligned", "random")  # minivl: how the image grid becomes tokens (minivl.py)
 
 
 def build_backbone(name: str, path: str = "", image_size: int = 128, max_text_len: int = 20, projector: str = "random") -> Backbone:
+    if name == "foundation":
+        from feddat.backbones.foundation import Foundation
+
+        return Foundation(path, image_size=image_size, max_text_len=max_text_len)
     if name == "minivl":
         from feddat.backbones.minivl import MiniVL
 

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from feddat.backbones.base import Backbone
+from feddat.data.vqa_eval import accuracy_table
+from feddat.losses import score
 from feddat.runtime import load_tensors, save_tensors
 
 
@@ -32,12 +34,25 @@ class Split:
     # Each example's category where the data have one (question kind, VQA answer type): scores
     # are also reported per category.
     groups: list[str] | None = None
+    # (N, answers) float64: each vocabulary answer's official VQA accuracy (data/vqa_eval.py), where
+    # the data have ten annotators' answers. Evaluation reads it; training uses `targets`.
+    accuracy: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
     def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
         return tuple(t[index].to(device, non_blocking=True) for t in (self.image_features, self.input_ids, self.attention_mask, self.targets))
+
+    def score(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Per-example evaluation score (float64, on the CPU) of the arg-max answer for the
+        examples at `index`: the official VQA accuracy where the data have annotators' answers,
+        else losses.score of the targets (exact match; the soft score for soft targets built
+        without annotators' answers, as the synthetic twins' tests do)."""
+        if self.accuracy is None:
+            return score(logits, self.targets[index].to(logits.device)).double().cpu()
+        predicted = logits.argmax(dim=-1).cpu()
+        return self.accuracy[index].gather(1, predicted.unsqueeze(1)).squeeze(1)
 
 
 @dataclass
@@ -66,6 +81,9 @@ class RawSplit:
     answer_lists: list[list[str]] | None = None
     images2: np.ndarray | None = None  # the second image of two-image tasks (NLVR2), (N, H, W, 3)
     groups: list[str] | None = None  # each example's category (question type ...): partitions, describe
+    # The annotators' answers as the files have them (public 10-answer data): what the official
+    # VQA accuracy is computed from. One answer per example: exact match.
+    eval_answers: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.answers)
@@ -82,6 +100,7 @@ class RawSplit:
             answer_lists=pick(self.answer_lists),
             images2=None if self.images2 is None else self.images2[idx],
             groups=pick(self.groups),
+            eval_answers=pick(self.eval_answers),
         )
 
     @staticmethod
@@ -93,6 +112,8 @@ class RawSplit:
             parts = [p if p.answer_lists is not None else dataclasses.replace(p, answer_lists=[[a] * 3 for a in p.answers]) for p in parts]
         if len({p.groups is None for p in parts}) > 1:
             parts = [p if p.groups is not None else dataclasses.replace(p, groups=[""] * len(p)) for p in parts]
+        if len({p.eval_answers is None for p in parts}) > 1:  # a single answer is scored by exact match
+            parts = [p if p.eval_answers is not None else dataclasses.replace(p, eval_answers=[[a] for a in p.answers]) for p in parts]
         if len({p.images2 is None for p in parts}) > 1:
             raise DataError("cannot pool one-image and two-image data sources")
         first = parts[0]
@@ -105,6 +126,7 @@ class RawSplit:
             answer_lists=join("answer_lists"),
             images2=None if first.images2 is None else np.concatenate([p.images2 for p in parts]),
             groups=join("groups"),
+            eval_answers=join("eval_answers"),
         )
 
 
@@ -156,7 +178,8 @@ def encode_split(raw: RawSplit, backbone: Backbone, vocab: list[str], cache_dir:
         features = torch.stack([features, cached_features(second, backbone, cache_dir)], dim=1)
     ids, mask = backbone.tokenize(raw.questions)
     groups = None if raw.groups is None else [g for g, k in zip(raw.groups, keep.tolist()) if k]
-    return Split(features[keep], ids[keep], mask[keep], targets[keep], groups)
+    accuracy = None if raw.eval_answers is None else accuracy_table(raw.eval_answers, vocab)[keep]
+    return Split(features[keep], ids[keep], mask[keep], targets[keep], groups, accuracy)
 
 
 def cached_features(raw: RawSplit, backbone: Backbone, cache_dir: Path | None, batch: int = 64) -> torch.Tensor:

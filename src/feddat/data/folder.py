@@ -33,15 +33,22 @@ def load_image(path: Path, side: int = IMAGE_SIDE) -> np.ndarray:
         raise DataError(f"image file {path} is corrupt or not an image: {err}") from err
 
 
-def read_record(line: bytes, path: Path, number: int) -> tuple[dict, np.ndarray]:
-    """One line of a client's jsonl and its image; any fault names the file and line."""
-    where = f"{path}:{number}"
+def parse_record(line: bytes, where: str, fields: tuple[str, ...]) -> dict:
+    """One jsonl line as a dict with non-empty string `fields`, or a DataError naming `where` (file:line)."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         raise DataError(f"{where}: not valid JSON ({err.msg})") from err
-    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record.get(k) for k in ("image", "question", "answer")):
-        raise DataError(f"{where}: a record needs non-empty string fields 'image', 'question' and 'answer'")
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record[k].strip() for k in fields):
+        names = ", ".join(f"'{k}'" for k in fields[:-1]) + f" and '{fields[-1]}'"
+        raise DataError(f"{where}: a record needs non-empty string fields {names}")
+    return record
+
+
+def read_record(line: bytes, path: Path, number: int) -> tuple[dict, np.ndarray]:
+    """One line of a client's jsonl and its image; any fault names the file and line."""
+    where = f"{path}:{number}"
+    record = parse_record(line, where, ("image", "question", "answer"))
     try:
         return record, load_image(path.parent / record["image"])
     except DataError as err:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -128,3 +129,26 @@ def _pool(sources: list[Source], split: str, total: int) -> RawSplit:
 def _digest(tag: str, index: np.ndarray) -> str:
     """Names a subset in the feature cache: the partition's parameters and the exact indices."""
     return f"{tag}:{hashlib.sha256(np.ascontiguousarray(index, dtype=np.int64).tobytes()).hexdigest()[:16]}"
+
+
+def check_inputs(cfg) -> None:
+    """Refuse data that cannot be read before anything slow starts (the backbone loads in tens of
+    seconds): data.root must be a folder, and hold the client folders (folder benchmark) or each
+    dataset's folder (public data). The records themselves are checked when they are read."""
+    d = cfg.data
+    if d.benchmark == "folder":
+        from feddat.data.folder import client_folders
+
+        client_folders(d.root)  # names data.root when it is missing or holds no client folder
+        return
+    if d.source != "public":
+        return
+    from feddat.data.public import DATASETS, PUBLIC_BENCHMARKS
+
+    root = Path(d.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root {root} is not a folder: data.source = public reads your downloads from ROOT/<dataset>/ (README 'Public datasets')")
+    for client, dataset in PUBLIC_BENCHMARKS[d.benchmark]:
+        folder = root / DATASETS[dataset].folder
+        if not folder.is_dir():
+            raise DataError(f"{client}: {folder} does not exist; download the {dataset} files into it (README 'Public datasets' lists the layout)")

@@ -52,6 +52,12 @@ QUESTION_KINDS: tuple[str, ...] = ("object", "attribute", "count", "spatial", "l
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
 SIZES: tuple[str, ...] = ("small", "large")
+#: Drawn only in the pretraining corpus (feddat.pretrain.corpus), never by a benchmark twin, so that
+#: the foundation model's vocabulary is broader than any downstream answer space.
+EXTRA_SHAPES: tuple[str, ...] = ("pentagon", "heart", "arrow", "oval")
+EXTRA_COLOURS: tuple[str, ...] = ("pink", "brown", "black")
+ALL_SHAPES: tuple[str, ...] = SHAPES + EXTRA_SHAPES
+ALL_COLOURS: tuple[str, ...] = COLOURS + EXTRA_COLOURS
 NUMBER_WORDS: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
 )
@@ -72,7 +78,7 @@ _LAYOUT_RESTARTS = 200
 _SCENE_ATTEMPTS = 200
 _SUPERSAMPLE = 2  # draw at 2x and box-downsample: cheap anti-aliasing
 
-_PLURALS = {shape: shape + "s" for shape in SHAPES} | {"cross": "crosses"}
+_PLURALS = {shape: shape + "s" for shape in ALL_SHAPES} | {"cross": "crosses"}
 
 T = TypeVar("T")
 
@@ -94,8 +100,8 @@ class SceneObject:
 
     def __post_init__(self) -> None:
         # Hand-built scenes (tests, debugging) fail loudly on typos.
-        _check_member(self.shape, SHAPES, "shape")
-        _check_member(self.colour, COLOURS, "colour")
+        _check_member(self.shape, ALL_SHAPES, "shape")
+        _check_member(self.colour, ALL_COLOURS, "colour")
         _check_member(self.size, SIZES, "size")
         for name, value in (("x", self.x), ("y", self.y)):
             if not 0.0 <= value <= 1.0:
@@ -175,7 +181,13 @@ def _normalise_weights(weights: dict[str, float], names: tuple[str, ...], what: 
 # ---------------------------------------------------------------------------
 
 
-def random_scene(rng: np.random.Generator, min_objects: int = 2, max_objects: int = 5) -> Scene:
+def random_scene(
+    rng: np.random.Generator,
+    min_objects: int = 2,
+    max_objects: int = 5,
+    shapes: tuple[str, ...] = SHAPES,
+    colours: tuple[str, ...] = COLOURS,
+) -> Scene:
     """Draw a scene of non-overlapping objects with random attributes.
 
     Every (colour, shape) pair occurs at most once, so any object can be
@@ -189,19 +201,19 @@ def random_scene(rng: np.random.Generator, min_objects: int = 2, max_objects: in
         )
     count = int(rng.integers(min_objects, max_objects + 1))
     for _ in range(_LAYOUT_RESTARTS):
-        objects = _try_layout(rng, count)
+        objects = _try_layout(rng, count, shapes, colours)
         if objects is not None:
             return Scene(objects)
     raise RuntimeError(f"could not place {count} non-overlapping objects")  # pragma: no cover
 
 
-def _try_layout(rng: np.random.Generator, count: int) -> tuple[SceneObject, ...] | None:
+def _try_layout(rng: np.random.Generator, count: int, shapes: tuple[str, ...], colours: tuple[str, ...]) -> tuple[SceneObject, ...] | None:
     """One attempt at random attributes plus rejection-sampled positions."""
-    pair_ids = rng.choice(len(COLOURS) * len(SHAPES), size=count, replace=False)
+    pair_ids = rng.choice(len(colours) * len(shapes), size=count, replace=False)
     sizes = rng.integers(0, len(SIZES), size=count)
     placed: list[SceneObject] = []
     for pair_id, size_id in zip(pair_ids, sizes):
-        colour, shape = COLOURS[pair_id // len(SHAPES)], SHAPES[pair_id % len(SHAPES)]
+        colour, shape = colours[pair_id // len(shapes)], shapes[pair_id % len(shapes)]
         size = SIZES[size_id]
         position = _place(rng, _RADIUS[size], placed)
         if position is None:
@@ -267,9 +279,35 @@ def _diamond(cx: float, cy: float, r: float) -> list[Point]:
     return [(cx, cy - r), (cx + 0.72 * r, cy), (cx, cy + r), (cx - 0.72 * r, cy)]
 
 
+def _pentagon(cx: float, cy: float, r: float) -> list[Point]:
+    return _ring(cx, cy + 0.1 * r, [r] * 5)
+
+
+def _heart(cx: float, cy: float, r: float) -> list[Point]:
+    # The classic parametric heart, scaled to fit a circle of radius r.
+    points = []
+    for i in range(48):
+        t = 2.0 * math.pi * i / 48
+        x = 16 * math.sin(t) ** 3
+        y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+        points.append((cx + r * x / 17.0, cy - r * (y + 2.5) / 17.0))
+    return points
+
+
+def _arrow(cx: float, cy: float, r: float) -> list[Point]:
+    w, head = 0.3 * r, 0.15 * r  # a right-pointing arrow: shaft, then a triangular head
+    outline = [(-r, -w), (head, -w), (head, -0.8 * r), (r, 0.0), (head, 0.8 * r), (head, w), (-r, w)]
+    return [(cx + dx, cy + dy) for dx, dy in outline]
+
+
+def _oval(cx: float, cy: float, r: float) -> list[Point]:
+    return [(cx + r * math.cos(2 * math.pi * i / 40), cy + 0.55 * r * math.sin(2 * math.pi * i / 40)) for i in range(40)]
+
+
 _SHAPE_POINTS: dict[str, Callable[[float, float, float], list[Point]]] = {
     "circle": _circle, "square": _square, "triangle": _triangle,
     "star": _star, "cross": _cross, "diamond": _diamond,
+    "pentagon": _pentagon, "heart": _heart, "arrow": _arrow, "oval": _oval,
 }
 
 
@@ -285,16 +323,19 @@ def _outline(obj: SceneObject, canvas: int) -> list[Point]:
 _PALETTE = {
     "red": (215, 35, 35), "green": (30, 160, 55), "blue": (35, 85, 215),
     "yellow": (240, 200, 15), "purple": (135, 55, 185), "orange": (245, 125, 15),
+    "pink": (240, 120, 190), "brown": (130, 80, 40), "black": (25, 25, 25),
 }
 # Deeper "pencil" tones: thin strokes on paper need more contrast than fills.
 _SKETCH_PALETTE = {
     "red": (200, 25, 25), "green": (20, 140, 45), "blue": (25, 70, 200),
     "yellow": (220, 175, 0), "purple": (120, 40, 170), "orange": (230, 105, 0),
+    "pink": (225, 95, 170), "brown": (110, 65, 30), "black": (15, 15, 15),
 }
 # Brighter, fully saturated tones that read as light sources on a dark sky.
 _NIGHT_PALETTE = {
     "red": (255, 60, 60), "green": (60, 255, 90), "blue": (70, 130, 255),
     "yellow": (255, 240, 60), "purple": (200, 90, 255), "orange": (255, 155, 30),
+    "pink": (255, 150, 215), "brown": (190, 120, 60), "black": (90, 90, 110),
 }
 
 

@@ -20,6 +20,8 @@ from feddat.data.clients import ClientData
 from feddat.engines.state import Checkpoint, ClientStateStore, Progress
 from feddat.peft.model import AdaptedModel
 from feddat.runtime import derive_seed, save_tensors, tensor_bytes, write_text
+from feddat import progress, tracking
+from feddat.progress import Ticker  # noqa: F401  (the engine's throttled lines; imported from here by older code)
 
 
 class Clock:
@@ -40,21 +42,6 @@ class Clock:
 
     def split(self) -> dict[str, float]:
         return {k: round(self.seconds[k], 4) for k in self.KINDS}
-
-
-class Ticker:
-    """Progress lines inside a long round, at most one per `every` seconds, so a round of many
-    clients (or one centralised pass over all their data) does not sit silent for minutes."""
-
-    def __init__(self, log: Callable[[str], None], prefix: str, every: float = 30.0):
-        self.log, self.prefix, self.every = log, prefix, every
-        self.start = self.last = time.perf_counter()
-
-    def __call__(self, done: int, total: int, unit: str) -> None:
-        now = time.perf_counter()
-        if done < total and now - self.last >= self.every:
-            self.last = now
-            self.log(f"{self.prefix} {done}/{total} {unit}  {now - self.start:6.1f}s")
 
 
 def sample_clients(clients: Sequence[ClientData], fraction: float, seed: int, round_: int) -> list[ClientData]:
@@ -112,13 +99,13 @@ def run_method(name: str, cfg: Config, model: AdaptedModel, clients: Sequence[Cl
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     clock = Clock()
     counters = {"train_s": 0.0, "steps": 0, "wall_s": 0.0}
-    progress = checkpoint.load() if resume else None
-    if progress is not None:
-        shared = progress.shared
-        method.load_server_state(progress.server)
-        counters.update({k: v for k, v in progress.counters.items() if k in counters})
-        clock.seconds.update(progress.counters.get("clock", {}))
-        first_round = progress.round + 1
+    committed = checkpoint.load() if resume else None
+    if committed is not None:
+        shared = committed.shared
+        method.load_server_state(committed.server)
+        counters.update({k: v for k, v in committed.counters.items() if k in counters})
+        clock.seconds.update(committed.counters.get("clock", {}))
+        first_round = committed.round + 1
     else:
         shared = method.init_shared()
         first_round = 1
@@ -133,40 +120,54 @@ def run_method(name: str, cfg: Config, model: AdaptedModel, clients: Sequence[Cl
         accountant = privacy.Accountant(cfg.privacy, len(sample_clients(range(len(clients)), fed.fraction, cfg.run.seed, 1)) / len(clients))
         accountant.replay(first_round - 1)
     started = time.perf_counter() - counters["wall_s"]
-    for round_ in range(first_round, fed.rounds + 1):
-        t0 = time.perf_counter()
-        with clock("data"):
-            participants = sample_clients(clients, fed.fraction, cfg.run.seed, round_)
-        ticker = Ticker(log, f"  [{name}] round {round_}/{fed.rounds}  ...")
-        shared, train_metrics = train_round(method, shared, participants, store, round_, clock, ticker)
-        counters["train_s"] += time.perf_counter() - t0
-        counters["steps"] += sum(int(m.get("steps", 0)) for m in train_metrics.values())
-        records = [{"method": name, "round": round_, "client": c, "kind": "train", **m} for c, m in train_metrics.items()]
-        for client, m in train_metrics.items():
-            if "rejected" in m:
-                log(f"  [{name}] round {round_}: update from client '{client}' rejected: {m['rejected']}")
-        line = f"  [{name}] round {round_}/{fed.rounds}  {time.perf_counter() - t0:6.1f}s  loss " + " ".join(f"{m.get('loss', m.get('loss_student', 0)):.3f}" for m in list(train_metrics.values())[:8])
-        if accountant is not None:
-            epsilon = accountant.step()
-            records.append({"method": name, "round": round_, "client": "all", "kind": "privacy", "epsilon": epsilon, "delta": cfg.privacy.delta})
-            line += f"  ε={epsilon:.2f} (δ={cfg.privacy.delta:g})"
-        if round_ % fed.eval_every == 0 or round_ == fed.rounds:
-            scores = evaluate_all(method, shared, clients, store, clock, fed.eval_fraction, cfg.run.seed)
-            records += [{"method": name, "round": round_, "client": c, "kind": "eval", **s} for c, s in scores.items()]
-            line += f"  | mean global {mean(s['global'] for s in scores.values()):.3f}"
-            if method.personal:
-                line += f"  personal {mean(s['personal'] for s in scores.values()):.3f}"
-        # Metrics first, then the commit: a crash in between replays this round (its lines are dropped on resume).
-        metrics.write_many(records)
-        counters["wall_s"] = time.perf_counter() - started
-        checkpoint.save(Progress(round_, shared, method.server_state(), {**counters, "clock": dict(clock.seconds)}))
-        store.prune()
-        log(line)
+    shown = progress.display(cfg.run.progress, log)
+    log = shown.log  # on a terminal, lines are written above the bars
+    with progress.use(shown), shown.rounds(fed.rounds, first_round - 1, name) as round_done, tracking.trackers(cfg, run_dir, name, resume) as tracker:
+        for round_ in range(first_round, fed.rounds + 1):
+            t0 = time.perf_counter()
+            with clock("data"):
+                participants = sample_clients(clients, fed.fraction, cfg.run.seed, round_)
+            ticker = shown.counter(f"  [{name}] round {round_}/{fed.rounds}  ...")
+            shared, train_metrics = train_round(method, shared, participants, store, round_, clock, ticker)
+            ticker.close()
+            counters["train_s"] += time.perf_counter() - t0
+            counters["steps"] += sum(int(m.get("steps", 0)) for m in train_metrics.values())
+            records = [{"method": name, "round": round_, "client": c, "kind": "train", **m} for c, m in train_metrics.items()]
+            for client, m in train_metrics.items():
+                if "rejected" in m:
+                    log(f"  [{name}] round {round_}: update from client '{client}' rejected: {m['rejected']}")
+            line = f"  [{name}] round {round_}/{fed.rounds}  {time.perf_counter() - t0:6.1f}s  loss " + " ".join(f"{m.get('loss', m.get('loss_student', 0)):.3f}" for m in list(train_metrics.values())[:8])
+            if accountant is not None:
+                epsilon = accountant.step()
+                records.append({"method": name, "round": round_, "client": "all", "kind": "privacy", "epsilon": epsilon, "delta": cfg.privacy.delta})
+                line += f"  ε={epsilon:.2f} (δ={cfg.privacy.delta:g})"
+            if round_ % fed.eval_every == 0 or round_ == fed.rounds:
+                scores = evaluate_all(method, shared, clients, store, clock, fed.eval_fraction, cfg.run.seed)
+                records += [{"method": name, "round": round_, "client": c, "kind": "eval", **s} for c, s in scores.items()]
+                line += f"  | mean global {mean(s['global'] for s in scores.values()):.3f}"
+                if method.personal:
+                    line += f"  personal {mean(s['personal'] for s in scores.values()):.3f}"
+            # Metrics first, then the commit: a crash in between replays this round (its lines are dropped on resume).
+            metrics.write_many(records)
+            counters["wall_s"] = time.perf_counter() - started
+            checkpoint.save(Progress(round_, shared, method.server_state(), {**counters, "clock": dict(clock.seconds)}))
+            store.prune()
+            tracker.log_records(records)
+            log(line)
+            round_done()
+        summary = method_summary(name, method, shared, clients, cfg, counters, clock, time.perf_counter() - started)
+        tracker.log_summary(summary)
     save_tensors(run_dir / name / "shared_adapter.safetensors", shared, metadata={"method": name, "rounds": str(fed.rounds)})
+    return summary
+
+
+def method_summary(name: str, method: Method, shared: Tensors, clients: Sequence[ClientData], cfg: Config, counters: dict, clock: Clock, wall_s: float) -> dict:
+    """What summary.json records for one method: times, steps, parameters and bytes."""
     split = clock.split()
+    fed = cfg.federation
     return {
         "method": name,
-        "wall_s": time.perf_counter() - started,
+        "wall_s": wall_s,
         "train_s": counters["train_s"],
         "eval_s": split["evaluate"],
         "local_steps": counters["steps"],

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from feddat.config import Config
-from feddat.runtime import pick_device, set_threads, write_json, write_text
+from feddat.runtime import environment, pick_device, set_threads, write_json, write_text
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -46,6 +46,10 @@ def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, 
     from feddat.engines.embedded import run_method
     from feddat.peft.model import AdaptedModel
 
+    from feddat.data.sources import check_inputs
+    from feddat.inference import write_client_index
+
+    check_inputs(cfg)  # a missing data.root is reported now, not after the backbone has loaded
     set_threads(cfg.run.threads)
     device = pick_device(cfg.run.device)
     if resume is None:
@@ -64,6 +68,7 @@ def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, 
     log(f"backbone {b.name} loaded in {time.perf_counter() - t0:.1f}s; encoding the {cfg.data.benchmark} benchmark (image features cached in {cfg.data.cache_dir})")
     t0 = time.perf_counter()
     clients = load_clients(cfg, backbone, log=log)
+    write_client_index(run_dir, clients)  # each client's answers: what `feddat predict` prints
     log(f"data ready in {time.perf_counter() - t0:.1f}s")
     model = AdaptedModel.from_config(backbone, cfg.adapter)
     summaries = []
@@ -74,7 +79,9 @@ def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, 
             continue
         log(f"== {name}")
         summaries.append(run_method(name, cfg, model, clients, run_dir, device, log, resume=resume is not None))
-        write_json(run_dir / "summary.json", {"methods": summaries})
+        # The environment is recorded with the numbers: they repeat bit for bit only in the same
+        # one (README, "Same seed, same numbers"); a resumed run records the one it finished in.
+        write_json(run_dir / "summary.json", {"methods": summaries, "environment": environment(device)})
     write_report(cfg, run_dir, summaries, log)
     return run_dir
 

@@ -52,11 +52,21 @@ class LoraView(PeftView):
                 # only layers holding this view's sets: another view may target other projections
                 if isinstance(module, LoraLayer) and self.peft_name(name) in module.lora_A:
                     self.layers[f"{index}.{path}"] = module
+                    self._to_base_device(module, self.peft_name(name))
         self.trainable[name] = trainable
         # Injection re-marks which LoRA weights train; put every set back as it should be.
         for other, flag in self.trainable.items():
             self.set_trainable(other, flag)
         self.switch(self.current)
+
+    @staticmethod
+    def _to_base_device(layer: nn.Module, key: str) -> None:
+        """Put LoRA set `key` of `layer` where the frozen base layer computes. peft does this
+        itself except when an earlier set of the layer sits on the `meta` device (it then leaves
+        the new one on the CPU), so the view makes sure for every device alike."""
+        device = layer.get_base_layer().weight.device
+        layer.lora_A[key].to(device)
+        layer.lora_B[key].to(device)
 
     def set_tensors(self, name: str) -> dict[str, torch.Tensor]:
         key = self.peft_name(name)

@@ -15,6 +15,7 @@ from torch import nn
 
 from feddat.backbones.base import Backbone
 from feddat.peft.adapter import AdapterSite, BottleneckAdapter
+from feddat.runtime import home_copy
 
 
 class AdaptedModel(nn.Module):
@@ -129,8 +130,9 @@ class AdaptedModel(nn.Module):
         return [p for site in self.sites.values() for p in site.adapters[name].parameters()]
 
     def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
-        """A detached copy of adapter set `name`, keyed '<block>.<param>'."""
-        return {f"{i}.{k}": v.detach().clone() for i, site in self.sites.items() for k, v in site.adapters[name].state_dict().items()}
+        """A detached copy of adapter set `name` on the CPU (runtime.HOME, where everything that
+        crosses the client/server boundary lives), keyed '<block>.<param>'."""
+        return {f"{i}.{k}": home_copy(v) for i, site in self.sites.items() for k, v in site.adapters[name].state_dict().items()}
 
     def load_adapter(self, name: str, state: dict[str, torch.Tensor]) -> None:
         """Copy `state` into adapter set `name`; every key and shape must match exactly."""

@@ -18,6 +18,7 @@ from torch import nn
 
 from feddat.peft.model import AdaptedModel
 from feddat.peft.views import PeftView, Tensors, block_modules, view_for
+from feddat.runtime import home_copy
 
 
 def block_parameters(model: AdaptedModel, biases_only: bool) -> dict[str, nn.Parameter]:
@@ -41,7 +42,8 @@ class TunedView(PeftView):
         self.params = block_parameters(self.base, biases_only=kind == "bitfit")
         if not self.params:
             raise ValueError(f"{kind}: the adapted blocks hold no {'bias ' if kind == 'bitfit' else ''}parameters to train")
-        self.pretrained = {k: v.detach().clone() for k, v in self.params.items()}
+        # The initial shared state travels like any other: kept on the CPU (runtime.HOME).
+        self.pretrained = {k: home_copy(v) for k, v in self.params.items()}
 
     def add_adapter(self, name: str, trainable: bool = True) -> None:
         if name != "shared":

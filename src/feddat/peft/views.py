@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from feddat.peft.model import AdaptedModel, copy_checked
+from feddat.runtime import home_copy
 
 Tensors = dict[str, torch.Tensor]
 
@@ -68,7 +69,8 @@ class PeftView:
         return list(self.set_tensors(name).values())
 
     def adapter_state(self, name: str) -> Tensors:
-        return {k: v.detach().clone() for k, v in self.set_tensors(name).items()}
+        """A detached CPU copy of set `name` (runtime.HOME), as AdaptedModel.adapter_state."""
+        return {k: home_copy(v) for k, v in self.set_tensors(name).items()}
 
     def load_adapter(self, name: str, state: Tensors) -> None:
         copy_checked(state, self.set_tensors(name), f"{self.kind} state for '{name}'")

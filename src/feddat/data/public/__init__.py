@@ -14,10 +14,9 @@ from typing import Callable
 
 from feddat.data.clients import RawSplit
 from feddat.data.public import loaders as L
-from feddat.data.public.common import Record, content_key, sample, to_raw
+from feddat.data.clients import DataError
+from feddat.data.public.common import UNKNOWN, Record, content_key, sample, to_raw
 from feddat.runtime import derive_seed
-
-VQA_TYPES = ("yes/no", "number", "other")
 
 
 @dataclass(frozen=True)
@@ -30,13 +29,14 @@ class Dataset:
     soft: bool = False  # several annotator answers per question: VQA soft scores
 
 
+# A dataset whose files may omit the category field declares UNKNOWN among its categories.
 DATASETS: dict[str, Dataset] = {
-    "vqav2": Dataset("vqav2", L.vqav2, categories=VQA_TYPES, soft=True),
-    "vqa_abstract": Dataset("vqa_abstract", L.vqa_abstract, categories=VQA_TYPES, soft=True),
-    "vizwiz": Dataset("vizwiz", L.vizwiz, categories=("other", "yes/no", "number", "unanswerable"), soft=True),
-    "gqa": Dataset("gqa", L.gqa, categories=("verify", "query", "choose", "logical", "compare")),
+    "vqav2": Dataset("vqav2", L.vqav2, categories=(*L.VQA_TYPES, UNKNOWN), soft=True),
+    "vqa_abstract": Dataset("vqa_abstract", L.vqa_abstract, categories=(*L.VQA_TYPES, UNKNOWN), soft=True),
+    "vizwiz": Dataset("vizwiz", L.vizwiz, categories=(*L.VIZWIZ_TYPES, UNKNOWN), soft=True),
+    "gqa": Dataset("gqa", L.gqa, categories=(*L.GQA_TYPES, UNKNOWN)),
     "cocoqa": Dataset("cocoqa", L.cocoqa, categories=L.COCOQA_TYPES),
-    "aqua": Dataset("aqua", L.aqua, categories=("visual", "knowledge")),
+    "aqua": Dataset("aqua", L.aqua, categories=("visual", "knowledge", UNKNOWN)),
     "nlvr2": Dataset("nlvr2", L.nlvr2, task="nlvr2", classes=("true", "false")),
     "snli_ve": Dataset("snli_ve", L.snli_ve, task="entailment", classes=L.SNLI_VE_LABELS),
 }
@@ -61,7 +61,17 @@ def read_split(dataset: str, root: str | Path, split: str, n: int, seed: int, im
     """A seeded sample of n records (0: all) of one dataset's split, images loaded (unless not wanted)."""
     spec = DATASETS[dataset]
     records = sample(spec.read(Path(root) / spec.folder, split), n, derive_seed(seed, "public", dataset, split))
+    check_categories(dataset, spec, records)
     return to_raw(records, image_side, content_key(dataset, split, records, image_side), spec.soft, with_images)
+
+
+def check_categories(dataset: str, spec: Dataset, records: list[Record]) -> None:
+    """Every record of a dataset with categories has one of them (a loader's promise, checked)."""
+    if not spec.categories:
+        return
+    for r in records:
+        if r.group not in spec.categories:
+            raise DataError(f"{r.where}: category {r.group!r} is not one of {dataset}'s categories ({', '.join(spec.categories)})")
 
 
 def public_sources(d, image_side: int, with_images: bool = True) -> list:

