@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench gpu-check clean
+.PHONY: setup demo test contracts bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The architecture contracts alone (pyproject.toml [tool.importlinter]; `make test` runs them too,
+# in tests/test_architecture.py).
+contracts: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 
 # Figures and ratios, not assertions (a few minutes on 2 cores; see README "Speed").
 bench: $(STAMP)

@@ -129,6 +129,27 @@ def test_feddat_on_lora_moves_shared_and_client_sets_in_their_own_steps(tiny_bac
     assert set(scores) == {"global", "personal"}
 
 
+def test_feddat_on_lora_runs_the_reference_schedule_and_refuses_a_branch_site(tiny_backbone):
+    """The default feddat.schedule (fused: the fastest exact schedule) runs as the reference on
+    LoRA, and the user's config is left as written; a branch site, which only the fused schedule
+    has, is refused naming the key and the value it can run."""
+    from feddat.config import ConfigError
+
+    cfg, _, method = make(tiny_backbone, "feddat_lora")
+    assert cfg.feddat.schedule == "fused" and method.cfg.feddat.schedule == "fused"
+    assert method.schedule(cfg) == "reference" and METHODS["feddat_lora"].passes_per_step(cfg) == (3, 2)
+    with pytest.raises(ConfigError, match=r"feddat.branch_site = 1.*feddat.branch_site = 0"):
+        make(tiny_backbone, "feddat_lora", **{"feddat.branch_site": 1})
+
+
+def test_passes_per_step_has_one_shape_on_every_method():
+    cfg = tiny_config()
+    for name, cls in METHODS.items():
+        fwd, bwd = cls.passes_per_step(cfg)
+        assert isinstance(fwd, int) and isinstance(bwd, int), name
+    assert METHODS["feddat"].passes_per_step(cfg) == (2, 2)
+    assert METHODS["feddat"].passes_per_step(tiny_config(**{"feddat.schedule": "reference"})) == (3, 2)
+
 def test_prompt_tuning_prepends_learned_tokens_and_trains_only_them(tiny_backbone, tiny_clients):
     cfg, model, method = make(tiny_backbone, "fedavg_prompt")
     view = method.model

@@ -126,7 +126,7 @@ def test_compare_trains_each_run_once_and_continues_after_an_interruption(worksp
     cfg, work = workspace
     variants = parse_variants(["fedavg", "feddat_nokd"])
     calls = []
-    real = compare.train_run
+    real = compare.running.train_run
 
     def counting(variant, seed, *args, **kwargs):
         calls.append((variant.label, seed, kwargs.get("resume")))
@@ -134,7 +134,7 @@ def test_compare_trains_each_run_once_and_continues_after_an_interruption(worksp
             raise KeyboardInterrupt  # the third run is interrupted before it finishes
         return real(variant, seed, *args, **kwargs)
 
-    monkeypatch.setattr(compare, "train_run", counting)
+    monkeypatch.setattr(compare.running, "train_run", counting)  # run_compare's own reference
     out = tmp_path / "cmp"
     with pytest.raises(KeyboardInterrupt):
         run_compare(cfg, variants, [0, 1], out, workspace=work, log=lambda s: None)
@@ -172,3 +172,28 @@ def test_cli_compare_reports_on_finished_runs(tmp_path, capsys):
     assert (tmp_path / "o" / "table.md").is_file()
     assert main(["compare", "--methods", "nope", "--out", str(tmp_path / "o2")]) == 2
     assert "unknown method or variant 'nope'" in capsys.readouterr().err
+
+
+def test_methods_declare_the_private_state_they_train(tiny_backbone, tiny_clients):
+    """`feddat compare`'s trainable parameters: the shared module plus what each method declares
+    trainable of its private state (Method.trainable_state), not what it only keeps."""
+    from feddat.algorithms import build_method
+
+    cfg = valid_config()
+    model = AdaptedModel(tiny_backbone, reduction_factor=cfg.adapter.reduction_factor)
+    client = tiny_clients[0]
+    cpu = torch.device("cpu")
+    shared = sum(v.numel() for v in build_method("fedavg", cfg, model, cpu).init_shared().values())
+    head = sum(v.numel() for k, v in build_method("fedavg", cfg, model, cpu).init_client_state(client).items() if k.startswith("head."))
+    expected = {
+        "fedavg": shared + head,
+        "feddat": 2 * shared + head,  # A_s and the client's own A_c
+        "ditto": 2 * shared + 2 * head,  # the personal adapter and its own head
+        "moon": shared + head,  # the previous round's adapter is kept, not trained
+        "scaffold": shared + head,  # the control variates are kept, not trained
+        "local": shared + head,  # its adapter is A_s's slot (kept again in its state)
+    }
+    for name, count in expected.items():
+        method = build_method(name, cfg, model, cpu)
+        assert method.trainable_parameters(client) == count, name
+        assert compare.trainable_parameters(method, client) == count

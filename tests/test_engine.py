@@ -107,3 +107,39 @@ def test_long_rounds_report_progress_within_the_round(tiny_backbone, tiny_client
         # the last client / step is not announced: the round line follows it
         total = len(tiny_clients) if method == "fedavg" else int(lines[0].split()[1].split("/")[1])
         assert [int(line.split()[1].split("/")[0]) for line in lines] == list(range(1, total))
+
+
+def test_both_engines_drive_one_round_module_and_ask_methods_only_through_the_interface():
+    """rounds.py owns a round (sampling, evaluation schedule, records, summary); neither engine
+    imports the other, names a method or reads one method's metrics or entry points."""
+    from pathlib import Path
+
+    import feddat.engines as engines
+
+    root = Path(engines.__file__).parent
+    for path in (root / "embedded.py", root / "flower" / "server_app.py"):
+        text = path.read_text()
+        assert "from feddat.engines.rounds import" in text, path
+        for word in ("pooled_update", "loss_student", '"centralised"', "if method.pooled", "sample_clients(range"):
+            assert word not in text, f"{path.name} still holds {word}"
+    assert "engines.embedded" not in "".join(p.read_text() for p in (root / "flower").glob("*.py"))
+
+
+def test_the_round_line_shows_the_loss_a_method_names(tiny_backbone):
+    from feddat.engines.rounds import Rounds
+
+    cfg = tiny_config()
+    model = AdaptedModel(tiny_backbone, reduction_factor=cfg.adapter.reduction_factor)
+    method = build_method("fedavg", cfg, model, torch.device("cpu"))
+    assert method.train_loss({"ce": 9.0, "loss": 0.25}) == 0.25
+    assert method.train_loss({"steps": 2, "loss_student": 0.5, "loss_dat": 0.75}) == 0.5  # no 'loss': the first loss term
+    assert method.train_loss({"steps": 2}) == 0.0
+    method.loss_metric = "loss_dat"
+    assert method.train_loss({"loss_student": 0.5, "loss_dat": 0.75}) == 0.75
+    from feddat.algorithms.base import ClientUpdate
+
+    rounds = Rounds(method, cfg, 3, log=lambda s: None)
+    update = ClientUpdate("alpha", {}, 4, {}, {"loss_student": 0.5, "loss_dat": 0.75, "steps": 2})
+    records, line = rounds.trained(1, [update], [], 1.0)
+    assert line.endswith("loss 0.750") and rounds.steps == 2
+    assert records == [{"method": "fedavg", "round": 1, "client": "alpha", "kind": "train", "loss_student": 0.5, "loss_dat": 0.75, "steps": 2}]

@@ -9,6 +9,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from conftest import tiny_config
 from feddat.algorithms import build_method
 from feddat.algorithms.base import ClientUpdate, UpdateRejected
+from feddat.algorithms.feddat.step import Optimizers, dat_loss, fused_step, student_loss
 from feddat.losses import distill, task_loss
 from feddat.peft.model import AdaptedModel
 
@@ -202,16 +203,15 @@ def test_branched_teacher_shares_the_students_lower_sites_and_trains_nothing_the
     with torch.no_grad(), model.active("frozen", "client", **path):
         torch.manual_seed(7)
         z_dat = method.logits(head, batch)
-    z_s, g_shared = grads(["shared"], active=("shared",), loss_of=lambda z: method.losses(z, z_dat, batch[3])[0])
-    _, g_client = grads(["client"], active=("frozen", "client"), loss_of=lambda z: method.dat_losses(z, z_s.detach(), batch[3])[0])
+    z_s, g_shared = grads(["shared"], active=("shared",), loss_of=lambda z: student_loss(cfg.feddat, z, z_dat, batch[3])[0])
+    _, g_client = grads(["client"], active=("frozen", "client"), loss_of=lambda z: dat_loss(cfg.feddat, z, z_s.detach(), batch[3])[0])
 
     sgd = lambda params: torch.optim.SGD(list(params), lr=1.0)  # noqa: E731  -- Δp = -grad
-    from feddat.algorithms.feddat import Optimizers
 
     opts = Optimizers(sgd(model.adapter_parameters("shared")), sgd(head.parameters()), sgd(model.adapter_parameters("client")), sgd(head.parameters()))
     before = snapshot(model)
     torch.manual_seed(7)
-    method.fused_step(batch, head, opts)
+    fused_step(method, batch, head, opts)
     after = snapshot(model)
     for name, expected in (("shared", g_shared), ("client", g_client)):
         keys = list(before[name])

@@ -67,9 +67,12 @@ def run(cfg: Config | str | Path | None = None, overrides: dict[str, Any] | None
     """Train every method of `cfg` (`feddat run`): a Config, a TOML path or None for the defaults,
     with dotted `overrides` ({"run.methods": "feddat,fedavg"}). `log` gets the progress lines
     (pass `lambda s: None` for silence)."""
+    from feddat.algorithms import check_methods
     from feddat.engines.runner import run_experiment
 
-    return read_run(run_experiment(as_config(cfg, overrides), log=log))
+    cfg = as_config(cfg, overrides)
+    check_methods(cfg.run.methods)
+    return read_run(run_experiment(cfg, log=log))
 
 
 def resume(run_dir: str | Path, log: Callable[[str], None] = lambda s: print(s, flush=True)) -> RunResult:

@@ -209,6 +209,7 @@ def chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def command_run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    from feddat.algorithms import check_methods
     from feddat.engines.runner import resumable, run_experiment
 
     if args.resume:
@@ -216,7 +217,9 @@ def command_run(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues a run with its own config.toml; it takes no --config or other options")
         run_experiment(resumable(Path(args.resume)), resume=Path(args.resume))
         return 0
-    run_experiment(config_mod.load(args.config, overrides))
+    cfg = config_mod.load(args.config, overrides)
+    check_methods(cfg.run.methods)  # config.load cannot: the method registry sits above it
+    run_experiment(cfg)
     return 0
 
 

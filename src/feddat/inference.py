@@ -40,11 +40,13 @@ import torch
 
 from feddat import config as config_mod
 from feddat.config import Config
+# The engines write clients.json when they load the data, and this module reads it: the index
+# lives in the data layer below both (an engine never imports this module).
+from feddat.data.clients import CLIENTS_FILE, client_record, write_client_index  # noqa: F401
 from feddat.runtime import load_tensors, pick_device, save_tensors, write_json, write_text
 
 Tensors = dict[str, torch.Tensor]
 VIEWS = ("global", "personal")
-CLIENTS_FILE = "clients.json"  # in a run directory: every client's answer vocabulary and task
 EXPORT_FILE = "feddat_model.json"
 EXPORT_FORMAT = "feddat-model/1"
 
@@ -54,23 +56,6 @@ class ModelNotFound(FileNotFoundError):
 
 
 # ---- every client's answers, kept beside the run --------------------------------------------
-
-
-def client_record(client) -> dict:
-    """What a deployed head needs to turn logits into answers (data.clients.ClientData)."""
-    return {
-        "name": client.name,
-        "answers": list(client.answers),
-        "task": client.task,
-        "images_per_example": client.images_per_example,
-        # Soft VQA targets train with binary cross-entropy: each answer's probability is a sigmoid.
-        "soft_targets": bool(client.train.targets.is_floating_point()),
-    }
-
-
-def write_client_index(run_dir: Path, clients: Sequence) -> None:
-    """RUN_DIR/clients.json: written when the data are loaded, read by `load` and the report."""
-    write_json(Path(run_dir) / CLIENTS_FILE, {"clients": [client_record(c) for c in clients]})
 
 
 def client_index(run_dir: Path, cfg: Config) -> dict[str, dict]:

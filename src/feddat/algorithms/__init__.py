@@ -5,7 +5,7 @@ from __future__ import annotations
 from feddat.algorithms.base import ClientUpdate, Method, UpdateRejected
 from feddat.algorithms.centralised import Centralised
 from feddat.algorithms.fedavg import FedAvgAdapter
-from feddat.algorithms.feddat import FedDAT
+from feddat.algorithms.feddat import FedDAT, FedDATLoRA
 from feddat.algorithms.head_only import HeadOnly
 from feddat.algorithms.local import LocalOnly
 from feddat.algorithms.ditto import Ditto
@@ -15,7 +15,6 @@ from feddat.algorithms.fedavg_full import FedAvgFull
 from feddat.algorithms.fedavg_lora import FedAvgLoRA
 from feddat.algorithms.fedavg_prompt import FedAvgPrompt
 from feddat.algorithms.fedavgm import FedAvgM
-from feddat.algorithms.feddat_lora import FedDATLoRA
 from feddat.algorithms.feddyn import FedDyn
 from feddat.algorithms.fedprox import FedProx
 from feddat.algorithms.fedrep import FedRep
@@ -32,10 +31,21 @@ BASELINES: tuple[type[Method], ...] = (
 METHODS: dict[str, type[Method]] = {m.name: m for m in (FedDAT, FedAvgAdapter, LocalOnly, Centralised, HeadOnly, FedDATLoRA, *BASELINES)}
 
 
+def check_methods(names: list[str], key: str = "run.methods") -> None:
+    """Refuse a method name this registry does not hold, as config.load refuses other values.
+    The names are checked here, where the registry lives: config.py sits below the algorithms
+    (they read a Config), so it cannot import them. Entry points call this before anything slow."""
+    from feddat.config import ConfigError
+
+    for name in names:
+        if name not in METHODS:
+            raise ConfigError(f"{key} = '{name}' is not one of: {', '.join(METHODS)}")
+
+
 def build_method(name: str, cfg, model, device) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
     return METHODS[name](cfg, model, device)
 
 
-__all__ = ["METHODS", "build_method", "ClientUpdate", "Method", "UpdateRejected"]
+__all__ = ["METHODS", "build_method", "check_methods", "ClientUpdate", "Method", "UpdateRejected"]

@@ -4,6 +4,10 @@ An engine (embedded loop, Flower app) owns the rounds: it asks a method for the 
 shared parameters, gives each sampled client the current shared parameters and that
 client's private state, stores the returned private state, and hands the updates to
 `aggregate`. Everything is plain dicts of tensors so engines can store or send them.
+What an engine needs to know of a method it asks here, never by the method's name: whether it
+has a personal view (`personal`), sends anything (`communicates`), needs every participant's
+data in one process (`pooled`), which metric is its training loss (`train_loss`); an engine
+holding every participant in its process runs a round's client half with `train_clients`.
 
 Every tensor that crosses that boundary (shared parameters, updates, client state, server
 state) lives on the CPU, `runtime.HOME`: a client moves what it needs onto its compute device
@@ -16,13 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import torch
 from torch import nn
 
 from feddat.config import Config
 from feddat.data.clients import ClientData, Split
+from feddat.data.types import Batch
 from feddat.heads import TaskHead
 from feddat import progress
 from feddat.algorithms import privacy
@@ -31,6 +36,7 @@ from feddat.peft.model import AdaptedModel, check_state
 from feddat.runtime import at_home, autocast, derive_seed, generator
 
 Tensors = dict[str, torch.Tensor]
+B = TypeVar("B")  # a minibatch: a Batch, or what a method iterates instead (FedRep: representations)
 
 
 @dataclass
@@ -50,13 +56,25 @@ class UpdateRejected(ValueError):
     """A client update the server will not aggregate; the message names the client."""
 
 
+class ClientStates(Protocol):
+    """The participants' private states, as an engine keeps them (`Method.train_clients`)."""
+
+    def load(self, client: ClientData) -> Tensors:
+        """The client's state: the one last saved, else `init_client_state`."""
+
+    def save(self, client: str, state: Tensors) -> None: ...
+
+
 class Method:
     """Base: FedAvg-style server (weighted mean of shared adapters), helpers for clients."""
 
     name = "base"
     personal = False  # has a personal (client-specific) evaluation path
-    pooled = False  # trains on all clients' data at once (centralised)
+    # Its round trains on every participant's data at once, in one process (`train_clients`;
+    # centralised): an engine that keeps the clients apart (Flower) cannot run it.
+    pooled = False
     communicates = True  # clients send A_s to the server each round
+    loss_metric = "loss"  # the metric of an update that is its training loss (`train_loss`)
 
     def __init__(self, cfg: Config, model: AdaptedModel, device: torch.device):
         self.cfg = cfg
@@ -68,6 +86,32 @@ class Method:
 
     def adapter_sets(self) -> tuple[str, ...]:
         return ("shared",)
+
+    @classmethod
+    def passes_per_step(cls, cfg: Config) -> tuple[int, int]:
+        """(forward, backward) backbone passes per local minibatch under `cfg`, in units of
+        FedAvg's batch: the unit of compute in which `feddat compare` matches methods."""
+        return (1, 1)
+
+    def trainable_state(self) -> tuple[str, ...]:
+        """The prefixes (before the first '.') of the private state entries a client trains,
+        as opposed to what it only keeps (control variates, the previous round's adapter, a
+        copy of its adapter): the head, and each private adapter set the method adds. A method
+        whose private adapter set is kept, not trained (MOON's), says so here."""
+        return ("head", *(a for a in self.adapter_sets() if a not in ("shared", "frozen")))
+
+    def trainable_parameters(self, client: ClientData) -> int:
+        """Parameters one client trains: the shared PEFT module plus its trainable private state."""
+        shared = sum(p.numel() for p in self.model.adapter_parameters("shared")) if "shared" in self.adapter_sets() else 0
+        state = self.init_client_state(client)
+        return shared + sum(v.numel() for k, v in state.items() if k.split(".")[0] in self.trainable_state())
+
+    def train_loss(self, metrics: dict[str, float]) -> float:
+        """The training loss in one update's metrics, as the engines print it each round:
+        metrics[loss_metric]; without that key, the first metric named 'loss…' (0 if none)."""
+        if self.loss_metric in metrics:
+            return float(metrics[self.loss_metric])
+        return float(next((v for k, v in metrics.items() if k.startswith("loss")), 0.0))
 
     # ---- server side -------------------------------------------------------------------
     def init_shared(self) -> Tensors:
@@ -146,6 +190,22 @@ class Method:
     def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
         raise NotImplementedError
 
+    def train_clients(self, shared: Tensors, clients: Sequence[ClientData], states: ClientStates, round_: int, progress: Callable[[int, int, str], None] | None = None) -> list[ClientUpdate]:
+        """The clients' half of a round, for an engine that holds every participant in its
+        process (embedded): each client in turn runs its update (`client_update`, then
+        `client_side`) from `shared` and its state, and its new state is saved at once. An
+        engine that keeps the clients apart (Flower) makes the same two calls on each
+        client's node instead. `progress(done, total, unit)` is told after every client.
+        A `pooled` method overrides this (centralised)."""
+        updates = []
+        for client in clients:
+            update = self.client_side(shared, self.client_update(shared, states.load(client), client, round_))
+            states.save(client.name, update.state)
+            updates.append(update)
+            if progress is not None:
+                progress(len(updates), len(clients), "clients trained")
+        return updates
+
     def evaluate(self, shared: Tensors, state: Tensors, client: ClientData) -> dict[str, float]:
         """Scores on the client's held-out split: 'global' (and 'personal' where the method has one)."""
         head = self.load_head(state, client)
@@ -198,18 +258,31 @@ class Method:
         """
         torch.manual_seed(derive_seed(self.cfg.run.seed, "forward", *parts))
 
-    def batches(self, split: Split, *seed_parts) -> Iterator[tuple[torch.Tensor, ...]]:
+    def batches(self, split: Split, *seed_parts) -> Iterator[Batch]:
         """Shuffled minibatches for local_epochs epochs, in an order fixed by the seed parts."""
         g = generator(self.cfg.run.seed, *seed_parts)
         self.seed_forward("train", *seed_parts)
-        size = self.cfg.train.batch_size
         # The run's display (feddat.progress): a bar of this client's local steps on a terminal.
         with progress.current().steps(self.local_steps(split), f"  {seed_parts[-1] if seed_parts else ''} steps") as step_done:
-            for _ in range(self.cfg.train.local_epochs):
-                order = torch.randperm(len(split), generator=g)
-                for i in range(0, len(order), size):
-                    yield split.batch(order[i : i + size], self.device)
-                    step_done()
+            for index in shuffled(len(split), self.cfg.train.batch_size, self.cfg.train.local_epochs, g):
+                yield split.batch(index, self.device)
+                step_done()
+
+    @staticmethod
+    def train_steps(batches: Iterable[B], step: Callable[[B], dict[str, torch.Tensor]], terms: tuple[str, ...] = (), after_step: Callable[[int], None] | None = None) -> dict[str, float]:
+        """The minibatch loop of every method: `step(batch)` computes its losses, steps its
+        optimisers and returns the terms to report; -> each term's mean over the steps, and
+        'steps'. `batches` is usually `self.batches(...)` (shuffled, seeded, shown). `terms`
+        are reported (as 0) even without a step; `after_step(steps so far)` follows each step."""
+        sums = dict.fromkeys(terms, 0.0)
+        steps = 0
+        for batch in batches:
+            for key, value in step(batch).items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            steps += 1
+            if after_step is not None:
+                after_step(steps)
+        return {**{k: v / max(1, steps) for k, v in sums.items()}, "steps": steps}
 
     def represent(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The pooled representation of a batch. A batch is (model inputs..., targets): the last
@@ -261,6 +334,15 @@ class Method:
                 members = torch.tensor([g == group for g in split.groups])
                 scores[f"{view}/{group}"] = float(per_example[members].mean())
         return scores
+
+
+def shuffled(n: int, size: int, epochs: int, g: torch.Generator) -> Iterator[torch.Tensor]:
+    """Indices of `n` examples in minibatches of `size`, for `epochs` epochs, each epoch in a
+    fresh order drawn from `g`."""
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g)
+        for i in range(0, len(order), size):
+            yield order[i : i + size]
 
 
 def reference_lr_factor(step: int, total: int, warmup_fraction: float) -> float:

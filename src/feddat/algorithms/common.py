@@ -40,8 +40,6 @@ def squared_distance(params: list[nn.Parameter], anchor: list[torch.Tensor]) -> 
 class AdapterClient(Method):
     """FedAvg+Adapter's client step, open to extension (see the module docstring)."""
 
-    passes_per_step = (1, 1)  # backbone forward and backward passes per local minibatch
-
     def begin(self, shared: Tensors, state: Tensors, client: ClientData, params: list[nn.Parameter]) -> dict[str, Any]:
         return {}
 
@@ -51,7 +49,7 @@ class AdapterClient(Method):
         return {**ctx, "anchor": [p.detach().clone() for p in params]}
 
     def local_loss(self, head: nn.Module, batch: tuple[torch.Tensor, ...], params: list[nn.Parameter], ctx: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = task_loss(self.logits(head, batch), batch[-1])
+        loss = task_loss(self.logits(head, batch), batch.targets)
         return loss, {"ce": loss}
 
     def after_backward(self, params: list[nn.Parameter], ctx: dict[str, Any]) -> None:
@@ -67,25 +65,25 @@ class AdapterClient(Method):
         params = self.model.adapter_parameters("shared")
         ctx = self.begin(shared, state, client, params)
         opt = self.optimizer(params + list(head.parameters()), self.local_steps(client.train))
-        sums: dict[str, float] = {}
-        steps = 0
+
+        def step(batch):
+            loss, terms = self.local_loss(head, batch, params, ctx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.after_backward(params, ctx)
+            opt.step()
+            return {"loss": loss, **terms}
+
         with self.model.active("shared"):
-            for batch in self.batches(client.train, self.name, round_, client.name):
-                loss, terms = self.local_loss(head, batch, params, ctx)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.after_backward(params, ctx)
-                opt.step()
-                for key, value in {"loss": loss, **terms}.items():
-                    sums[key] = sums.get(key, 0.0) + float(value.detach())
-                steps += 1
+            metrics = self.train_steps(self.batches(client.train, self.name, round_, client.name), step)
+        steps = metrics["steps"]
         extra_state, extra_upload = self.finish(params, ctx, steps)
         return ClientUpdate(
             client=client.name,
             shared={**self.model.adapter_state("shared"), **extra_upload},
             num_examples=len(client.train),
             state={**self.head_state(head), **extra_state},
-            metrics={**{k: v / max(1, steps) for k, v in sums.items()}, "steps": steps, "passes": steps * sum(self.passes_per_step)},
+            metrics={**metrics, "passes": steps * sum(self.passes_per_step(self.cfg))},
         )
 
     def model_part(self, shared: Tensors) -> Tensors:

@@ -23,10 +23,16 @@ PERSONAL = "personal"
 class Ditto(AdapterClient):
     name = "ditto"
     personal = True
-    passes_per_step = (2, 2)  # a global and a personal step per minibatch (counted by AdapterClient)
+
+    @classmethod
+    def passes_per_step(cls, cfg) -> tuple[int, int]:
+        return (2, 2)  # a global and a personal step per minibatch (counted by AdapterClient)
 
     def adapter_sets(self) -> tuple[str, ...]:
         return ("shared", PERSONAL)
+
+    def trainable_state(self) -> tuple[str, ...]:
+        return ("head", PERSONAL, "phead")  # the personal adapter v_k and its own head
 
     def init_client_state(self, client: ClientData) -> Tensors:
         state = super().init_client_state(client)
@@ -46,21 +52,22 @@ class Ditto(AdapterClient):
         anchor = [shared[k].to(self.device) for k in self.model.adapter_state(PERSONAL)]
         opt = self.optimizer(params + list(head.parameters()), self.local_steps(client.train))
         lam = self.cfg.baselines.ditto_lambda
-        sums = {"personal_loss": 0.0, "personal_prox": 0.0}
-        steps = 0
+
+        def step(batch):
+            prox = squared_distance(params, anchor)
+            loss = task_loss(self.logits(head, batch), batch.targets) + lam / 2 * prox
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return {"personal_loss": loss, "personal_prox": prox}
+
         with self.model.active(PERSONAL):
-            for batch in self.batches(client.train, self.name, "personal", round_, client.name):
-                prox = squared_distance(params, anchor)
-                loss = task_loss(self.logits(head, batch), batch[-1]) + lam / 2 * prox
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sums["personal_loss"] += float(loss.detach())
-                sums["personal_prox"] += float(prox.detach())
-                steps += 1
+            batches = self.batches(client.train, self.name, "personal", round_, client.name)
+            metrics = self.train_steps(batches, step, terms=("personal_loss", "personal_prox"))
         update.state.update(with_prefix(self.model.adapter_state(PERSONAL), PERSONAL))
         update.state.update(with_prefix(head.state_dict(), "phead"))
-        update.metrics.update({k: v / max(1, steps) for k, v in sums.items()})
+        metrics.pop("steps")  # the same count as the global update's
+        update.metrics.update(metrics)
         return update
 
     def evaluate(self, shared: Tensors, state: Tensors, client: ClientData) -> dict[str, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from feddat.algorithms.base import ClientUpdate, Method, Tensors
+from feddat.algorithms.base import ClientUpdate, Method, Tensors, shuffled
 from feddat.data.clients import ClientData, Split
 from feddat.losses import task_loss
 from feddat.runtime import generator
@@ -28,7 +28,7 @@ class FedRep(Method):
             for i in range(0, len(split), size):
                 batch = split.batch(torch.arange(i, min(i + size, len(split))), self.device)
                 reps.append(self.represent(batch).float())
-                targets.append(batch[-1])
+                targets.append(batch.targets)
         return torch.cat(reps), torch.cat(targets)
 
     def train_head(self, head, client: ClientData, round_: int) -> tuple[int, float]:
@@ -38,31 +38,33 @@ class FedRep(Method):
         reps, targets = self.representations(client.train)
         opt = self.optimizer(list(head.parameters()), self.local_steps(client.train, epochs))
         g = generator(self.cfg.run.seed, self.name, "head", round_, client.name)
-        size, steps, total = self.cfg.train.batch_size, 0, 0.0
-        for _ in range(epochs):
-            order = torch.randperm(len(targets), generator=g).to(reps.device)
-            for i in range(0, len(order), size):
-                idx = order[i : i + size]
-                loss = task_loss(self.head_logits(head, reps[idx]), targets[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                steps, total = steps + 1, total + float(loss.detach())
-        return steps, total / max(1, steps)
+
+        def step(idx):
+            loss = task_loss(self.head_logits(head, reps[idx]), targets[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return {"loss": loss}
+
+        batches = (idx.to(reps.device) for idx in shuffled(len(targets), self.cfg.train.batch_size, epochs, g))
+        metrics = self.train_steps(batches, step, terms=("loss",))
+        return metrics["steps"], metrics["loss"]
 
     def train_adapter(self, head, client: ClientData, round_: int) -> tuple[int, float]:
         head.requires_grad_(False)
         opt = self.optimizer(self.model.adapter_parameters("shared"), self.local_steps(client.train))
-        steps, total = 0, 0.0
+
+        def step(batch):
+            loss = task_loss(self.logits(head, batch), batch.targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return {"loss": loss}
+
         with self.model.active("shared"):
-            for batch in self.batches(client.train, self.name, round_, client.name):
-                loss = task_loss(self.logits(head, batch), batch[-1])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                steps, total = steps + 1, total + float(loss.detach())
+            metrics = self.train_steps(self.batches(client.train, self.name, round_, client.name), step, terms=("loss",))
         head.requires_grad_(True)
-        return steps, total / max(1, steps)
+        return metrics["steps"], metrics["loss"]
 
     def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
         self.model.load_adapter("shared", shared)

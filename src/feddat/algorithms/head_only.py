@@ -15,7 +15,10 @@ from feddat.losses import task_loss
 class HeadOnly(Method):
     name = "head_only"
     communicates = False
-    passes_per_step = (1, 0)  # no gradient reaches the frozen backbone
+
+    @classmethod
+    def passes_per_step(cls, cfg) -> tuple[int, int]:
+        return (1, 0)  # no gradient reaches the frozen backbone
 
     def adapter_sets(self) -> tuple[str, ...]:
         return ()
@@ -26,20 +29,22 @@ class HeadOnly(Method):
     def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
         head = self.load_head(state, client)
         opt = self.optimizer(list(head.parameters()), self.local_steps(client.train))
-        losses = []
+
+        def step(batch):
+            loss = task_loss(self.logits(head, batch), batch.targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return {"loss": loss}
+
         with self.model.active():  # the bare backbone
-            for batch in self.batches(client.train, self.name, round_, client.name):
-                loss = task_loss(self.logits(head, batch), batch[-1])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
+            metrics = self.train_steps(self.batches(client.train, self.name, round_, client.name), step, terms=("loss",))
         return ClientUpdate(
             client=client.name,
             shared={},
             num_examples=len(client.train),
             state=self.head_state(head),
-            metrics={"loss": sum(losses) / max(1, len(losses)), "steps": len(losses)},
+            metrics=metrics,
         )
 
     def aggregate(self, shared: Tensors, updates: list[ClientUpdate]) -> Tensors:

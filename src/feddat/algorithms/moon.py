@@ -29,10 +29,16 @@ def contrastive(z: torch.Tensor, z_glob: torch.Tensor, z_prev: torch.Tensor, tem
 
 class Moon(AdapterClient):
     name = "moon"
-    passes_per_step = (3, 1)  # local, global and previous representations; one backward
+
+    @classmethod
+    def passes_per_step(cls, cfg) -> tuple[int, int]:
+        return (3, 1)  # local, global and previous representations; one backward
 
     def adapter_sets(self) -> tuple[str, ...]:
         return ("shared", "frozen", PREV)
+
+    def trainable_state(self) -> tuple[str, ...]:
+        return ("head",)  # PREV is the previous round's adapter: kept, not trained
 
     def begin(self, shared, state, client, params):
         ctx = super().begin(shared, state, client, params)
@@ -48,7 +54,7 @@ class Moon(AdapterClient):
             with self.model.active(PREV):
                 z_prev = self.represent(batch)
         z = self.represent(batch)  # under the caller's active("shared")
-        ce = task_loss(self.head_logits(head, z), batch[-1])
+        ce = task_loss(self.head_logits(head, z), batch.targets)
         con = contrastive(z, z_glob, z_prev, self.cfg.baselines.moon_temperature)
         return ce + self.cfg.baselines.moon_mu * con, {"ce": ce, "contrastive": con}
 

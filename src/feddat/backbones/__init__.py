@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from feddat.backbones.base import Backbone
+from feddat.backbones.base import PROJECTORS, Backbone
 
 BACKBONES = ("foundation", "minivl", "vilt")
-PROJECTORS = ("aligned", "random")  # minivl: how the image grid becomes tokens (minivl.py)
 
 
 def build_backbone(name: str, path: str = "", image_size: int = 128, max_text_len: int = 20, projector: str = "random") -> Backbone:

@@ -3,17 +3,53 @@
 A backbone is a frozen vision-language encoder split in two:
 - `encode_images`: the frozen part below the first adapter that depends on the image only;
   its output is cached on disk and reused across rounds and methods;
-- `forward`: from those image features plus question tokens to a pooled vector, passing
-  through `blocks`, the transformer blocks where adapter sites are inserted.
+- from those image features plus question tokens to a pooled vector, in three parts:
+  `embed` (the token sequence entering the first block, and the block inputs),
+  `blocks` (the transformer blocks, where adapter sites are inserted) and `pool`.
+
+The loop over the blocks is not the backbone's: `forward` here runs it plainly, and the
+adapted model (peft/model.py) runs it with adapter routing. Whatever else a block takes is
+in `BlockInputs`, so whoever runs the loop can widen it when the batch fans out.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+
+
+#: minivl: how the image grid becomes tokens (minivl.py). Here, not in the package's __init__,
+#: which builds the backbones: minivl importing it from there would close a circle.
+PROJECTORS = ("aligned", "random")
+
+
+class BlockInputs(NamedTuple):
+    """What every block takes besides the hidden state, and what `pool` reads."""
+
+    mask: torch.Tensor  # (B, L): 1 for the tokens to attend to (question padding is 0)
+    attention: torch.Tensor | None  # the same mask in the form the blocks take (None: attend everywhere)
+
+    def repeat(self, copies: int) -> "BlockInputs":
+        """Each batch-shaped tensor repeated `copies` times along the batch: the inputs of a
+        batch that fanned out into `copies` slices (one per adapter route)."""
+        rows = self.mask.shape[0]
+
+        def widen(t):
+            if t is None or t.shape[0] != rows:  # None or broadcast over the batch: fits any batch
+                return t
+            return t.repeat(copies, *([1] * (t.ndim - 1)))
+
+        return BlockInputs(*map(widen, self))
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the hidden states over the real tokens."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1)
 
 
 class Backbone(nn.Module, ABC):
@@ -40,8 +76,25 @@ class Backbone(nn.Module, ABC):
         """Questions -> (input_ids, attention_mask), both (N, max_text_len)."""
 
     @abstractmethod
+    def embed(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, BlockInputs]:
+        """-> (the hidden states entering the first block (B, L, hidden_size), the block inputs)."""
+
+    @abstractmethod
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The last block's hidden states (B, L, hidden_size) -> pooled representation (B, hidden_size)."""
+
+    @staticmethod
+    def run_block(block: nn.Module, hidden: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+        """One block on the hidden states (Hugging Face blocks return a tensor or a tuple)."""
+        out = block(hidden, inputs.attention)
+        return out[0] if isinstance(out, tuple) else out
+
     def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """-> pooled representation (B, hidden_size)."""
+        """-> pooled representation (B, hidden_size), every block run as it is."""
+        hidden, inputs = self.embed(image_features, input_ids, attention_mask)
+        for block in self.blocks:
+            hidden = self.run_block(block, hidden, inputs)
+        return self.pool(hidden, inputs.mask)
 
     def freeze(self) -> "Backbone":
         """Frozen end to end and in eval mode: no dropout, so teacher and student paths are deterministic."""

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feddat.backbones.base import Backbone
+from feddat.backbones.base import Backbone, BlockInputs, mean_pool
+from feddat.backbones.minivl import bert_embed
 
 FORMAT = "feddat-foundation"
 FORMAT_VERSION = 1
@@ -204,8 +205,9 @@ class ImageProjector(nn.Module):
         return self.fc2(F.gelu(self.fc1(self.norm(features.to(self.fc1.weight.dtype))))) + self.cell
 
 
-def fuse(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The single-stream pass: (last hidden states (B, L + n_img, d), the joint attention mask)."""
+def fusion_inputs(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The text encoder's inputs for [CLS question SEP ; image tokens]: the input embeddings,
+    token types, positions (image tokens from IMAGE_POSITION on) and the joint attention mask."""
     text = encoder.embeddings.word_embeddings(input_ids)
     image = image_tokens.to(text.dtype)
     b, n_text, n_img = input_ids.shape[0], input_ids.shape[1], image.shape[1]
@@ -213,8 +215,13 @@ def fuse(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
     positions = torch.cat([torch.arange(n_text, device=device), IMAGE_POSITION + torch.arange(n_img, device=device)]).expand(b, -1)
     types = torch.cat([torch.zeros(b, n_text, dtype=torch.long, device=device), torch.ones(b, n_img, dtype=torch.long, device=device)], 1)
     mask = torch.cat([attention_mask, torch.ones(b, n_img, dtype=attention_mask.dtype, device=device)], 1)
-    hidden = encoder(inputs_embeds=torch.cat([text, image], 1), attention_mask=mask, token_type_ids=types, position_ids=positions).last_hidden_state
-    return hidden, mask
+    return {"inputs_embeds": torch.cat([text, image], 1), "attention_mask": mask, "token_type_ids": types, "position_ids": positions}
+
+
+def fuse(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The single-stream pass (pretraining's): (last hidden states (B, L + n_img, d), the joint attention mask)."""
+    inputs = fusion_inputs(encoder, input_ids, attention_mask, image_tokens)
+    return encoder(**inputs).last_hidden_state, inputs["attention_mask"]
 
 
 # ---------------------------------------------------------------------------
@@ -290,7 +297,7 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
 
 def apply_encoder_delta(encoder: nn.Module, ckpt: Checkpoint) -> nn.Module:
     """The text encoder as pretraining left it: LoRA merged into its weights, or its full weights."""
-    from feddat.peft.model import check_state
+    from feddat.backbones.state import check_state
 
     tune = ckpt.card["tune"]
     where = ckpt.folder / TENSORS_FILE
@@ -325,7 +332,7 @@ def apply_encoder_delta(encoder: nn.Module, ckpt: Checkpoint) -> nn.Module:
 
 
 def load_projector(ckpt: Checkpoint, feature_dim: int, hidden: int, cells: int) -> ImageProjector:
-    from feddat.peft.model import copy_checked
+    from feddat.backbones.state import copy_checked
 
     projector = ImageProjector(feature_dim, hidden, cells)
     try:
@@ -368,7 +375,7 @@ class Foundation(Backbone):
         self.projector = load_projector(ckpt, card["vision_tower"]["feature_dim"], self.hidden_size, grid_side(image_size) ** 2)
         self.image_size = image_size
         self.max_text_len = max_text_len
-        self.pool = card.get("pool", "cls")
+        self.pooling = card.get("pool", "cls")
         self.checkpoint_hash = card["sha256"]
         self.freeze()
 
@@ -388,11 +395,9 @@ class Foundation(Backbone):
         enc = self.tokenizer(questions, padding="max_length", truncation=True, max_length=self.max_text_len, return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
 
-    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden, mask = fuse(self.encoder, input_ids, attention_mask, image_features)
-        if self.pool == "cls":
-            return hidden[:, 0]
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        if hidden.shape[0] != weights.shape[0]:  # a routed pass fanned the batch out (peft.model.routed)
-            weights = weights.repeat(hidden.shape[0] // weights.shape[0], 1, 1)
-        return (hidden * weights).sum(1) / weights.sum(1)
+    def embed(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, BlockInputs]:
+        inputs = fusion_inputs(self.encoder, input_ids, attention_mask, image_features)
+        return bert_embed(self.encoder, inputs["inputs_embeds"], inputs["attention_mask"], inputs["token_type_ids"], inputs["position_ids"])
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, mask)

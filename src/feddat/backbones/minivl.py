@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feddat.backbones import PROJECTORS
-from feddat.backbones.base import Backbone
+from feddat.backbones.base import PROJECTORS, Backbone, BlockInputs, mean_pool
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -151,19 +150,29 @@ class MiniVL(Backbone):
         tokens = image_features.to(self.projector.dtype) @ self.projector.T
         return F.layer_norm(tokens, tokens.shape[-1:]) * self.token_scale
 
-    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, BlockInputs]:
         text = self.encoder.embeddings.word_embeddings(input_ids)
         image = image_features.to(text.dtype)  # cached image tokens (encode_images)
         embeds = torch.cat([text, image], dim=1)
         n_img = image.shape[1]
         types = torch.cat([torch.zeros_like(input_ids), torch.ones(input_ids.shape[0], n_img, dtype=input_ids.dtype, device=input_ids.device)], 1)
         mask = torch.cat([attention_mask, torch.ones(attention_mask.shape[0], n_img, dtype=attention_mask.dtype, device=attention_mask.device)], 1)
-        hidden = self.encoder(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types).last_hidden_state
+        return bert_embed(self.encoder, embeds, mask, types)
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # Mean pooling over real tokens: how all-MiniLM-L6-v2 was trained to summarise a sequence.
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        if hidden.shape[0] != weights.shape[0]:  # a routed pass fanned the batch out (peft.model.routed)
-            weights = weights.repeat(hidden.shape[0] // weights.shape[0], 1, 1)
-        return (hidden * weights).sum(1) / weights.sum(1)
+        return mean_pool(hidden, mask)
+
+
+def bert_embed(encoder: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, types: torch.Tensor, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, BlockInputs]:
+    """What a Hugging Face BertModel does before its first layer, given the input embeddings:
+    position and type embeddings with LayerNorm, and the attention mask in the form its
+    layers take (so that running the layers one by one is the model's own forward)."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    hidden = encoder.embeddings(position_ids=positions, token_type_ids=types, inputs_embeds=embeds)
+    attention = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=mask)
+    return hidden, BlockInputs(mask, attention)
 
 
 @torch.no_grad()

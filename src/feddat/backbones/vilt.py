@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feddat.backbones.base import Backbone
+from feddat.backbones.base import Backbone, BlockInputs
 
 
 class ViLT(Backbone):
@@ -60,8 +60,17 @@ class ViLT(Backbone):
         enc = self.tokenizer(questions, padding="max_length", truncation=True, max_length=self.max_text_len, return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
 
-    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, BlockInputs]:
+        """What ViltModel does before its first layer: text and patch embeddings (it samples the
+        patches from torch's global RNG) and the joint mask in the form its layers take."""
+        from transformers.masking_utils import create_bidirectional_mask
+
         pixels = image_features.float() / 127.5 - 1.0  # ViLT's normalisation: mean 0.5, std 0.5
         pixel_mask = torch.ones(pixels.shape[0], *pixels.shape[2:], dtype=torch.long, device=pixels.device)
-        out = self.vilt(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixels, pixel_mask=pixel_mask)
-        return out.pooler_output
+        hidden, mask = self.vilt.embeddings(input_ids, attention_mask, None, pixels, pixel_mask, None, None, image_token_type_idx=None)
+        attention = create_bidirectional_mask(config=self.vilt.config, inputs_embeds=hidden, attention_mask=mask)
+        return hidden, BlockInputs(mask, attention)
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # ViltModel's pooler_output: the final LayerNorm, then the [CLS] token through its pooler.
+        return self.vilt.pooler(self.vilt.layernorm(hidden))

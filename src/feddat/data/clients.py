@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import sys
 from collections import Counter
@@ -10,17 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
-from feddat.backbones.base import Backbone
+from feddat.data.types import Batch, DataError, Encoder, RawClient, RawSplit
 from feddat.data.vqa_eval import accuracy_table
 from feddat.losses import score
-from feddat.runtime import load_tensors, save_tensors
+from feddat.runtime import load_tensors, save_tensors, write_json
 
-
-class DataError(ValueError):
-    """A dataset cannot be used as given; the message names the client or file."""
+# DataError, RawSplit and RawClient live in data/types.py (shared by the whole data layer); they
+# stay importable from here.
+__all__ = [
+    "Batch", "ClientData", "DataError", "RawClient", "RawSplit", "Split",
+    "CLIENTS_FILE", "answer_vocabulary", "build_client", "cached_features", "client_record", "encode_split", "encode_targets",
+    "load_clients", "soft_scores", "write_client_index",
+]
 
 
 @dataclass
@@ -41,8 +43,8 @@ class Split:
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
-    def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
-        return tuple(t[index].to(device, non_blocking=True) for t in (self.image_features, self.input_ids, self.attention_mask, self.targets))
+    def batch(self, index: torch.Tensor, device: torch.device) -> Batch:
+        return Batch(*(t[index].to(device, non_blocking=True) for t in (self.image_features, self.input_ids, self.attention_mask, self.targets)))
 
     def score(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Per-example evaluation score (float64, on the CPU) of the arg-max answer for the
@@ -67,78 +69,6 @@ class ClientData:
     @property
     def num_answers(self) -> int:
         return len(self.answers)
-
-
-@dataclass
-class RawSplit:
-    """What a data source yields before encoding: images as uint8 arrays, questions, answers."""
-
-    images: np.ndarray  # (N, H, W, 3) uint8
-    questions: list[str]  # the question, or the statement of an entailment / true-false task
-    answers: list[str]  # one answer per example (the most common one where annotators differ)
-    key: str  # identifies the content, for the feature cache
-    # Every annotator's answer (VQA v2, VizWiz: 10) where the dataset has several: soft targets.
-    answer_lists: list[list[str]] | None = None
-    images2: np.ndarray | None = None  # the second image of two-image tasks (NLVR2), (N, H, W, 3)
-    groups: list[str] | None = None  # each example's category (question type ...): partitions, describe
-    # The annotators' answers as the files have them (public 10-answer data): what the official
-    # VQA accuracy is computed from. One answer per example: exact match.
-    eval_answers: list[list[str]] | None = None
-
-    def __len__(self) -> int:
-        return len(self.answers)
-
-    def subset(self, index: Sequence[int], tag: str) -> "RawSplit":
-        """The examples at `index`, keyed by this split's key and `tag` (which must name the choice)."""
-        idx = np.asarray(index, dtype=np.int64)
-        pick = lambda items: None if items is None else [items[i] for i in idx]  # noqa: E731
-        return RawSplit(
-            images=self.images[idx],
-            questions=pick(self.questions),
-            answers=pick(self.answers),
-            key=f"{self.key}|{tag}",
-            answer_lists=pick(self.answer_lists),
-            images2=None if self.images2 is None else self.images2[idx],
-            groups=pick(self.groups),
-            eval_answers=pick(self.eval_answers),
-        )
-
-    @staticmethod
-    def concat(parts: Sequence["RawSplit"], key: str) -> "RawSplit":
-        """One split holding all `parts` in order. Answer lists and categories are filled in where
-        only some parts have them; one-image and two-image parts cannot be pooled."""
-        if len({p.answer_lists is None for p in parts}) > 1:
-            # One answer counted three times has soft score 1: exact match, in the soft format.
-            parts = [p if p.answer_lists is not None else dataclasses.replace(p, answer_lists=[[a] * 3 for a in p.answers]) for p in parts]
-        if len({p.groups is None for p in parts}) > 1:
-            parts = [p if p.groups is not None else dataclasses.replace(p, groups=[""] * len(p)) for p in parts]
-        if len({p.eval_answers is None for p in parts}) > 1:  # a single answer is scored by exact match
-            parts = [p if p.eval_answers is not None else dataclasses.replace(p, eval_answers=[[a] for a in p.answers]) for p in parts]
-        if len({p.images2 is None for p in parts}) > 1:
-            raise DataError("cannot pool one-image and two-image data sources")
-        first = parts[0]
-        join = lambda name: None if getattr(first, name) is None else [x for p in parts for x in getattr(p, name)]  # noqa: E731
-        return RawSplit(
-            images=np.concatenate([p.images for p in parts]),
-            questions=join("questions"),
-            answers=join("answers"),
-            key=key,
-            answer_lists=join("answer_lists"),
-            images2=None if first.images2 is None else np.concatenate([p.images2 for p in parts]),
-            groups=join("groups"),
-            eval_answers=join("eval_answers"),
-        )
-
-
-@dataclass
-class RawClient:
-    """A client's data before encoding, and the task it poses."""
-
-    name: str
-    train: RawSplit
-    test: RawSplit
-    task: str = "vqa"
-    classes: tuple[str, ...] | None = None  # a fixed output space (entailment: 3 labels), else the top answers
 
 
 def answer_vocabulary(answers: Sequence[str], max_answers: int) -> list[str]:
@@ -168,7 +98,7 @@ def encode_targets(raw: RawSplit, vocab: list[str]) -> tuple[torch.Tensor, torch
     return targets, targets >= 0
 
 
-def encode_split(raw: RawSplit, backbone: Backbone, vocab: list[str], cache_dir: Path | None, drop_unknown: bool) -> Split:
+def encode_split(raw: RawSplit, backbone: Encoder, vocab: list[str], cache_dir: Path | None, drop_unknown: bool) -> Split:
     """Tensors for one split; training drops questions none of whose answers is in the vocabulary."""
     targets, known = encode_targets(raw, vocab)
     keep = known if drop_unknown else torch.ones_like(known)
@@ -182,7 +112,7 @@ def encode_split(raw: RawSplit, backbone: Backbone, vocab: list[str], cache_dir:
     return Split(features[keep], ids[keep], mask[keep], targets[keep], groups, accuracy)
 
 
-def cached_features(raw: RawSplit, backbone: Backbone, cache_dir: Path | None, batch: int = 64) -> torch.Tensor:
+def cached_features(raw: RawSplit, backbone: Encoder, cache_dir: Path | None, batch: int = 64) -> torch.Tensor:
     """Frozen image-tower outputs, computed once per (backbone, images) and kept on disk."""
     key = hashlib.sha256(f"{backbone.cache_key()}|{raw.key}".encode()).hexdigest()[:24]
     path = cache_dir / f"{key}.safetensors" if cache_dir else None
@@ -202,7 +132,7 @@ def build_client(
     name: str,
     train: RawSplit,
     test: RawSplit,
-    backbone: Backbone,
+    backbone: Encoder,
     max_answers: int,
     cache_dir: Path | None,
     task: str = "vqa",
@@ -223,7 +153,27 @@ def build_client(
     )
 
 
-def load_clients(cfg, backbone: Backbone, log: Callable[[str], None] = print) -> list[ClientData]:
+CLIENTS_FILE = "clients.json"  # in a run directory: every client's answer vocabulary and task
+
+
+def client_record(client: ClientData) -> dict:
+    """What a deployed head needs to turn logits into answers (feddat.inference reads it)."""
+    return {
+        "name": client.name,
+        "answers": list(client.answers),
+        "task": client.task,
+        "images_per_example": client.images_per_example,
+        # Soft VQA targets train with binary cross-entropy: each answer's probability is a sigmoid.
+        "soft_targets": bool(client.train.targets.is_floating_point()),
+    }
+
+
+def write_client_index(run_dir: Path, clients: Sequence[ClientData]) -> None:
+    """RUN_DIR/clients.json: written when the data are loaded, read by inference.load and the report."""
+    write_json(Path(run_dir) / CLIENTS_FILE, {"clients": [client_record(c) for c in clients]})
+
+
+def load_clients(cfg, backbone: Encoder, log: Callable[[str], None] = print) -> list[ClientData]:
     """The benchmark's clients, encoded with `backbone` (features cached under data.cache_dir)."""
     from feddat.data import faults
     from feddat.data.sources import raw_clients

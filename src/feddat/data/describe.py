@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feddat.data.clients import RawClient
+from feddat.data.types import RawClient
 
 
 def distributions(clients: list[RawClient]) -> tuple[list[str], np.ndarray]:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from feddat.data.clients import DataError
+from feddat.data.types import DataError
 
 POLICIES = ("error", "skip")
 

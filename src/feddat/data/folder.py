@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from feddat.data import faults
-from feddat.data.clients import DataError, RawSplit
+from feddat.data.types import DataError, RawSplit
 
 IMAGE_SIDE = 128
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from feddat.data.clients import DataError
+from feddat.data.types import DataError
 
 SCHEMES = ("natural", "category", "iid", "dirichlet", "quantity")
 _MAX_DRAWS = 1000  # redraws of a skewed partition before giving up on the minimum client size

@@ -1,8 +1,8 @@
 """Where clients' raw data come from: synthetic twins, public datasets, your folders; then partitions.
 
-A `Source` makes one dataset's train or test split of a requested size. A benchmark is a list of
-sources; with `data.partition = natural` each source is one client, otherwise the sources are
-pooled and re-split over clients (data/partition.py).
+A `Source` (data/types.py) makes one dataset's train or test split of a requested size. A
+benchmark is a list of sources; with `data.partition = natural` each source is one client,
+otherwise the sources are pooled and re-split over clients (data/partition.py).
 """
 
 from __future__ import annotations
@@ -10,25 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from feddat.data.clients import DataError, RawClient, RawSplit
+from feddat.data.types import DataError, RawClient, RawSplit, Source
 from feddat.runtime import derive_seed
 
 SYNTHETIC_IMAGE_SIDE = 128
-
-
-@dataclass
-class Source:
-    name: str
-    make: Callable[[str, int], RawSplit]  # (split "train"/"test", n) -> n examples; n = 0: all of a finite source
-    task: str = "vqa"
-    classes: tuple[str, ...] | None = None  # fixed output space, else the most frequent answers
-    categories: tuple[str, ...] = field(default=())  # what RawSplit.groups may hold (category partition)
 
 
 def synthetic_split(spec, n: int, seed: int, split: str, benchmark: str, max_objects: int) -> RawSplit:

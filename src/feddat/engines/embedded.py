@@ -1,10 +1,11 @@
-"""The embedded engine: one process, clients one after another, deterministic under a seed."""
+"""The embedded engine: one process, clients one after another, deterministic under a seed.
+
+It drives the rounds of rounds.py (the same as the Flower engine's) with the clients in this
+process, keeps their private state on disk (state.py) and commits a checkpoint every round.
+"""
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -13,75 +14,60 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from feddat.algorithms import build_method, privacy
-from feddat.algorithms.base import Method, Tensors
+from feddat.algorithms import build_method
+from feddat.algorithms.base import ClientUpdate, Method, Tensors
+from feddat.algorithms.validation import Rejection
 from feddat.config import Config
 from feddat.data.clients import ClientData
+from feddat.engines.rounds import Rounds, mean, sample_clients  # noqa: F401  (sample_clients, mean: imported from here by older code)
+from feddat.engines.rundir import MetricsLog
 from feddat.engines.state import Checkpoint, ClientStateStore, Progress
 from feddat.peft.model import AdaptedModel
-from feddat.runtime import derive_seed, save_tensors, tensor_bytes, write_text
+from feddat.runtime import save_tensors
 from feddat import progress, tracking
 from feddat.progress import Ticker  # noqa: F401  (the engine's throttled lines; imported from here by older code)
 
 
 class Clock:
-    """Seconds spent per kind of work, to show where a round's time goes (DESIGN §8)."""
+    """Seconds spent per kind of work, to show where a round's time goes (DESIGN §8). Timed
+    spans may nest: a second is counted once, under the innermost kind running then."""
 
     KINDS = ("compute", "aggregate", "evaluate", "state_io", "data")
 
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
+        self._nested: list[float] = []  # per open span: seconds of the spans inside it
 
     @contextmanager
     def __call__(self, kind: str) -> Iterator[None]:
         t0 = time.perf_counter()
+        self._nested.append(0.0)
         try:
             yield
         finally:
-            self.seconds[kind] += time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            self.seconds[kind] += elapsed - self._nested.pop()
+            if self._nested:
+                self._nested[-1] += elapsed
 
     def split(self) -> dict[str, float]:
         return {k: round(self.seconds[k], 4) for k in self.KINDS}
 
 
-def sample_clients(clients: Sequence[ClientData], fraction: float, seed: int, round_: int) -> list[ClientData]:
-    """A seeded fraction of the clients (at least one), in their original order."""
-    k = max(1, math.ceil(fraction * len(clients)))
-    if k == len(clients):
-        return list(clients)
-    g = torch.Generator().manual_seed(derive_seed(seed, "sample", round_))
-    picked = sorted(torch.randperm(len(clients), generator=g)[:k].tolist())
-    return [clients[i] for i in picked]
+class StoredStates:
+    """The participants' private states for `Method.train_clients`: from the store (else fresh),
+    saved there as written in `round_`; reading and writing count as state I/O."""
 
+    def __init__(self, method: Method, store: ClientStateStore, round_: int, clock: Clock):
+        self.method, self.store, self.round, self.clock = method, store, round_, clock
 
-class MetricsLog:
-    """Append-only JSONL, flushed and fsynced per write, so a crash loses at most the lines in flight."""
+    def load(self, client: ClientData) -> Tensors:
+        with self.clock("state_io"):
+            return load_state(self.method, self.store, client)
 
-    def __init__(self, path: Path):
-        self.path = path
-
-    def write(self, record: dict) -> None:
-        self.write_many([record])
-
-    def write_many(self, records: list[dict]) -> None:
-        with open(self.path, "a") as f:
-            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-            f.flush()
-            os.fsync(f.fileno())
-
-    def keep(self, predicate: Callable[[dict], bool]) -> None:
-        """Rewrite the log (atomically) with only the records `predicate` accepts; a torn last line goes."""
-        if not self.path.is_file():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the line a kill cut short
-            if predicate(record):
-                kept.append(line + "\n")
-        write_text(self.path, "".join(kept))
+    def save(self, client: str, state: Tensors) -> None:
+        with self.clock("state_io"):
+            self.store.save(client, state, self.round)
 
 
 def run_method(name: str, cfg: Config, model: AdaptedModel, clients: Sequence[ClientData], run_dir: Path, device: torch.device, log: Callable[[str], None] = print, resume: bool = False) -> dict:
@@ -115,38 +101,26 @@ def run_method(name: str, cfg: Config, model: AdaptedModel, clients: Sequence[Cl
         metrics.keep(lambda r: r.get("method") != name or int(r.get("round", 0)) < first_round)
         if first_round > 1:
             log(f"  [{name}] resuming after round {first_round - 1}")
-    accountant = None
-    if privacy.enabled(cfg.privacy) and method.communicates:
-        accountant = privacy.Accountant(cfg.privacy, len(sample_clients(range(len(clients)), fed.fraction, cfg.run.seed, 1)) / len(clients))
-        accountant.replay(first_round - 1)
     started = time.perf_counter() - counters["wall_s"]
     shown = progress.display(cfg.run.progress, log)
     log = shown.log  # on a terminal, lines are written above the bars
+    rounds = Rounds(method, cfg, len(clients), log)
+    rounds.resume(first_round - 1, int(counters["steps"]))
     with progress.use(shown), shown.rounds(fed.rounds, first_round - 1, name) as round_done, tracking.trackers(cfg, run_dir, name, resume) as tracker:
         for round_ in range(first_round, fed.rounds + 1):
             t0 = time.perf_counter()
             with clock("data"):
-                participants = sample_clients(clients, fed.fraction, cfg.run.seed, round_)
+                participants = rounds.participants(clients, round_)
             ticker = shown.counter(f"  [{name}] round {round_}/{fed.rounds}  ...")
-            shared, train_metrics = train_round(method, shared, participants, store, round_, clock, ticker)
+            shared, updates, rejected = train_round(method, shared, participants, store, round_, clock, ticker)
             ticker.close()
             counters["train_s"] += time.perf_counter() - t0
-            counters["steps"] += sum(int(m.get("steps", 0)) for m in train_metrics.values())
-            records = [{"method": name, "round": round_, "client": c, "kind": "train", **m} for c, m in train_metrics.items()]
-            for client, m in train_metrics.items():
-                if "rejected" in m:
-                    log(f"  [{name}] round {round_}: update from client '{client}' rejected: {m['rejected']}")
-            line = f"  [{name}] round {round_}/{fed.rounds}  {time.perf_counter() - t0:6.1f}s  loss " + " ".join(f"{m.get('loss', m.get('loss_student', 0)):.3f}" for m in list(train_metrics.values())[:8])
-            if accountant is not None:
-                epsilon = accountant.step()
-                records.append({"method": name, "round": round_, "client": "all", "kind": "privacy", "epsilon": epsilon, "delta": cfg.privacy.delta})
-                line += f"  ε={epsilon:.2f} (δ={cfg.privacy.delta:g})"
-            if round_ % fed.eval_every == 0 or round_ == fed.rounds:
-                scores = evaluate_all(method, shared, clients, store, clock, fed.eval_fraction, cfg.run.seed)
-                records += [{"method": name, "round": round_, "client": c, "kind": "eval", **s} for c, s in scores.items()]
-                line += f"  | mean global {mean(s['global'] for s in scores.values()):.3f}"
-                if method.personal:
-                    line += f"  personal {mean(s['personal'] for s in scores.values()):.3f}"
+            records, line = rounds.trained(round_, updates, rejected, time.perf_counter() - t0)
+            counters["steps"] = rounds.steps
+            if rounds.evaluates(round_):
+                evaluated, scores = rounds.evaluated(round_, evaluate_all(method, shared, clients, store, clock, rounds.evaluation_sample()))
+                records += evaluated
+                line += f"  | {scores}"
             # Metrics first, then the commit: a crash in between replays this round (its lines are dropped on resume).
             metrics.write_many(records)
             counters["wall_s"] = time.perf_counter() - started
@@ -155,59 +129,27 @@ def run_method(name: str, cfg: Config, model: AdaptedModel, clients: Sequence[Cl
             tracker.log_records(records)
             log(line)
             round_done()
-        summary = method_summary(name, method, shared, clients, cfg, counters, clock, time.perf_counter() - started)
+        split = clock.split()
+        summary = rounds.summary(
+            shared, wall_s=time.perf_counter() - started, train_s=counters["train_s"], eval_s=split["evaluate"], compute_s=split["compute"],
+            time_split_s=split,
+            # everything in the training rounds that is not the clients' own compute
+            engine_overhead=(counters["train_s"] - split["compute"]) / counters["train_s"] if counters["train_s"] > 0 else 0.0,
+        )
         tracker.log_summary(summary)
     save_tensors(run_dir / name / "shared_adapter.safetensors", shared, metadata={"method": name, "rounds": str(fed.rounds)})
     return summary
 
 
-def method_summary(name: str, method: Method, shared: Tensors, clients: Sequence[ClientData], cfg: Config, counters: dict, clock: Clock, wall_s: float) -> dict:
-    """What summary.json records for one method: times, steps, parameters and bytes."""
-    split = clock.split()
-    fed = cfg.federation
-    return {
-        "method": name,
-        "wall_s": wall_s,
-        "train_s": counters["train_s"],
-        "eval_s": split["evaluate"],
-        "local_steps": counters["steps"],
-        "s_per_local_step": split["compute"] / max(1, counters["steps"]),
-        "shared_params": sum(t.numel() for t in shared.values()),
-        "bytes_up_per_round": tensor_bytes(shared) * len(sample_clients(range(len(clients)), fed.fraction, cfg.run.seed, 1)) if method.communicates else 0,
-        "time_split_s": split,
-        # everything in the training rounds that is not the clients' own compute
-        "engine_overhead": (counters["train_s"] - split["compute"]) / counters["train_s"] if counters["train_s"] > 0 else 0.0,
-    }
-
-
-def train_round(method: Method, shared: Tensors, participants: list[ClientData], store: ClientStateStore, round_: int, clock: Clock | None = None, ticker: Callable[[int, int, str], None] | None = None) -> tuple[Tensors, dict[str, dict]]:
+def train_round(method: Method, shared: Tensors, participants: list[ClientData], store: ClientStateStore, round_: int, clock: Clock | None = None, ticker: Callable[[int, int, str], None] | None = None) -> tuple[Tensors, list[ClientUpdate], list[Rejection]]:
+    """One round's training: the clients' half in this process, then the server step.
+    Returns the new A_s, the updates the server step saw and those it rejected."""
     clock = clock or Clock()
-    ticker = ticker or (lambda done, total, unit: None)
-    if method.pooled:
-        with clock("state_io"):
-            states = {c.name: load_state(method, store, c) for c in participants}
-        with clock("compute"):
-            shared, new_states, m = method.pooled_update(shared, states, participants, round_, ticker)
-        with clock("state_io"):
-            for client, state in new_states.items():
-                store.save(client, state, round_)
-        return shared, {"all": m}
-    updates = []
-    for client in participants:
-        with clock("state_io"):
-            state = load_state(method, store, client)
-        with clock("compute"):
-            update = method.client_side(shared, method.client_update(shared, state, client, round_))
-        with clock("state_io"):
-            store.save(client.name, update.state, round_)
-        updates.append(update)
-        ticker(len(updates), len(participants), "clients trained")
+    with clock("compute"):  # the clients' own work; their state I/O inside is counted as state_io
+        updates = method.train_clients(shared, participants, StoredStates(method, store, round_, clock), round_, ticker)
     with clock("aggregate"):
         shared, rejected = method.server_round(shared, updates, round_)
-    metrics = {u.client: u.metrics for u in updates}
-    for r in rejected:  # the round went on without them; the log says who and why
-        metrics[r.client] = {**metrics[r.client], "rejected": r.reason}
-    return shared, metrics
+    return shared, updates, rejected
 
 
 def load_state(method: Method, store: ClientStateStore, client: ClientData) -> Tensors:
@@ -215,11 +157,11 @@ def load_state(method: Method, store: ClientStateStore, client: ClientData) -> T
     return state if state is not None else method.init_client_state(client)
 
 
-def evaluate_all(method: Method, shared: Tensors, clients: Sequence[ClientData], store: ClientStateStore, clock: Clock | None = None, fraction: float = 1.0, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Scores of every client, or of a fixed seeded sample of them (the same one each time)."""
+def evaluate_all(method: Method, shared: Tensors, clients: Sequence[ClientData], store: ClientStateStore, clock: Clock | None = None, sample: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
+    """Scores of every client, or of the clients at the indices `sample` (Rounds.evaluation_sample)."""
     clock = clock or Clock()
     scores = {}
-    for i in sample_clients(range(len(clients)), fraction, seed, "eval"):
+    for i in range(len(clients)) if sample is None else sample:
         with clock("data"):
             client = clients[i]
         with clock("state_io"):
@@ -227,8 +169,3 @@ def evaluate_all(method: Method, shared: Tensors, clients: Sequence[ClientData],
         with clock("evaluate"):
             scores[client.name] = method.evaluate(shared, state, client)
     return scores
-
-
-def mean(values) -> float:
-    values = [v for v in values if v == v]
-    return sum(values) / len(values) if values else float("nan")

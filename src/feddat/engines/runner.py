@@ -9,16 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from feddat.config import Config
+from feddat.engines.rundir import make_run_dir, write_report
 from feddat.runtime import environment, pick_device, set_threads, write_json, write_text
-
-
-def make_run_dir(cfg: Config) -> Path:
-    name = cfg.run.name or f"{cfg.data.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.out_dir) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run directory {run_dir} already holds a run; choose another --run.name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def resumable(run_dir: Path) -> Config:
@@ -47,7 +39,7 @@ def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, 
     from feddat.peft.model import AdaptedModel
 
     from feddat.data.sources import check_inputs
-    from feddat.inference import write_client_index
+    from feddat.data.clients import write_client_index
 
     check_inputs(cfg)  # a missing data.root is reported now, not after the backbone has loaded
     set_threads(cfg.run.threads)
@@ -84,22 +76,3 @@ def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, 
         write_json(run_dir / "summary.json", {"methods": summaries, "environment": environment(device)})
     write_report(cfg, run_dir, summaries, log)
     return run_dir
-
-
-def write_report(cfg: Config, run_dir: Path, summaries: list[dict], log: Callable[[str], None]) -> None:
-    """results.md from metrics.jsonl and the methods' summaries (both engines write it this way)."""
-    from feddat.reporting import category_table, read_metrics, results_table
-
-    records = read_metrics(run_dir / "metrics.jsonl")
-    table = results_table(records)
-    by_category = category_table(records)
-    if by_category:
-        table += "\n\nBy category of question (mean over the clients that ask it):\n\n" + by_category
-    timing = "\n".join(
-        f"- {s['method']}: wall {s['wall_s']:.1f}s, {s['local_steps']} local steps, {1000 * s['s_per_local_step']:.0f} ms per local step, "
-        f"{s['shared_params']:,} shared parameters, {s['bytes_up_per_round']:,} bytes up per round"
-        for s in summaries
-    )
-    report = f"# Results: {cfg.data.benchmark} benchmark, {cfg.backbone.name}, {cfg.federation.rounds} rounds, seed {cfg.run.seed}\n\nScores in % on each client's held-out split, at the last evaluated round.\n\n{table}\n\n{timing}\n"
-    write_text(run_dir / "results.md", report)
-    log("\n" + report)

@@ -2,8 +2,10 @@
 
 A site holds several named adapters and applies the active ones to the block's output z:
 one active name gives z + A_x(z) ("single"), two give z + ½(A_x(z) + A_y(z)) ("mean").
-A site can also be *routed*: the batch is cut into equal slices and each slice gets its own
-active names, so several adapter paths share one batched pass through the frozen backbone.
+`adapt` also takes several *routes*: the batch is cut into equal slices and each slice gets
+its own names, so several adapter paths share one batched pass through the frozen backbone.
+Which routes a site runs, and where the batch fans out, is the adapted model's loop
+(peft/model.py); the site only adds adapters.
 """
 
 from __future__ import annotations
@@ -41,29 +43,22 @@ class AdapterSite(nn.Module):
         self.block = block
         self.adapters = nn.ModuleDict()
         self.active: tuple[str, ...] = ()
-        self.routes: tuple[tuple[str, ...], ...] = ()  # per equal batch slice; overrides `active`
-        # Shared prefix: the first routed site receives the batch once and fans it out to one
-        # copy per route ("expand"); later sites widen the block's other batch-shaped inputs
-        # (attention masks) to match ("widen").
-        self.fan_out: str = ""
 
     def forward(self, *args, **kwargs):
-        if self.fan_out == "widen":
-            args, kwargs = widen_batch(args, kwargs, len(self.routes))
+        """The block, then the active adapters (what a plain loop over the blocks sees)."""
         out = self.block(*args, **kwargs)
-        if not self.active and not self.routes:
+        if not self.active:
             return out
-        hidden = out[0] if isinstance(out, tuple) else out
-        if self.fan_out == "expand":
-            # Copies after the first are detached: a path branching off here trains nothing
-            # below it (a no-op at the first site, where nothing below is trainable).
-            hidden = torch.cat([hidden] + [hidden.detach()] * (len(self.routes) - 1))
-        if self.routes:
-            slices = hidden.chunk(len(self.routes), dim=0)
-            hidden = torch.cat([z + self.delta(z, names) for z, names in zip(slices, self.routes)])
-        else:
-            hidden = hidden + self.delta(hidden, self.active)
+        hidden = self.adapt(out[0] if isinstance(out, tuple) else out, (self.active,))
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+    def adapt(self, hidden: torch.Tensor, routes: tuple[tuple[str, ...], ...]) -> torch.Tensor:
+        """The block's output plus the adapters of each route, route i on the i-th equal slice
+        of the batch (one route: the whole batch; an empty route: no adapter)."""
+        if len(routes) == 1:
+            return hidden + self.delta(hidden, routes[0]) if routes[0] else hidden
+        slices = hidden.chunk(len(routes), dim=0)
+        return torch.cat([z + self.delta(z, names) for z, names in zip(slices, routes)])
 
     def delta(self, hidden: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
         if not names:
@@ -72,21 +67,3 @@ class AdapterSite(nn.Module):
         for name in names[1:]:
             delta = delta + self.adapters[name](hidden)
         return delta / len(names) if len(names) > 1 else delta
-
-
-def widen_batch(args: tuple, kwargs: dict, copies: int) -> tuple[tuple, dict]:
-    """Repeat every batch-shaped tensor input (attention masks) to match a fanned-out hidden state.
-
-    The hidden state (first argument) already has copies x B rows; a tensor of two or more
-    dimensions whose first dimension is B is repeated; anything else (1-d positions, None) is
-    left alone.
-    """
-    hidden, rest = args[0], args[1:]
-    small = hidden.shape[0] // copies
-
-    def widen(x):
-        if isinstance(x, torch.Tensor) and x.ndim >= 2 and x.shape[0] == small and small != hidden.shape[0]:
-            return x.repeat(copies, *([1] * (x.ndim - 1)))
-        return x
-
-    return (hidden, *map(widen, rest)), {k: widen(v) for k, v in kwargs.items()}

@@ -3,19 +3,37 @@
 An adapter *set* is one named adapter at every site (e.g. "shared" = A_s, "frozen" = Â_s,
 "client" = A_c). Its state is a flat dict "<site>.<param>" -> tensor, the unit that travels
 between server and clients or is stored per client.
+
+`forward` is the one loop over the backbone's blocks (backbones/base.py: embed, blocks,
+pool). It owns routing: which adapters each site runs, and where a routed batch fans out
+into one slice per adapter path, after which every block, adapted or not, gets the widened
+block inputs.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from feddat.backbones.base import Backbone
+from feddat.backbones.state import check_state, copy_checked  # noqa: F401  (re-exported: the adapters' states are checked the same way)
 from feddat.peft.adapter import AdapterSite, BottleneckAdapter
 from feddat.runtime import home_copy
+
+Routes = tuple[tuple[str, ...], ...]  # adapter names per equal slice of the batch
+
+
+@dataclass(frozen=True)
+class Routing:
+    """A routed pass (AdaptedModel.routed): slice i of the batch runs adapters routes[i]."""
+
+    routes: Routes
+    share_prefix: bool  # the batch enters once and fans out at the branch site
+    branch: int  # position (bottom up) of the site where it fans out
 
 
 class AdaptedModel(nn.Module):
@@ -33,6 +51,7 @@ class AdaptedModel(nn.Module):
             site = AdapterSite(backbone.blocks[i])
             backbone.blocks[i] = site
             self.sites[str(i)] = site
+        self.routing: Routing | None = None  # set inside `routed`
 
     @classmethod
     def from_config(cls, backbone: Backbone, a) -> "AdaptedModel":
@@ -98,8 +117,9 @@ class AdaptedModel(nn.Module):
 
         Without `share_prefix` the caller repeats the inputs len(routes) times. With it, the
         caller passes the batch once: everything below the first adapter site (embeddings,
-        the blocks before it, the first block itself) runs once, and the first site fans its
-        output out to one copy per route. The backbone's output then has len(routes) x B rows.
+        the blocks before it, the first block itself) runs once, and the batch fans out there
+        to one copy per route (after the last block if the model has no site). The output
+        then has len(routes) x B rows.
 
         `branch` > 0 (with `share_prefix`) moves the fan-out up to that site: the sites below
         it run routes[0] once for all paths, and the other paths receive a detached copy, so
@@ -109,18 +129,29 @@ class AdaptedModel(nn.Module):
         self._check_branch(branch)
         if branch and not share_prefix:
             raise ValueError("a branch site needs share_prefix: the paths share what runs below it")
-        sites = self.ordered_sites()
-        for i, site in enumerate(sites):
-            if share_prefix and i < branch:
-                site.routes, site.fan_out = (tuple(routes[0]),), ""
-            else:
-                site.routes = tuple(tuple(names) for names in routes)
-                site.fan_out = ("expand" if i == branch else "widen") if share_prefix else ""
+        previous, self.routing = self.routing, Routing(tuple(tuple(names) for names in routes), share_prefix, branch)
         try:
             yield
         finally:
-            for site in sites:
-                site.routes, site.fan_out = (), ""
+            self.routing = previous
+
+    def plan(self) -> list[tuple[Routes | None, int]]:
+        """Per block, bottom up: (the routes its adapter site runs, None where it has no site;
+        the copies the batch fans out to after this block's output, 1 for none)."""
+        blocks = range(len(self.backbone.blocks))
+        position = {int(k): n for n, k in enumerate(sorted(self.sites, key=int))}  # block -> site position
+        r = self.routing
+        if r is None:
+            return [((self.sites[str(i)].active,) if i in position else None, 1) for i in blocks]
+        fan_block = -1
+        if r.share_prefix:
+            fan_block = next((i for i, n in position.items() if n == r.branch), blocks[-1])
+        plan = []
+        for i in blocks:
+            n = position.get(i)
+            routes = None if n is None else ((r.routes[0],) if r.share_prefix and n < r.branch else r.routes)
+            plan.append((routes, len(r.routes) if i == fan_block else 1))
+        return plan
 
     def new_adapter_state(self) -> dict[str, torch.Tensor]:
         """Freshly initialised adapter-set state (from torch's global RNG), not inserted anywhere."""
@@ -140,31 +171,18 @@ class AdaptedModel(nn.Module):
         copy_checked(state, expected, f"adapter state for '{name}'")
 
     def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.backbone(image_features, input_ids, attention_mask)
-
-
-def copy_checked(state: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], what: str) -> None:
-    """Copy `state` into the tensors `targets` after check_state; refuse, naming `what`, if it does not fit."""
-    problems = check_state(state, targets)
-    if problems:
-        raise ValueError(f"{what} does not fit this model: {problems}")
-    with torch.no_grad():
-        for key, target in targets.items():
-            target.copy_(state[key])
-
-
-def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
-    """Why `state` cannot replace `expected` ('' when it can): names, shapes, finiteness."""
-    missing = sorted(set(expected) - set(state))
-    unknown = sorted(set(state) - set(expected))
-    if missing or unknown:
-        return f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unknown {unknown[:3]}{'...' if len(unknown) > 3 else ''}"
-    for key, target in expected.items():
-        value = state[key]
-        if tuple(value.shape) != tuple(target.shape):
-            return f"'{key}' has shape {tuple(value.shape)}, expected {tuple(target.shape)}"
-        if not value.is_floating_point():
-            return f"'{key}' has dtype {value.dtype}, expected a float tensor"
-        if not torch.isfinite(value).all():
-            return f"'{key}' holds NaN or infinite values"
-    return ""
+        """-> pooled representations: (B, hidden), or (copies x B, hidden) inside `routed`."""
+        backbone = self.backbone
+        hidden, inputs = backbone.embed(image_features, input_ids, attention_mask)
+        for block, (routes, copies) in zip(backbone.blocks, self.plan()):
+            site = block if isinstance(block, AdapterSite) else None
+            hidden = backbone.run_block(site.block if site else block, hidden, inputs)
+            if copies > 1:
+                # Copies after the first are detached: a path branching off here trains nothing
+                # below it (a no-op at the first site, where nothing below is trainable). Every
+                # block from here on sees the widened batch, so its inputs widen with it.
+                hidden = torch.cat([hidden] + [hidden.detach()] * (copies - 1))
+                inputs = inputs.repeat(copies)
+            if site is not None:
+                hidden = site.adapt(hidden, routes)
+        return backbone.pool(hidden, inputs.mask)

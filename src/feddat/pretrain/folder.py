@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from feddat.data.clients import DataError
+from feddat.data.types import DataError
 from feddat.data.folder import parse_record
 
 CAPTIONS_FILE = "captions.jsonl"

@@ -12,10 +12,9 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from feddat.data.clients import RawSplit
 from feddat.data.public import loaders as L
-from feddat.data.clients import DataError
 from feddat.data.public.common import UNKNOWN, Record, content_key, sample, to_raw
+from feddat.data.types import DataError, RawSplit, Source
 from feddat.runtime import derive_seed
 
 
@@ -74,9 +73,7 @@ def check_categories(dataset: str, spec: Dataset, records: list[Record]) -> None
             raise DataError(f"{r.where}: category {r.group!r} is not one of {dataset}'s categories ({', '.join(spec.categories)})")
 
 
-def public_sources(d, image_side: int, with_images: bool = True) -> list:
-    from feddat.data.sources import Source
-
+def public_sources(d, image_side: int, with_images: bool = True) -> list[Source]:
     def source(client: str, dataset: str) -> Source:
         spec = DATASETS[dataset]
         make = lambda split, n: read_split(dataset, d.root, split, n, d.seed, image_side, with_images)  # noqa: E731

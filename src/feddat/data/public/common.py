@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from feddat.data import faults
-from feddat.data.clients import DataError, RawSplit
+from feddat.data.types import DataError, RawSplit
 from feddat.data.vqa_eval import normalise_answer
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from feddat.data.clients import DataError
+from feddat.data.types import DataError
 from feddat.data.public.common import (
     UNKNOWN,
     Record,

@@ -37,8 +37,12 @@ def add_parser(sub, add_config_flags) -> None:
 
 
 def load_config(args: argparse.Namespace):
+    from feddat.algorithms import check_methods
+
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
-    return config_mod.load(args.config, overrides)
+    cfg = config_mod.load(args.config, overrides)
+    check_methods(cfg.run.methods)  # config.load cannot: the method registry sits above it
+    return cfg
 
 
 def absolute_paths(cfg):

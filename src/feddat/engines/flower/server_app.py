@@ -1,9 +1,10 @@
-"""The feddat ServerApp: the embedded engine's rounds, with Flower's Grid carrying the messages.
+"""The feddat ServerApp: the rounds of engines/rounds.py, with Flower's Grid carrying the messages.
 
-A Flower `Strategy` whose server step is `Method.aggregate`, the same call the embedded
-engine makes. Clients are sampled with the embedded engine's `sample_clients` over the same
-ordered client list, evaluated at the same rounds, and their metrics written to the same
-run directory files (metrics.jsonl, summary.json, results.md, <method>/shared_adapter.safetensors).
+A Flower `Strategy` that drives `Rounds` (as the embedded engine does) and whose server step
+is `Method.server_round`, the call the embedded engine makes. Clients are sampled by `Rounds`
+over the same ordered client list, evaluated at the same rounds, and their metrics written to
+the same run directory files (metrics.jsonl, summary.json, results.md,
+<method>/shared_adapter.safetensors).
 
 Each SuperNode is one client; the server learns which by asking every new node (a query
 message) and keeps the map client -> node id in a `Roster`. A node that misses a phase's
@@ -22,13 +23,14 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from feddat.algorithms import build_method, privacy
+from feddat.algorithms import METHODS, build_method
 from feddat.algorithms.base import ClientUpdate, Method
 from feddat.config import Config
-from feddat.engines.embedded import MetricsLog, mean, sample_clients
 from feddat.engines.flower import secure, transport
 from feddat.engines.flower.partitions import build_model, client_names
-from feddat.runtime import environment, pick_device, save_tensors, set_threads, tensor_bytes, write_json, write_text
+from feddat.engines.rounds import Rounds
+from feddat.engines.rundir import MetricsLog, make_run_dir, write_report
+from feddat.runtime import environment, pick_device, save_tensors, set_threads, write_json, write_text
 
 app = ServerApp()
 Log = Callable[[str], None]
@@ -113,25 +115,23 @@ class Roster:
 
 
 class MethodStrategy(Strategy):
-    """One feddat method as a Flower strategy: sampling, server step and metrics as the embedded engine."""
+    """One feddat method as a Flower strategy: the rounds of `Rounds` (sampling, evaluation
+    schedule, records), the server step of the method, the clients reached by messages."""
 
     def __init__(self, method: Method, cfg: Config, roster: Roster, metrics: MetricsLog, log: Log = _log):
         self.method, self.cfg, self.roster, self.metrics, self.log = method, cfg, roster, metrics, log
+        self.rounds = Rounds(method, cfg, len(roster.clients), log)
         self.shared = method.init_shared()
         self.sent: dict[int, str] = {}  # node id -> client, for the phase in flight
-        self.order: list[str] = []  # clients of the phase in flight, in the embedded engine's order
-        self.times = {"train": 0.0, "eval": 0.0, "steps": 0, "t0": 0.0}
+        self.order: list[str] = []  # clients of the phase in flight, in the roster's order
+        self.times = {"train": 0.0, "eval": 0.0, "t0": 0.0}
         self.bytes = {"up": 0, "down": 0}
-        self.accountant = None
         self.grid: Grid | None = None
-        sampled = len(sample_clients(roster.clients, cfg.federation.fraction, cfg.run.seed, 1))
-        if privacy.enabled(cfg.privacy) and method.communicates:
-            self.accountant = privacy.Accountant(cfg.privacy, sampled / len(roster.clients))
         # SecAgg+ (secure.py): the server sees only the sum of the clients' A_s changes
         self.secure = cfg.flower.secure_aggregation and method.communicates
         if self.secure:
             try:
-                secure.check_possible(cfg, sampled)
+                secure.check_possible(cfg, self.rounds.per_round)
             except secure.SecureAggregationError as err:
                 raise FlowerRunError(str(err)) from err
 
@@ -176,7 +176,7 @@ class MethodStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self.times["t0"] = time.perf_counter()
         self.roster.refresh(grid)  # a restarted SuperNode rejoins here
-        sampled = sample_clients(self.roster.clients, self.cfg.federation.fraction, self.cfg.run.seed, server_round)
+        sampled = self.rounds.participants(self.roster.clients, server_round)
         if self.secure:  # Flower's SecAgg+ workflow sends its own four phases, from aggregate_train
             self.grid = grid
             self.select("train", server_round, sampled)
@@ -191,19 +191,11 @@ class MethodStrategy(Strategy):
             updates = [self.update(c, got[c]) for c in self.order if c in got]
         # the server step, as embedded: validation (bad updates dropped, named), then aggregation
         self.shared, rejected = self.method.server_round(self.shared, updates, server_round)
-        reasons = {r.client: r.reason for r in rejected}
-        for client, reason in reasons.items():
-            self.log(f"  [{self.method.name}] round {server_round}: update from client '{client}' rejected: {reason}")
-        records = [{"method": self.method.name, "round": server_round, "client": u.client, "kind": "train", **u.metrics, **({"rejected": reasons[u.client]} if u.client in reasons else {})} for u in updates]
-        if self.accountant is not None:
-            epsilon = self.accountant.step()
-            records.append({"method": self.method.name, "round": server_round, "client": "all", "kind": "privacy", "epsilon": epsilon, "delta": self.cfg.privacy.delta})
-        self.metrics.write_many(records)
-        self.times["steps"] += sum(int(u.metrics.get("steps", 0)) for u in updates)
         seconds = time.perf_counter() - self.times["t0"]
         self.times["train"] += seconds
-        losses = " ".join(f"{u.metrics.get('loss', u.metrics.get('loss_student', 0)):.3f}" for u in updates[:8])
-        self.log(f"  [{self.method.name}] round {server_round}/{self.cfg.federation.rounds}  {seconds:6.1f}s  loss {losses}")
+        records, line = self.rounds.trained(server_round, updates, rejected, seconds)
+        self.metrics.write_many(records)
+        self.log(line)
         return transport.to_record(self.shared), None
 
     def secure_updates(self, server_round: int) -> list[ClientUpdate]:
@@ -238,36 +230,29 @@ class MethodStrategy(Strategy):
         return ClientUpdate(client=client, shared=shared, num_examples=int(content["info"]["num-examples"]), state={}, metrics=metrics)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        f = self.cfg.federation
         self.times["t0"] = time.perf_counter()
-        if server_round % f.eval_every and server_round != f.rounds:
+        if not self.rounds.evaluates(server_round):
             # Flower still calls aggregate_evaluate (with no replies): nobody was asked, so
             # nobody may be counted as lost, which the train phase's roster would do.
             self.order, self.sent = [], {}
             return []
-        # The embedded engine's evaluation sample: the same fixed seeded subset every time.
-        chosen = sample_clients(range(len(self.roster.clients)), f.eval_fraction, self.cfg.run.seed, "eval")
-        return self.messages("evaluate", server_round, [self.roster.clients[i] for i in chosen])
+        # The evaluation sample of `Rounds`: the same fixed seeded subset every time.
+        return self.messages("evaluate", server_round, [self.roster.clients[i] for i in self.rounds.evaluation_sample()])
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         got = self.replies("evaluate", server_round, replies)
         if not self.order:
             return None
         scores = {c: dict(got[c]["metrics"]) for c in self.order if c in got}
-        for client, s in scores.items():
-            self.metrics.write({"method": self.method.name, "round": server_round, "client": client, "kind": "eval", **s})
+        records, text = self.rounds.evaluated(server_round, scores)
+        self.metrics.write_many(records)
         self.times["eval"] += time.perf_counter() - self.times["t0"]
-        line = f"  [{self.method.name}] round {server_round} evaluated {len(scores)} clients  | mean global {mean(s['global'] for s in scores.values()):.3f}"
-        if self.method.personal:
-            line += f"  personal {mean(s['personal'] for s in scores.values()):.3f}"
-        self.log(line)
+        self.log(f"  [{self.method.name}] round {server_round} evaluated {len(scores)} clients  | {text}")
         return None
 
 
 def run_on_grid(grid: Grid, cfg: Config, log: Log = _log) -> None:
     """Every configured method on the connected SuperNodes; writes the run directory."""
-    from feddat.engines.runner import make_run_dir, write_report
-
     refuse_pooled(cfg)
     set_threads(cfg.run.threads)
     device = pick_device(cfg.run.device)
@@ -293,28 +278,20 @@ def run_method_on_grid(name: str, cfg: Config, model, roster: Roster, grid: Grid
     started = time.perf_counter()
     strategy.start(grid, transport.to_record(strategy.shared), num_rounds=cfg.federation.rounds, timeout=cfg.flower.round_timeout)
     wall = time.perf_counter() - started
-    shared, t, rounds = strategy.shared, strategy.times, cfg.federation.rounds
-    save_tensors(run_dir / name / "shared_adapter.safetensors", shared, metadata={"method": name, "rounds": str(rounds), "engine": "flower"})
-    per_client = tensor_bytes(shared) if method.communicates else 0
-    return {
-        "method": name,
-        "engine": "flower",
-        "wall_s": wall,
-        "train_s": t["train"],
-        "eval_s": t["eval"],
-        "local_steps": t["steps"],
-        # client compute is not seen from the server: this is wall time per step, polling included
-        "s_per_local_step": t["train"] / max(1, t["steps"]),
-        "shared_params": sum(v.numel() for v in shared.values()),
-        "bytes_up_per_round": per_client * len(sample_clients(range(len(roster.clients)), cfg.federation.fraction, cfg.run.seed, 1)),
-        "array_bytes_sent": strategy.bytes["down"],  # measured: A_s in every train and evaluate message
-        "array_bytes_received": strategy.bytes["up"],
-    }
+    shared, t = strategy.shared, strategy.times
+    save_tensors(run_dir / name / "shared_adapter.safetensors", shared, metadata={"method": name, "rounds": str(cfg.federation.rounds), "engine": "flower"})
+    return strategy.rounds.summary(
+        shared, wall_s=wall, train_s=t["train"], eval_s=t["eval"],
+        compute_s=t["train"],  # client compute is not seen from the server: this is wall time per step, polling included
+        engine="flower",
+        array_bytes_sent=strategy.bytes["down"],  # measured: A_s in every train and evaluate message
+        array_bytes_received=strategy.bytes["up"],
+    )
 
 
 def refuse_pooled(cfg: Config) -> None:
-    from feddat.algorithms import METHODS
-
+    """Methods that train on every participant's data in one process (`Method.pooled`) cannot
+    run where each client is its own SuperNode."""
     pooled = [m for m in cfg.run.methods if METHODS[m].pooled]
     if pooled:
         raise FlowerRunError(f"method(s) {', '.join(pooled)} pool every client's data in one place and cannot run across SuperNodes; run them with `feddat run` (embedded engine)")

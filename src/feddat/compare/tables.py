@@ -1,0 +1,194 @@
+"""The report of a comparison: rows per (label, view) over seeds and costs per label, written
+as table.md (markdown tables with the links to the plots), table.csv and costs.csv."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from feddat.compare.plots import write_plots
+from feddat.compare.runs import RunResult, client_scores, compute_by_round, curve, load_run_dirs
+from feddat.compare.statistics import difference, mean_std, nanmean
+from feddat.compare.variants import default_reference
+from feddat.reporting import category_means, final_scores
+from feddat.runtime import write_text
+
+
+@dataclass
+class Row:
+    label: str
+    method: str
+    view: str
+    seeds: list[int]
+    cells: dict[str, dict[str, tuple[float, float, int]]]  # client -> {'final'|'last3': (mean, sd, n)}
+    mean_by_seed: dict[int, float]  # final mean-over-clients score per seed
+    diff: tuple[float, bool | None] | None = None
+
+
+def summarise(results: list[RunResult], reference: str) -> tuple[list[Row], list[str]]:
+    """Rows per (label, view) over seeds, and the clients in order."""
+    labels = list(dict.fromkeys(r.label for r in results))
+    clients: list[str] = []
+    rows = []
+    for view in ("global", "personal"):
+        for label in labels:
+            runs = [r for r in results if r.label == label and (view == "global" or r.personal)]
+            per_seed = {r.seed: client_scores(r, view) for r in runs}
+            per_seed = {s: v for s, v in per_seed.items() if v}
+            if not per_seed:
+                continue
+            names = [c for scores in per_seed.values() for c in scores if c != "mean"]
+            clients += [c for c in dict.fromkeys(names) if c not in clients]
+            cells = {c: {stat: mean_std([s.get(c, (None, None))[i] for s in per_seed.values()]) for i, stat in enumerate(("final", "last3"))} for c in [*dict.fromkeys(names), "mean"]}
+            rows.append(Row(label, runs[0].method, view, sorted(per_seed), cells, {s: v["mean"][0] for s, v in per_seed.items()}))
+    ref = {r.view: r for r in rows if r.label == reference}
+    for row in rows:
+        if row.view in ref and row.label != reference:
+            row.diff = difference(row.mean_by_seed, ref[row.view].mean_by_seed)
+    return rows, clients
+
+
+def cost_rows(results: list[RunResult]) -> list[dict[str, Any]]:
+    """Per label, the mean over seeds of what each run spent."""
+    keys = ("local_epochs", "passes_per_step", "trainable_params", "shared_params", "bytes_up_per_round", "bytes_down_per_round", "wall_s", "s_per_local_step", "peak_memory_mb")
+    out = []
+    for label in dict.fromkeys(r.label for r in results):
+        runs = [r for r in results if r.label == label]
+        row: dict[str, Any] = {"label": label, "method": runs[0].method, "seeds": len(runs)}
+        for k in keys:
+            row[k] = nanmean(r.summary.get(k) for r in runs)
+        row["passes_per_step"] = nanmean(r.passes for r in runs)
+        rounds = nanmean(max((p["round"] for p in curve(r)), default=0) for r in runs)
+        row["total_bytes"] = (row["bytes_up_per_round"] + (row["bytes_down_per_round"] if row["bytes_down_per_round"] == row["bytes_down_per_round"] else row["bytes_up_per_round"])) * rounds
+        row["compute_passes"] = nanmean(sum(compute_by_round(r).values()) for r in runs)
+        out.append(row)
+    return out
+
+
+def pct(mean: float, sd: float) -> str:
+    if mean != mean:
+        return "—"
+    return f"{100 * mean:.1f}" + (f" ± {100 * sd:.1f}" if sd == sd else "")
+
+
+def markdown_scores(rows: list[Row], clients: list[str], view: str, reference: str) -> str:
+    mine = [r for r in rows if r.view == view]
+    if not mine:
+        return ""
+    head = "| method | " + " | ".join(clients) + " | mean | mean, last 3 evals | Δ mean vs " + reference + " |"
+    lines = [head, "|" + "---|" * (len(clients) + 4)]
+    for r in mine:
+        cells = [pct(*r.cells.get(c, {}).get("final", (float("nan"), float("nan"), 0))[:2]) for c in [*clients, "mean"]]
+        last3 = pct(*r.cells["mean"]["last3"][:2])
+        if r.diff is None:
+            delta = "ref" if r.label == reference else "—"
+        else:
+            d, sig = r.diff
+            delta = f"{100 * d:+.1f}" + ("" if sig is None else (" *" if sig else ""))
+        lines.append(f"| {r.label} | " + " | ".join(cells) + f" | {last3} | {delta} |")
+    return "\n".join(lines)
+
+
+def markdown_categories(results: list[RunResult], view: str = "global") -> str:
+    """Per category of question (question kind, answer type): mean ± std over seeds; "" without categories."""
+    per_label: dict[str, list[dict[str, float]]] = {}
+    for r in results:
+        per_client = next(iter(final_scores(r.records).values()), {})  # a run's records are one method's
+        per_label.setdefault(r.label, []).append(category_means(per_client, view))
+    categories = sorted({c for runs in per_label.values() for means in runs for c in means})
+    if not categories:
+        return ""
+    lines = ["| method | " + " | ".join(categories) + " |", "|" + "---|" * (len(categories) + 1)]
+    for label, runs in per_label.items():
+        lines.append(f"| {label} | " + " | ".join(pct(*mean_std([m.get(c) for m in runs])[:2]) for c in categories) + " |")
+    return "\n".join(lines)
+
+
+def human_bytes(n: float) -> str:
+    if n != n:
+        return "—"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def markdown_costs(costs: list[dict[str, Any]]) -> str:
+    lines = [
+        "| method | local epochs | passes per step | trainable params (per client) | shared params | bytes up / round | bytes down / round | total bytes | compute (backbone passes) | wall s | ms per local step | peak memory MiB |",
+        "|" + "---|" * 12,
+    ]
+    for c in costs:
+        lines.append(
+            f"| {c['label']} | {c['local_epochs']:.0f} | {c['passes_per_step']:.0f} | {c['trainable_params']:,.0f} | {c['shared_params']:,.0f} | "
+            f"{human_bytes(c['bytes_up_per_round'])} | {human_bytes(c['bytes_down_per_round'])} | {human_bytes(c['total_bytes'])} | {c['compute_passes']:,.0f} | "
+            f"{c['wall_s']:.1f} | {1000 * c['s_per_local_step']:.0f} | {c['peak_memory_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def score_records(rows: list[Row]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        for client, stats in r.cells.items():
+            (fm, fs, n), (lm, ls, _) = stats["final"], stats["last3"]
+            diff, sig = r.diff if (r.diff and client == "mean") else (None, None)
+            out.append({"label": r.label, "method": r.method, "view": r.view, "client": client, "final_mean": fm, "final_std": fs, "last3_mean": lm, "last3_std": ls, "seeds": n, "diff_vs_reference": diff, "exceeds_seed_noise": sig})
+    return out
+
+
+def write_report(results: list[RunResult], out_dir: Path, reference: str, title: str = "") -> None:
+    if not results:
+        raise ValueError("nothing to report: no finished runs")
+    rows, clients = summarise(results, reference)
+    costs = cost_rows(results)
+    seeds = sorted({r.seed for r in results})
+    plots = write_plots(results, out_dir / "plots", clients)
+    parts = [
+        f"# Comparison: {title}".rstrip(": "),
+        f"Seeds {', '.join(map(str, seeds))}. Scores in % on each client's held-out split at the final evaluation, mean ± std over seeds; "
+        f"'mean, last 3 evals' averages the last three evaluated rounds. Δ is the difference of the mean to `{reference}`; "
+        "`*` marks a difference beyond the seed noise (two-sided t-test at 95%, paired over seeds when both ran the same seeds).",
+        "## Global model (shared PEFT module + private head)",
+        markdown_scores(rows, clients, "global", reference),
+    ]
+    by_category = markdown_categories(results)
+    if by_category:
+        parts += ["### Global model by category of question (mean over the clients that ask it)", by_category]
+    personal = markdown_scores(rows, clients, "personal", reference)
+    if personal:
+        parts += ["## Personal model (FedDAT's Dual-Adapter Teacher, Ditto's personal adapter)", personal]
+    parts += [
+        "## Cost",
+        "Compute counts backbone passes over a minibatch (forward and backward each count one). Bytes are per round over all participants. "
+        "Peak memory is CUDA's allocator peak on a GPU, the process's resident set on a CPU (includes the shared backbone).",
+        markdown_costs(costs),
+        "## Plots",
+        "\n".join(f"- [{p.name}](plots/{p.name})" for p in plots),
+    ]
+    write_text(out_dir / "table.md", "\n\n".join(p for p in parts if p) + "\n")
+    write_csv(out_dir / "table.csv", score_records(rows))
+    write_csv(out_dir / "costs.csv", costs)
+
+
+def report_from_dirs(dirs: list[Path], out_dir: Path, reference: str | None = None, labels: list[str] | None = None) -> Path:
+    """The report for runs that already finished (`feddat compare --from DIR ...`)."""
+    results = load_run_dirs(dirs)
+    if labels:
+        results = [r for r in results if r.label in labels]
+    write_report(results, out_dir, reference or default_reference([r.label for r in results]), title="finished runs")
+    return out_dir

@@ -1,0 +1,122 @@
+"""What a comparison compares: variants (a method plus configuration overrides under a label),
+the FedDAT ablation presets and the groups of methods, each variant's run configuration, and
+compute-matched variants (`--matched`): a baseline given as many local epochs as make its compute
+per round equal the reference's (FedDAT spends more backbone passes per minibatch than FedAvg).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from feddat import config as config_mod
+from feddat.config import Config, ConfigError
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    method: str
+    overrides: tuple[tuple[str, str], ...] = ()
+
+
+PRESETS = {
+    "feddat_nokd": Variant("feddat_nokd", "feddat", (("feddat.kd", "none"),)),
+    "feddat_oneway": Variant("feddat_oneway", "feddat", (("feddat.kd", "one_way"),)),
+    "feddat_clientonly": Variant("feddat_clientonly", "feddat", (("feddat.teacher", "client_only"),)),
+    "feddat_frozenonly": Variant("feddat_frozenonly", "feddat", (("feddat.teacher", "frozen_only"),)),
+}
+GROUPS = {  # names that expand to several methods (none equals a method's name)
+    "feddat_family": ["feddat", "feddat_nokd", "feddat_oneway", "feddat_clientonly", "feddat_frozenonly", "feddat_lora"],
+    "peft_kinds": ["fedavg", "fedavg_full", "fedavg_lora", "fedavg_prompt", "fedavg_bitfit"],
+    "adapter_fl": ["fedprox", "scaffold", "feddyn", "moon", "ditto", "fedrep", "head_only", "local", "centralised"],
+    "server_opt": ["fedavgm", "fedadam"],
+}
+GROUPS["all"] = [m for g in ("feddat_family", "peft_kinds", "adapter_fl", "server_opt") for m in GROUPS[g]]
+
+
+# Overrides may change how a method trains, never the backbone or data that all runs share.
+SHAREABLE = ("run.", "train.", "federation.", "feddat.", "peft.", "baselines.", "server.")
+
+
+def parse_variant(item: str) -> list[Variant]:
+    from feddat.algorithms import METHODS
+
+    item = item.strip()
+    if item in GROUPS:
+        return [v for name in GROUPS[item] for v in parse_variant(name)]
+    if item in PRESETS:
+        return [PRESETS[item]]
+    if item in METHODS:
+        return [Variant(item, item)]
+    if "=" in item.split(":")[0]:
+        label, _, rest = item.partition("=")
+        method, *pairs = rest.split(":")
+        if method not in METHODS:
+            raise ConfigError(f"compare: '{item}' names unknown method '{method}'; methods: {', '.join(METHODS)}")
+        overrides = []
+        for pair in pairs:
+            key, eq, value = pair.partition("=")
+            if not eq or not key.startswith(SHAREABLE):
+                raise ConfigError(f"compare: override '{pair}' in '{item}' must be key=value with a key under {', '.join(SHAREABLE)}")
+            overrides.append((key, value))
+        return [Variant(label.strip(), method, tuple(overrides))]
+    choices = [*GROUPS, *PRESETS, *METHODS]
+    raise ConfigError(f"compare: unknown method or variant '{item}'; choose from {', '.join(choices)} or write label=method:key=value")
+
+
+def parse_variants(items: list[str]) -> list[Variant]:
+    out: dict[str, Variant] = {}
+    for item in items:
+        for v in parse_variant(item):
+            if v.label in out and out[v.label] != v:
+                raise ConfigError(f"compare: label '{v.label}' is defined twice, differently")
+            out[v.label] = v
+    return list(out.values())
+
+
+def variant_config(cfg: Config, variant: Variant, seed: int) -> Config:
+    """The run's configuration: the comparison's, the variant's overrides, this seed."""
+    overrides = {**dict(variant.overrides), "run.seed": seed, "run.methods": variant.method}
+    return config_mod.load(None, {**flat_config(cfg), **overrides})
+
+
+def flat_config(cfg: Config) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in cfg.to_dict().items() for key, value in values.items()}
+
+
+def default_reference(labels: list[str]) -> str:
+    return "feddat" if "feddat" in labels else labels[0]
+
+
+def passes_per_step(method: str, cfg: Config) -> tuple[int, int]:
+    """(forward, backward) backbone passes per local minibatch: the unit of compute here.
+
+    A backward through the frozen backbone costs about one forward (activation gradients only),
+    so FedDAT's reference schedule (3 + 2) costs 2.5x FedAvg's (1 + 1), as measured (README);
+    the fused schedule runs one forward and one backward on a doubled batch (2 + 2)."""
+    from feddat.algorithms import METHODS
+
+    return tuple(METHODS[method].passes_per_step(cfg))
+
+
+def matched_variants(variants: list[Variant], names: list[str], reference: str, cfg: Config) -> list[Variant]:
+    """`name@reference`: the baseline with local epochs scaled to the reference's compute per round."""
+    by_label = {v.label: v for v in variants}
+    if reference not in by_label:
+        raise ConfigError(f"compare: --matched needs the reference '{reference}' among the methods")
+    ref_cfg = variant_config(cfg, by_label[reference], 0)
+    ref_cost = sum(passes_per_step(by_label[reference].method, ref_cfg)) * ref_cfg.train.local_epochs
+    if names == ["all"]:
+        names = [v.label for v in variants if not v.method.startswith("feddat") and v.method not in ("head_only", "local", "centralised")]
+    out = []
+    for name in names:
+        if name not in by_label:
+            raise ConfigError(f"compare: --matched '{name}' is not among the methods being compared")
+        v = by_label[name]
+        vcfg = variant_config(cfg, v, 0)
+        epochs = max(1, math.floor(ref_cost / sum(passes_per_step(v.method, vcfg)) + 0.5))
+        if epochs != vcfg.train.local_epochs:
+            out.append(Variant(f"{name}@{reference}", v.method, (*v.overrides, ("train.local_epochs", str(epochs)))))
+    return out

@@ -1,0 +1,120 @@
+"""One round of a method, the same under every engine (DESIGN §7).
+
+`Rounds` decides which clients train in a round (a seeded fraction), whether the round
+evaluates and whom (a fixed seeded sample), and turns what came back into the metrics.jsonl
+records, the round's log line and, at the end, the summary.json entry; it also keeps the
+privacy accountant. The engines differ only in how they reach the clients: the embedded
+engine (embedded.py) calls them one after another in its process, the Flower engine
+(flower/server_app.py) sends them messages. Neither special-cases a method: what an engine
+needs to know of one, it asks through the method interface (algorithms/base.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence, TypeVar
+
+import torch
+
+from feddat.algorithms import privacy
+from feddat.algorithms.base import ClientUpdate, Method, Tensors
+from feddat.algorithms.validation import Rejection
+from feddat.config import Config
+from feddat.runtime import derive_seed, tensor_bytes
+
+T = TypeVar("T")
+
+
+def sample_clients(clients: Sequence[T], fraction: float, seed: int, round_: int | str) -> list[T]:
+    """A seeded fraction of the clients (at least one), in their original order."""
+    k = max(1, math.ceil(fraction * len(clients)))
+    if k == len(clients):
+        return list(clients)
+    g = torch.Generator().manual_seed(derive_seed(seed, "sample", round_))
+    picked = sorted(torch.randperm(len(clients), generator=g)[:k].tolist())
+    return [clients[i] for i in picked]
+
+
+def mean(values) -> float:
+    """The mean of the values that are numbers (NaN, a client without a score, is left out)."""
+    values = [v for v in values if v == v]
+    return sum(values) / len(values) if values else float("nan")
+
+
+class Rounds:
+    """The rounds of one method over `num_clients` ordered clients: schedule, records, summary.
+
+    An engine calls, per round: `participants`, then `trained` with the updates its server
+    step took in (and those it rejected); when `evaluates` says so, `evaluated` with the
+    scores of the `evaluation_sample`; and `summary` once at the end.
+    """
+
+    def __init__(self, method: Method, cfg: Config, num_clients: int, log: Callable[[str], None] = print):
+        self.method, self.cfg, self.num_clients, self.log = method, cfg, num_clients, log
+        self.name = method.name
+        fed = cfg.federation
+        # Clients per round: the same in every round (a fixed fraction of a fixed list).
+        self.per_round = len(sample_clients(range(num_clients), fed.fraction, cfg.run.seed, 1))
+        self.accountant = privacy.Accountant(cfg.privacy, self.per_round / num_clients) if privacy.enabled(cfg.privacy) and method.communicates else None
+        self.steps = 0  # local optimiser steps so far, over all clients
+
+    def resume(self, finished_rounds: int, steps: int) -> None:
+        """Continue after `finished_rounds` committed rounds that took `steps` local steps."""
+        self.steps = steps
+        if self.accountant is not None:
+            self.accountant.replay(finished_rounds)
+
+    # ---- schedule --------------------------------------------------------------------------
+    def participants(self, clients: Sequence[T], round_: int) -> list[T]:
+        """The clients that train in `round_`: from the engine's ordered list (`clients` are
+        ClientData or names, the same order either way, so both engines pick the same)."""
+        return sample_clients(clients, self.cfg.federation.fraction, self.cfg.run.seed, round_)
+
+    def evaluates(self, round_: int) -> bool:
+        fed = self.cfg.federation
+        return round_ % fed.eval_every == 0 or round_ == fed.rounds
+
+    def evaluation_sample(self) -> list[int]:
+        """Indices of the clients evaluated: a fixed seeded sample, the same one each time."""
+        return sample_clients(range(self.num_clients), self.cfg.federation.eval_fraction, self.cfg.run.seed, "eval")
+
+    # ---- what comes back -------------------------------------------------------------------
+    def trained(self, round_: int, updates: list[ClientUpdate], rejected: list[Rejection], seconds: float) -> tuple[list[dict], str]:
+        """The round's train records (and privacy record) and its log line; rejections are logged."""
+        reasons = {r.client: r.reason for r in rejected}
+        for client, reason in reasons.items():  # the round went on without them; the log says who and why
+            self.log(f"  [{self.name}] round {round_}: update from client '{client}' rejected: {reason}")
+        records = [self.record(round_, u.client, "train", {**u.metrics, **({"rejected": reasons[u.client]} if u.client in reasons else {})}) for u in updates]
+        self.steps += sum(int(u.metrics.get("steps", 0)) for u in updates)
+        line = f"  [{self.name}] round {round_}/{self.cfg.federation.rounds}  {seconds:6.1f}s  loss " + " ".join(f"{self.method.train_loss(u.metrics):.3f}" for u in updates[:8])
+        if self.accountant is not None:
+            epsilon = self.accountant.step()
+            records.append(self.record(round_, "all", "privacy", {"epsilon": epsilon, "delta": self.cfg.privacy.delta}))
+            line += f"  ε={epsilon:.2f} (δ={self.cfg.privacy.delta:g})"
+        return records, line
+
+    def evaluated(self, round_: int, scores: dict[str, dict[str, float]]) -> tuple[list[dict], str]:
+        """The round's eval records, and the scores for its log line ('mean global …')."""
+        records = [self.record(round_, client, "eval", s) for client, s in scores.items()]
+        text = f"mean global {mean(s['global'] for s in scores.values()):.3f}"
+        if self.method.personal:
+            text += f"  personal {mean(s['personal'] for s in scores.values()):.3f}"
+        return records, text
+
+    def record(self, round_: int, client: str, kind: str, values: dict) -> dict:
+        return {"method": self.name, "round": round_, "client": client, "kind": kind, **values}
+
+    def summary(self, shared: Tensors, wall_s: float, train_s: float, eval_s: float, compute_s: float, **extra) -> dict:
+        """What summary.json records for the method: times, steps, parameters and bytes (`extra`:
+        what one engine measures beyond these)."""
+        return {
+            "method": self.name,
+            "wall_s": wall_s,
+            "train_s": train_s,
+            "eval_s": eval_s,
+            "local_steps": self.steps,
+            "s_per_local_step": compute_s / max(1, self.steps),
+            "shared_params": sum(t.numel() for t in shared.values()),
+            "bytes_up_per_round": tensor_bytes(shared) * self.per_round if self.method.communicates else 0,
+            **extra,
+        }
