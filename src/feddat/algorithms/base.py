@@ -29,6 +29,7 @@ from feddat.config import Config
 from feddat.data.clients import ClientData, Split
 from feddat.data.types import Batch
 from feddat.heads import TaskHead
+from feddat.losses import task_loss
 from feddat import progress
 from feddat.algorithms import privacy
 from feddat.algorithms.validation import Rejection, coordinatewise, problem_with
@@ -283,6 +284,16 @@ class Method:
             if after_step is not None:
                 after_step(steps)
         return {**{k: v / max(1, steps) for k, v in sums.items()}, "steps": steps}
+
+    def task_step(self, head: nn.Module, opt: torch.optim.Optimizer) -> Callable[[Batch], dict[str, torch.Tensor]]:
+        """A `train_steps` step that minimises the task loss alone with `opt`."""
+        def step(batch: Batch) -> dict[str, torch.Tensor]:
+            loss = task_loss(self.logits(head, batch), batch.targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return {"loss": loss}
+        return step
 
     def represent(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The pooled representation of a batch. A batch is (model inputs..., targets): the last

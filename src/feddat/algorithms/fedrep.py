@@ -54,12 +54,7 @@ class FedRep(Method):
         head.requires_grad_(False)
         opt = self.optimizer(self.model.adapter_parameters("shared"), self.local_steps(client.train))
 
-        def step(batch):
-            loss = task_loss(self.logits(head, batch), batch.targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return {"loss": loss}
+        step = self.task_step(head, opt)
 
         with self.model.active("shared"):
             metrics = self.train_steps(self.batches(client.train, self.name, round_, client.name), step, terms=("loss",))

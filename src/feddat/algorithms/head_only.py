@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from feddat.algorithms.base import ClientUpdate, Method, Tensors
 from feddat.data.clients import ClientData
-from feddat.losses import task_loss
 
 
 class HeadOnly(Method):
@@ -30,12 +29,7 @@ class HeadOnly(Method):
         head = self.load_head(state, client)
         opt = self.optimizer(list(head.parameters()), self.local_steps(client.train))
 
-        def step(batch):
-            loss = task_loss(self.logits(head, batch), batch.targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return {"loss": loss}
+        step = self.task_step(head, opt)
 
         with self.model.active():  # the bare backbone
             metrics = self.train_steps(self.batches(client.train, self.name, round_, client.name), step, terms=("loss",))
