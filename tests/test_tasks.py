@@ -72,8 +72,8 @@ def test_two_image_batch_reads_each_image_and_concatenates(tiny_backbone, mixed_
     batch = pairs.train.batch(torch.arange(4), torch.device("cpu"))
     with method.model.active("shared"):
         pooled = method.represent(batch)
-        first = method.represent((batch[0][:, 0], batch[1], batch[2], batch[3]))
-        second = method.represent((batch[0][:, 1], batch[1], batch[2], batch[3]))
+        first = method.represent(batch._replace(image_features=batch.image_features[:, 0]))
+        second = method.represent(batch._replace(image_features=batch.image_features[:, 1]))
         assert torch.allclose(pooled, torch.cat([first, second], 1), atol=1e-5)
         assert method.logits(head, batch).shape == (4, 2)
 

@@ -43,6 +43,7 @@ from feddat.config import Config
 # The engines write clients.json when they load the data, and this module reads it: the index
 # lives in the data layer below both (an engine never imports this module).
 from feddat.data.clients import CLIENTS_FILE, client_record, write_client_index  # noqa: F401
+from feddat.data.types import Batch
 from feddat.runtime import load_tensors, pick_device, save_tensors, write_json, write_text
 
 Tensors = dict[str, torch.Tensor]
@@ -236,7 +237,7 @@ class Predictor:
             features = self.backbone.encode_images(pixels.reshape(n * m, *pixels.shape[2:]))
             features = features.reshape(n, m, *features.shape[1:])
         ids, mask = self.backbone.tokenize(list(questions))
-        batch = (features.to(self.device), ids.to(self.device), mask.to(self.device), None)
+        batch = Batch(features.to(self.device), ids.to(self.device), mask.to(self.device), targets=torch.empty(0))
         self.method.seed_forward("eval")  # as evaluation does: ViLT draws on torch's RNG in forward
         with self.method.model.active(*self.deployed.active, **self.deployed.path):
             return self.method.logits(self.head, batch).float().cpu()

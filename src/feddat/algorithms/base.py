@@ -31,7 +31,7 @@ from feddat.data.types import Batch
 from feddat.heads import TaskHead
 from feddat.losses import task_loss
 from feddat import progress
-from feddat.algorithms import privacy
+import feddat.algorithms.privacy as privacy
 from feddat.algorithms.validation import Rejection, coordinatewise, problem_with
 from feddat.peft.model import AdaptedModel, check_state
 from feddat.runtime import at_home, autocast, derive_seed, generator
@@ -295,10 +295,9 @@ class Method:
             return {"loss": loss}
         return step
 
-    def represent(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """The pooled representation of a batch. A batch is (model inputs..., targets): the last
-        element is always the target, so callers may repeat or slice the rest."""
-        features, ids, mask = batch[:-1]
+    def represent(self, batch: Batch) -> torch.Tensor:
+        """The pooled representation of a batch (its targets are not read)."""
+        features, ids, mask = batch.inputs
         pair = features.ndim == self.feature_rank() + 2
         with autocast(self.device, self.cfg.run.precision):
             if not pair:
