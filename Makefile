@@ -33,6 +33,7 @@ contracts: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step.py
 	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_flower.py
 
 # The CUDA + bf16 path, PASS/FAIL per check (benchmarks/gpu_check.py); without CUDA it says so and exits 0.
 gpu-check: $(STAMP)

@@ -120,8 +120,8 @@ def test_a_killed_supernode_is_left_out_and_rejoins_from_its_disk_state(tiny_vil
         tree = process_tree(fed)
         run_id = fed.cli.submit(cfg)
         wait_for(lambda: len([k for k in records_if(run_dir) if k[1] == 1 and k[3] == "eval"]) == 3, "round 1 evaluated")
-        state = tmp_path / "federation" / "node-state" / "gamma" / f"run-{run_id}" / "feddat" / "gamma.safetensors"
-        saved_before = state.stat().st_mtime_ns
+        states = tmp_path / "federation" / "node-state" / "gamma" / "killed" / "feddat"  # <state-dir>/<run name>/<method>
+        assert [p.name for p in states.iterdir()] == ["gamma.r00001.safetensors"]
         tree += process_tree(fed)
         fed.kill_node("gamma")
         wait_for(lambda: any(k[1] == 2 and k[3] == "train" for k in records_if(run_dir)), "round 2 trained without gamma")
@@ -138,8 +138,9 @@ def test_a_killed_supernode_is_left_out_and_rejoins_from_its_disk_state(tiny_vil
     assert clients(2, "train") == clients(2, "eval") == {"alpha", "beta"}
     assert clients(3, "train") == clients(3, "eval") == set(CLIENTS)
     assert "client 'gamma'" in log and "did not reply to round 2 train" in log
-    # gamma's private state: still one readable safetensors file, rewritten in round 3, no stray temporary files
-    assert state.stat().st_mtime_ns > saved_before and any(k.startswith("client.") for k in load_tensors(state))
+    # gamma's private state: the version of round 3 (trained from round 1's, which it replaces), readable, no stray temporary files
+    assert [p.name for p in states.iterdir()] == ["gamma.r00003.safetensors"]
+    assert any(k.startswith("client.") for k in load_tensors(states / "gamma.r00003.safetensors"))
     assert not list((tmp_path / "federation" / "node-state").rglob("*.tmp"))
     shared = load_tensors(run_dir / "feddat" / "shared_adapter.safetensors")
     assert all(torch.isfinite(t).all() for t in shared.values())
@@ -155,3 +156,47 @@ def wait_for(condition, what: str, timeout: float = 300.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting until {what}")
         time.sleep(0.5)
+
+
+def committed_round(checkpoint: Path) -> int:
+    progress = checkpoint / "progress.json"
+    return json.loads(progress.read_text())["round"] if progress.is_file() else 0
+
+
+def test_a_killed_superlink_and_serverapp_resume_to_the_same_numbers(tiny_vilt_dir, data_root, tmp_path):
+    """SIGKILL the SuperLink and its ServerApp once round 1 of 3 is committed (round 2 in flight,
+    some clients may have trained it); a new SuperLink and a resumed submission finish the run
+    with the numbers of an uninterrupted run (the embedded engine's, which an uninterrupted
+    Flower run equals: test above), the nodes continuing from their disk state."""
+    from feddat.engines.runner import run_experiment
+
+    overrides = {"federation.fraction": 0.6, "federation.rounds": 3, "federation.eval_every": 1}
+    want = run_experiment(make_config(tiny_vilt_dir, data_root, tmp_path, "uninterrupted", **overrides), log=lambda s: None)
+    cfg = make_config(tiny_vilt_dir, data_root, tmp_path, "resumed", **overrides)
+    run_dir = tmp_path / "resumed"
+    with LocalFederation(tmp_path / "federation", list(CLIENTS), log=lambda s: None) as fed:
+        tree = process_tree(fed)
+        first = fed.cli.submit(cfg)
+        wait_for(lambda: committed_round(run_dir / "checkpoint" / "feddat") >= 1, "round 1 committed")
+        tree += process_tree(fed)
+        fed.kill_superlink()
+        killed_at = committed_round(run_dir / "checkpoint" / "feddat")
+        assert killed_at < 3, "the run ended before the kill: nothing was resumed"
+        fed.restart_superlink()
+        second = fed.cli.submit(cfg, resume=True)
+        fed.cli.wait(second, timeout=600)
+        log = fed.cli.run_log(second)
+        tree += process_tree(fed)
+    assert_all_gone(tree)
+    assert second != first and f"resuming after round {killed_at}" in log
+
+    got, expected = records(run_dir), records(want)
+    assert got.keys() == expected.keys()  # an interrupted round's lines were dropped, then written again once
+    for key, record in expected.items():
+        for field, value in record.items():
+            if isinstance(value, float):
+                assert got[key][field] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, field)
+    a = load_tensors(want / "feddat" / "shared_adapter.safetensors")
+    b = load_tensors(run_dir / "feddat" / "shared_adapter.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert committed_round(run_dir / "checkpoint" / "feddat") == 3

@@ -22,6 +22,24 @@ def make_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
+def resumable(run_dir: Path) -> Config:
+    """The configuration of an interrupted run, read back from its directory."""
+    from feddat import config as config_mod
+
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.toml")
+    return config_mod.load(path, {})
+
+
+def clean_partial_writes(run_dir: Path) -> int:
+    """Temporary files of atomic writes that a kill interrupted: never read, safe to drop."""
+    stray = list(run_dir.rglob(".*.tmp"))
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return len(stray)
+
+
 class MetricsLog:
     """Append-only JSONL, flushed and fsynced per write, so a crash loses at most the lines in flight."""
 

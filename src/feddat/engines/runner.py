@@ -9,26 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from feddat.config import Config
-from feddat.engines.rundir import make_run_dir, write_report
+from feddat.engines.rundir import clean_partial_writes, make_run_dir, resumable, write_report  # noqa: F401  (resumable: imported from here by the CLI)
 from feddat.runtime import environment, pick_device, set_threads, write_json, write_text
-
-
-def resumable(run_dir: Path) -> Config:
-    """The configuration of an interrupted run, read back from its directory."""
-    from feddat import config as config_mod
-
-    path = run_dir / "config.toml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.toml")
-    return config_mod.load(path, {})
-
-
-def clean_partial_writes(run_dir: Path) -> int:
-    """Temporary files of atomic writes that a kill interrupted: never read, safe to drop."""
-    stray = list(run_dir.rglob(".*.tmp"))
-    for path in stray:
-        path.unlink(missing_ok=True)
-    return len(stray)
 
 
 def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, flush=True), resume: Path | None = None) -> Path:

@@ -44,7 +44,10 @@ class ClientStateStore:
         versions = self.versions(client)
         if not versions:
             return None
-        path = versions[-1][1]
+        return self.load_version(client, versions[-1][1])
+
+    def load_version(self, client: str, path: Path) -> dict[str, torch.Tensor]:
+        """One stored version (a path from `versions`)."""
         try:
             return load_tensors(path)  # safetensors: data only, nothing in the file is executed
         except Exception as err:

@@ -1,6 +1,7 @@
-"""Flower's own processes for a feddat run: write the Flower App, start `flower-superlink` and
-`flower-supernode`s, submit with `flwr run`, wait for the run's end, and stop every process
-this module started, with all their children (also on an error or Ctrl-C).
+"""Flower's own processes for a feddat run: write the Flower App, start `flower-superlink` and,
+per client, a warm feddat worker (worker.py) and a `flower-supernode`, submit with `flwr run`,
+wait for the run's end, and stop every process this module started, with all their children
+(also on an error or Ctrl-C).
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ import json
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -48,6 +51,7 @@ clientapp = "feddat.engines.flower.client_app:app"
 
 [tool.flwr.app.config]
 {transport.RUN_CONFIG_KEY} = ""
+{transport.RESUME_KEY} = ""
 """
 
 
@@ -62,8 +66,8 @@ def write_app(parent: Path) -> Path:
     return app
 
 
-def write_run_config(cfg: Config, path: Path) -> Path:
-    Path(path).write_text(transport.run_config_text(cfg))
+def write_run_config(cfg: Config, path: Path, resume: bool = False) -> Path:
+    Path(path).write_text(transport.run_config_text(cfg, resume))
     return Path(path)
 
 
@@ -73,11 +77,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# How often a SuperNode's SuperExec looks for a ClientApp task (Flower's default: every 1 s);
+# each message phase waits for it once.
+TASK_POLL_INTERVAL_S = "0.05"
+
+
 def flower_env(flwr_home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["FLWR_HOME"] = str(flwr_home)
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", TASK_POLL_INTERVAL_S)
     return env
+
+
+def wait_for_socket(path: Path, process: subprocess.Popen, what: str, log_path: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise FlowerError(f"{what} exited with status {process.returncode}; see {log_path}")
+        if time.monotonic() > deadline:
+            raise FlowerError(f"{what} did not listen on {path} within {timeout:.0f}s; see {log_path}")
+        time.sleep(0.05)
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str, log_path: Path, timeout: float = 60.0) -> None:
@@ -115,6 +135,21 @@ def stop_tree(process: subprocess.Popen, grace: float = 10.0) -> None:
         process.wait(timeout=grace)
 
 
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a process and its descendants (a crash: nothing gets to clean up)."""
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=10)
+    process.wait(timeout=10)
+
+
 class LocalFederation:
     """A SuperLink and one SuperNode per client on 127.0.0.1, each with a log file under `workdir`.
 
@@ -122,11 +157,14 @@ class LocalFederation:
     process it started.
     """
 
-    def __init__(self, workdir: Path, clients: list[str], node_config: dict[str, str] | None = None, log: Callable[[str], None] = print):
+    def __init__(self, workdir: Path, clients: list[str], node_config: dict[str, str] | None = None, log: Callable[[str], None] = print, warm: bool = True):
         self.workdir = Path(workdir).resolve()
         self.clients = list(clients)
         self.node_config = dict(node_config or {})
         self.log = log
+        self.warm = warm  # a feddat worker per SuperNode (worker.py); False: every message loads feddat anew
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.socket_dir: Path | None = None  # short (Unix socket paths are limited), mode 0700
         self.flwr_home = self.workdir / "flwr-home"
         self.env = flower_env(self.flwr_home)
         self.port = 0
@@ -144,39 +182,70 @@ class LocalFederation:
 
     def start(self) -> LocalFederation:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
+        if self.warm:
+            self.socket_dir = Path(tempfile.mkdtemp(prefix="feddat-w-"))
         self.port = free_port()
         (self.flwr_home / "config.toml").write_text(f'[superlink.{LOCAL}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
-        self.superlink, log_path = self.spawn([str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(self.port)], "superlink.log")
+        self.superlink, log_path = self.spawn(self.superlink_args(), "superlink.log")
         wait_for_port(self.port, self.superlink, "flower-superlink", log_path)
         for client in self.clients:
             self.start_node(client)
-        self.log(f"flower: SuperLink on 127.0.0.1:{self.port}, {len(self.clients)} SuperNodes ({', '.join(self.clients)}); logs in {self.workdir / 'logs'}")
+        warm = " with warm feddat workers" if self.warm else ""
+        self.log(f"flower: SuperLink on 127.0.0.1:{self.port}, {len(self.clients)} SuperNodes{warm} ({', '.join(self.clients)}); logs in {self.workdir / 'logs'}")
         return self
 
+    def superlink_args(self) -> list[str]:
+        # State in a database file, not in memory: a SuperLink restarted after a crash still
+        # knows the SuperNodes (they reconnect without registering again) and the runs.
+        return [str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(self.port), "--database", str(self.workdir / "superlink.db")]
+
+    def socket_path(self, client: str) -> Path:
+        return self.socket_dir / f"{self.clients.index(client)}.sock"
+
+    def start_worker(self, client: str) -> subprocess.Popen:
+        """The node's warm worker, answering on its socket before the SuperNode starts."""
+        path = self.socket_path(client)
+        self.workers[client], log_path = self.spawn([sys.executable, "-m", "feddat.engines.flower.worker", "--socket", str(path)], f"worker-{client}.log")
+        wait_for_socket(path, self.workers[client], f"the feddat worker of client '{client}'", log_path)
+        return self.workers[client]
+
     def start_node(self, client: str) -> subprocess.Popen:
+        """A SuperNode for `client` (and, if warm, its worker first)."""
         settings = {transport.PARTITION_KEY: client, transport.STATE_DIR_KEY: str(self.workdir / "node-state" / client), **self.node_config}
+        if self.warm:
+            self.start_worker(client)
+            settings[transport.WORKER_KEY] = str(self.socket_path(client))
         node_config = " ".join(f"{k}={json.dumps(v)}" for k, v in settings.items())
         args = [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()), "--node-config", node_config]
         self.nodes[client], _ = self.spawn(args, f"supernode-{client}.log")
         return self.nodes[client]
 
     def kill_node(self, client: str) -> None:
-        """SIGKILL a SuperNode and its children, as a crashed host would vanish."""
-        process = self.nodes.pop(client)
-        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-        for p in tree:
-            p.kill()
-        psutil.wait_procs(tree, timeout=10)
-        process.wait(timeout=10)
+        """SIGKILL a SuperNode, its worker and their children, as a crashed host would vanish."""
+        for process in (self.nodes.pop(client), self.workers.pop(client, None)):
+            if process is not None:
+                kill_tree(process)
+
+    def kill_superlink(self) -> None:
+        """SIGKILL the SuperLink and what it started (the ServerApp), as a crashed server would vanish."""
+        kill_tree(self.superlink)
+
+    def restart_superlink(self) -> None:
+        """A new SuperLink on the same port and FLWR_HOME (the SuperNodes reconnect to it)."""
+        self.superlink, log_path = self.spawn(self.superlink_args(), "superlink.log")
+        wait_for_port(self.port, self.superlink, "flower-superlink", log_path)
 
     def processes(self) -> list[subprocess.Popen]:
-        return [p for p in (self.superlink, *self.nodes.values(), *self.cli.others) if p is not None]
+        return [p for p in (self.superlink, *self.nodes.values(), *self.workers.values(), *self.cli.others) if p is not None]
 
     def stop(self) -> None:
-        for process in [*self.cli.others, *self.nodes.values(), self.superlink]:
+        for process in [*self.cli.others, *self.nodes.values(), *self.workers.values(), self.superlink]:
             if process is not None:
                 stop_tree(process)
-        self.cli.others, self.nodes, self.superlink = [], {}, None
+        self.cli.others, self.nodes, self.workers, self.superlink = [], {}, {}, None
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            self.socket_dir = None
 
     def __enter__(self) -> LocalFederation:
         try:
@@ -203,10 +272,14 @@ class Flwr:
             raise FlowerError(f"`flwr {' '.join(args)}` failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
         return done.stdout
 
-    def submit(self, cfg: Config) -> int:
-        """`flwr run` the feddat app with this configuration; returns the run id."""
+    def submit(self, cfg: Config, resume: bool = False) -> int:
+        """`flwr run` the feddat app with this configuration (resume: continuing the run of
+        that name from its last committed round); returns the run id."""
         app = write_app(self.cwd / "app")
-        run_config = write_run_config(cfg, self.cwd / "app" / "run-config.toml")
+        return self.submit_app(app, write_run_config(cfg, self.cwd / "app" / "run-config.toml", resume))
+
+    def submit_app(self, app: Path, run_config: Path) -> int:
+        """`flwr run` a Flower App directory with a run-config file; returns the run id."""
         out = json.loads(self.flwr("run", str(app), self.superlink, "--run-config", str(run_config), "--format", "json"))
         if not out.get("success"):
             raise FlowerError(f"`flwr run` did not start the run: {out}")

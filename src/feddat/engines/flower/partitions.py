@@ -24,6 +24,23 @@ def client_names(cfg: Config) -> list[str]:
     return [c.name for c in raw_clients(cfg)]  # a re-split: the plan needs the pooled data
 
 
+def node_partition(cfg: Config, node_config, node_id: int) -> str:
+    """The client a SuperNode serves: its node config's 'partition' (a client name, the
+    deployment engine), else 'partition-id' (an index into `client_names`, as Flower's
+    simulation engine numbers its virtual nodes)."""
+    from feddat.engines.flower.transport import PARTITION_KEY
+
+    if node_config.get(PARTITION_KEY):
+        return str(node_config[PARTITION_KEY])
+    if "partition-id" in node_config:
+        names = client_names(cfg)
+        index = int(node_config["partition-id"])
+        if not 0 <= index < len(names):
+            raise PartitionError(f"virtual node {node_id} has partition-id {index}, but the run has {len(names)} clients ({', '.join(names)}): simulate with exactly {len(names)} SuperNodes")
+        return names[index]
+    raise PartitionError(f"SuperNode {node_id} has no '{PARTITION_KEY}' in its node config; start it with --node-config '{PARTITION_KEY}=\"<client name>\"'")
+
+
 def raw_partition(cfg: Config, name: str) -> RawClient:
     from feddat.data.sources import benchmark_sources, raw_clients
 

@@ -4,7 +4,7 @@ Flower 1.41 ships SecAgg+ as a server workflow (`flwr.server.workflow.SecAggPlus
 and a client mod (`flwr.client.mod.secaggplus_mod`). The workflow belongs to Flower's legacy
 API: it takes a `LegacyContext` whose legacy `Strategy` hands it the fit instructions
 (`configure_fit`) and receives the unmasked aggregate (`aggregate_fit`); the mod turns the
-ClientApp's legacy `FitRes` into a masked vector. feddat's ServerApp uses the Message API
+ClientApp's legacy `FitRes` into a masked vector (client_app.secure_mod applies it). feddat's ServerApp uses the Message API
 (`MethodStrategy`), so a secure training round runs that workflow unchanged, on the run's
 Grid, with `SecureRound` as the legacy strategy: it only carries feddat's instructions in and
 the aggregate out. No cryptography here: keys, secret sharing, masks, quantisation and
@@ -40,8 +40,6 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.app.message_type import MessageType
-from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitIns, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.compat.common import recorddict_compat as compat
@@ -65,14 +63,6 @@ class SecureAggregationError(RuntimeError):
 
 
 # ---- client side ------------------------------------------------------------------------
-
-
-def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-    """Flower's `secaggplus_mod`, for the messages of a SecAgg+ round only (they carry its
-    config record); every other message goes straight to its handler."""
-    if msg.metadata.message_type == MessageType.TRAIN and RECORD_KEY_CONFIGS in msg.content.config_records:
-        return secaggplus_mod(msg, context, call_next)
-    return call_next(msg, context)
 
 
 def is_masking_phase(content: RecordDict) -> bool:

@@ -15,7 +15,9 @@ continues from the private state on its disk.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Callable, Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -29,7 +31,8 @@ from feddat.config import Config
 from feddat.engines.flower import secure, transport
 from feddat.engines.flower.partitions import build_model, client_names
 from feddat.engines.rounds import Rounds
-from feddat.engines.rundir import MetricsLog, make_run_dir, write_report
+from feddat.engines.rundir import MetricsLog, clean_partial_writes, make_run_dir, resumable, write_report
+from feddat.engines.state import Checkpoint, Progress
 from feddat.runtime import environment, pick_device, save_tensors, set_threads, write_json, write_text
 
 app = ServerApp()
@@ -48,7 +51,50 @@ def _log(line: str) -> None:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_on_grid(grid, transport.config_from_run(context.run_config))
+    run_on_grid(PromptGrid(grid), transport.config_from_run(context.run_config), resume=transport.resumes(context.run_config))
+
+
+class PromptGrid(Grid):
+    """The run's Grid, looking for replies every `poll` seconds where Flower's own
+    `send_and_receive` sleeps 3 s between looks; built on the public push/pull calls."""
+
+    def __init__(self, grid: Grid, poll: float = 0.2):
+        self.grid, self.poll = grid, poll
+
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def get_nodes(self):
+        return self.grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        pending = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            got = list(self.pull_messages(pending))
+            replies += got
+            pending -= {m.metadata.reply_to_message_id for m in got}
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.poll)
+        return replies
 
 
 class Roster:
@@ -118,10 +164,11 @@ class MethodStrategy(Strategy):
     """One feddat method as a Flower strategy: the rounds of `Rounds` (sampling, evaluation
     schedule, records), the server step of the method, the clients reached by messages."""
 
-    def __init__(self, method: Method, cfg: Config, roster: Roster, metrics: MetricsLog, log: Log = _log):
-        self.method, self.cfg, self.roster, self.metrics, self.log = method, cfg, roster, metrics, log
+    def __init__(self, method: Method, cfg: Config, roster: Roster, metrics: MetricsLog, checkpoint: Checkpoint, log: Log = _log):
+        self.method, self.cfg, self.roster, self.metrics, self.checkpoint, self.log = method, cfg, roster, metrics, checkpoint, log
         self.rounds = Rounds(method, cfg, len(roster.clients), log)
         self.shared = method.init_shared()
+        self.offset = 0  # rounds committed before this ServerApp started (a resumed run)
         self.sent: dict[int, str] = {}  # node id -> client, for the phase in flight
         self.order: list[str] = []  # clients of the phase in flight, in the roster's order
         self.times = {"train": 0.0, "eval": 0.0, "t0": 0.0}
@@ -134,6 +181,21 @@ class MethodStrategy(Strategy):
                 secure.check_possible(cfg, self.rounds.per_round)
             except secure.SecureAggregationError as err:
                 raise FlowerRunError(str(err)) from err
+
+    def restore(self, committed: Progress) -> None:
+        """Continue after a committed round, as the embedded engine does (its checkpoint format)."""
+        self.shared = committed.shared
+        self.method.load_server_state(committed.server)
+        c = committed.counters
+        self.times.update(train=float(c.get("train_s", 0.0)), eval=float(c.get("eval_s", 0.0)))
+        self.bytes.update(up=int(c.get("bytes_up", 0)), down=int(c.get("bytes_down", 0)))
+        self.rounds.resume(committed.round, int(c.get("steps", 0)))
+        self.offset = committed.round
+
+    def commit(self, round_: int) -> None:
+        """The round's checkpoint, after its metrics: a crash before it replays the round."""
+        counters = {"train_s": self.times["train"], "eval_s": self.times["eval"], "steps": self.rounds.steps, "bytes_up": self.bytes["up"], "bytes_down": self.bytes["down"]}
+        self.checkpoint.save(Progress(round_, self.shared, self.method.server_state(), counters))
 
     def summary(self) -> None:
         f = self.cfg.federation
@@ -173,7 +235,9 @@ class MethodStrategy(Strategy):
         return got
 
     # ---- Strategy ------------------------------------------------------------------------
+    # Flower numbers the rounds of this ServerApp from 1; a resumed run's go on from `offset`.
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
         self.times["t0"] = time.perf_counter()
         self.roster.refresh(grid)  # a restarted SuperNode rejoins here
         sampled = self.rounds.participants(self.roster.clients, server_round)
@@ -184,6 +248,7 @@ class MethodStrategy(Strategy):
         return self.messages("train", server_round, sampled)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.offset
         if self.secure:
             updates = self.secure_updates(server_round)
         else:
@@ -230,6 +295,7 @@ class MethodStrategy(Strategy):
         return ClientUpdate(client=client, shared=shared, num_examples=int(content["info"]["num-examples"]), state={}, metrics=metrics)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
         self.times["t0"] = time.perf_counter()
         if not self.rounds.evaluates(server_round):
             # Flower still calls aggregate_evaluate (with no replies): nobody was asked, so
@@ -240,25 +306,25 @@ class MethodStrategy(Strategy):
         return self.messages("evaluate", server_round, [self.roster.clients[i] for i in self.rounds.evaluation_sample()])
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.offset  # the round's last step: called by Flower after every round
         got = self.replies("evaluate", server_round, replies)
-        if not self.order:
-            return None
-        scores = {c: dict(got[c]["metrics"]) for c in self.order if c in got}
-        records, text = self.rounds.evaluated(server_round, scores)
-        self.metrics.write_many(records)
-        self.times["eval"] += time.perf_counter() - self.times["t0"]
-        self.log(f"  [{self.method.name}] round {server_round} evaluated {len(scores)} clients  | {text}")
+        if self.order:
+            scores = {c: dict(got[c]["metrics"]) for c in self.order if c in got}
+            records, text = self.rounds.evaluated(server_round, scores)
+            self.metrics.write_many(records)
+            self.times["eval"] += time.perf_counter() - self.times["t0"]
+            self.log(f"  [{self.method.name}] round {server_round} evaluated {len(scores)} clients  | {text}")
+        self.commit(server_round)
         return None
 
 
-def run_on_grid(grid: Grid, cfg: Config, log: Log = _log) -> None:
+def run_on_grid(grid: Grid, cfg: Config, log: Log = _log, resume: bool = False) -> None:
     """Every configured method on the connected SuperNodes; writes the run directory."""
     refuse_pooled(cfg)
     set_threads(cfg.run.threads)
     device = pick_device(cfg.run.device)
-    run_dir = make_run_dir(cfg)
-    write_text(run_dir / "config.toml", cfg.to_toml())
-    log(f"feddat (Flower engine): run directory {run_dir.resolve()}")
+    run_dir, done = open_run_dir(cfg, resume)
+    log(f"feddat (Flower engine): run directory {run_dir.resolve()}{'  resuming' if resume else ''}")
     model = build_model(cfg, device)  # the server step needs the adapters' names and shapes, not the data
     roster = Roster(client_names(cfg), cfg.flower.round_timeout, log)
     log(f"waiting for {len(roster.clients)} SuperNodes (clients {', '.join(roster.clients)})")
@@ -266,17 +332,43 @@ def run_on_grid(grid: Grid, cfg: Config, log: Log = _log) -> None:
     log("clients: " + ", ".join(f"{c} on node {n}" for c, n in roster.nodes.items()))
     summaries = []
     for name in cfg.run.methods:
+        if name in done:
+            log(f"== {name}: finished before the interruption")
+            summaries.append(done[name])
+            continue
         log(f"== {name}")
-        summaries.append(run_method_on_grid(name, cfg, model, roster, grid, run_dir, device, log))
+        summaries.append(run_method_on_grid(name, cfg, model, roster, grid, run_dir, device, log, resume))
         write_json(run_dir / "summary.json", {"methods": summaries, "environment": environment(device)})  # the server's; nodes may differ
     write_report(cfg, run_dir, summaries, log)
 
 
-def run_method_on_grid(name: str, cfg: Config, model, roster: Roster, grid: Grid, run_dir, device, log: Log) -> dict:
+def open_run_dir(cfg: Config, resume: bool) -> tuple[Path, dict[str, dict]]:
+    """A new run directory, or (resume) the interrupted run's, with the summaries of the methods
+    it finished."""
+    if not resume:
+        run_dir = make_run_dir(cfg)
+        write_text(run_dir / "config.toml", cfg.to_toml())
+        return run_dir, {}
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    resumable(run_dir)  # says so if it is not a run directory
+    clean_partial_writes(run_dir)
+    summary = run_dir / "summary.json"
+    return run_dir, ({s["method"]: s for s in json.loads(summary.read_text())["methods"]} if summary.is_file() else {})
+
+
+def run_method_on_grid(name: str, cfg: Config, model, roster: Roster, grid: Grid, run_dir: Path, device, log: Log, resume: bool = False) -> dict:
     method = build_method(name, cfg, model, device)
-    strategy = MethodStrategy(method, cfg, roster, MetricsLog(run_dir / "metrics.jsonl"), log)
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    strategy = MethodStrategy(method, cfg, roster, metrics, Checkpoint(run_dir / "checkpoint" / name), log)
+    committed = strategy.checkpoint.load() if resume else None
+    if committed is not None:
+        strategy.restore(committed)
+        log(f"  [{name}] resuming after round {committed.round}")
+    if resume:  # what an interrupted round wrote goes; the round runs again
+        metrics.keep(lambda r: r.get("method") != name or int(r.get("round", 0)) <= strategy.offset)
     started = time.perf_counter()
-    strategy.start(grid, transport.to_record(strategy.shared), num_rounds=cfg.federation.rounds, timeout=cfg.flower.round_timeout)
+    if strategy.offset < cfg.federation.rounds:
+        strategy.start(grid, transport.to_record(strategy.shared), num_rounds=cfg.federation.rounds - strategy.offset, timeout=cfg.flower.round_timeout)
     wall = time.perf_counter() - started
     shared, t = strategy.shared, strategy.times
     save_tensors(run_dir / name / "shared_adapter.safetensors", shared, metadata={"method": name, "rounds": str(cfg.federation.rounds), "engine": "flower"})

@@ -1,0 +1,81 @@
+"""Flower's simulation engine (engines/flower/simulation.py): the feddat ServerApp and ClientApp
+on Ray, one virtual SuperNode per client, give the embedded engine's numbers, and leave no
+Ray process behind.
+
+One small run of a tiny ViLT on three tiny clients (Ray's start and stop take seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from feddat.runtime import load_tensors
+from test_flower import CLIENTS, data_root, make_config, records  # noqa: F401 - data_root: the fixture
+
+pytestmark = pytest.mark.slow
+
+
+def is_ray(p: psutil.Process) -> bool:
+    """Ray's daemons (raylet, gcs_server, ...) and workers (`ray::...`, python .../ray/...)."""
+    try:
+        name, cmdline = p.name(), p.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return "ray" in name or "gcs_server" in name or any(a.startswith("ray::") or "raylet" in a or "/ray/" in a for a in cmdline)
+
+
+def ray_processes_since(t0: float) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter() if p.pid != os.getpid() and p.create_time() >= t0 and is_ray(p) and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def assert_no_ray_left(t0: float, grace: float = 15.0) -> None:
+    """Processes Ray started after t0 are gone (a worker may take a moment to exit)."""
+    deadline = time.monotonic() + grace
+    while (left := ray_processes_since(t0)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"Ray processes left running: {[(p.pid, p.name(), ' '.join(p.cmdline())[:120]) for p in left]}"
+
+
+def test_flower_simulation_matches_embedded_engine(tiny_vilt_dir, data_root, tmp_path):  # noqa: F811
+    """test_flower.py's run (2 rounds of FedDAT, 2 of 3 clients sampled per round, evaluated
+    after round 2) on 3 virtual SuperNodes: same per-client metrics and shared adapter."""
+    from feddat.engines.flower.simulation import run_simulation
+    from feddat.engines.runner import run_experiment
+
+    overrides = {"federation.fraction": 0.6, "federation.rounds": 2, "federation.eval_every": 2}
+    t0 = time.perf_counter()
+    embedded = run_experiment(make_config(tiny_vilt_dir, data_root, tmp_path, "embedded", **overrides), log=lambda s: None)
+    embedded_s = time.perf_counter() - t0
+
+    started = time.time() - 1.0  # process create_time has a coarse clock
+    ray_dirs = set(Path(tempfile.gettempdir()).glob("feddat-ray-*"))
+    t0 = time.perf_counter()
+    simulated = run_simulation(make_config(tiny_vilt_dir, data_root, tmp_path, "simulated", **overrides), log=lambda s: None)
+    simulated_s = time.perf_counter() - t0
+    assert_no_ray_left(started)
+    assert set(Path(tempfile.gettempdir()).glob("feddat-ray-*")) == ray_dirs  # Ray's folder is removed
+    print(f"\nwall time of the same run: embedded {embedded_s:.1f}s, Flower simulation {simulated_s:.1f}s (Ray start and stop included)")
+
+    assert simulated == tmp_path / "simulated"
+    got, want = records(simulated), records(embedded)
+    assert got.keys() == want.keys()
+    assert {k[2] for k in want if k[1] == 1 and k[3] == "train"} != set(CLIENTS)  # sampling did leave a client out
+    for key, record in want.items():
+        assert got[key].keys() == record.keys(), key
+        for field, value in record.items():
+            if isinstance(value, float):
+                assert got[key][field] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, field)
+    a = load_tensors(embedded / "feddat" / "shared_adapter.safetensors")
+    b = load_tensors(simulated / "feddat" / "shared_adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    summary = json.loads((simulated / "summary.json").read_text())["methods"][0]
+    assert summary["engine"] == "flower" and summary["bytes_up_per_round"] == json.loads((embedded / "summary.json").read_text())["methods"][0]["bytes_up_per_round"]
+    # Virtual nodes have no 'state-dir': each keeps its client's private state in the run directory.
+    assert sorted(p.name for p in (simulated / "node-state").iterdir()) == sorted(CLIENTS)

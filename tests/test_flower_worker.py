@@ -1,0 +1,128 @@
+"""The warm feddat worker of a SuperNode (engines/flower/worker.py), without Flower's daemons:
+a real worker process on a Unix socket, asked as the ClientApp asks it. Its answers equal the
+in-process handlers'; it is private to its user; a dead or missing worker is reported with its
+socket named; a failing message leaves the worker up. Also the nodes' round-versioned state."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+
+from test_flower import CLIENTS, data_root, make_config  # noqa: F401  (data_root: a fixture)
+from feddat.engines.flower import client_node, transport, worker
+from feddat.engines.flower.launch import stop_tree, wait_for_socket
+
+RUN_ID = 7
+
+
+@pytest.fixture()
+def socket_dir():
+    with tempfile.TemporaryDirectory(prefix="feddat-wt-") as tmp:  # short: Unix socket paths are limited
+        yield Path(tmp) / "private"
+
+
+@pytest.fixture()
+def running_worker(socket_dir, tmp_path):
+    path = socket_dir / "0.sock"
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "feddat.engines.flower.worker", "--socket", str(path)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_socket(path, process, "worker", log)
+        yield path, process, log
+    finally:
+        stop_tree(process)
+
+
+def as_server():
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, SUPERLINK_NODE_ID  # what a ServerApp process has
+
+
+def context_for(cfg, partition: str, tmp_path: Path) -> Context:
+    node_config = {transport.PARTITION_KEY: partition, transport.STATE_DIR_KEY: str(tmp_path / "state")}
+    return Context(run_id=RUN_ID, node_id=11, node_config=node_config, state=RecordDict(), run_config={transport.RUN_CONFIG_KEY: cfg.to_toml()})
+
+
+def query() -> Message:
+    as_server()
+    return Message(RecordDict({"config": ConfigRecord()}), dst_node_id=11, message_type="query")
+
+
+def train_message(shared, round_: int) -> Message:
+    as_server()
+    return Message(RecordDict({"shared": transport.to_record(shared), "config": ConfigRecord({"method": "feddat", "round": round_})}), dst_node_id=11, message_type="train")
+
+
+def test_the_light_clientapp_loads_no_torch():
+    code = "import sys, feddat.engines.flower.client_app; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_worker_answers_as_the_clientapp_would_and_stays_private(running_worker, tiny_vilt_dir, data_root, tmp_path):  # noqa: F811
+    path, process, log = running_worker
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    cfg = make_config(tiny_vilt_dir, data_root, tmp_path, "worker")
+    reply = worker.ask(path, query(), context_for(cfg, "beta", tmp_path), timeout=120)
+    assert dict(reply.content["info"]) == {"client": "beta", "num-train": 12, "num-test": 6, "num-answers": 2}
+
+    # a train message: the worker's update equals the one computed in this process
+    from feddat.algorithms import build_method
+
+    node = client_node.Nodes().get(context_for(cfg, "beta", tmp_path / "here"))
+    shared = build_method("feddat", cfg, node.model, node.device).init_shared()
+    there = worker.ask(path, train_message(shared, 1), context_for(cfg, "beta", tmp_path), timeout=120)
+    here = client_node.train(train_message(shared, 1), node)
+    a, b = transport.from_record(there.content["shared"]), transport.from_record(here.content["shared"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert dict(there.content["metrics"]) == pytest.approx(dict(here.content["metrics"]))
+    assert "train answered" in log.read_text()
+
+    # a message that fails (a client the benchmark does not have) is reported, and the worker goes on
+    with pytest.raises(worker.WorkerError, match=f"worker at {path} failed .*'nope' is not a client"):
+        worker.ask(path, query(), context_for(cfg, "nope", tmp_path), timeout=120)
+    assert worker.ask(path, query(), context_for(cfg, "alpha", tmp_path), timeout=120).content["info"]["client"] == "alpha"
+
+
+def test_a_missing_or_dead_worker_is_reported_with_its_socket(running_worker, tiny_vilt_dir, data_root, tmp_path):  # noqa: F811
+    path, process, _ = running_worker
+    cfg = make_config(tiny_vilt_dir, data_root, tmp_path, "dead")
+    process.kill()
+    process.wait()
+    with pytest.raises(worker.WorkerError, match=f"no feddat worker listens on {path}.*feddat flower worker --socket {path}"):
+        worker.ask(path, query(), context_for(cfg, "beta", tmp_path), timeout=30)
+    with pytest.raises(worker.WorkerError, match="no feddat worker listens on"):
+        worker.ask(path.parent / "other.sock", query(), context_for(cfg, "beta", tmp_path), timeout=30)
+
+
+def test_a_second_worker_on_a_live_socket_is_refused(running_worker):
+    path, _, _ = running_worker
+    done = subprocess.run([sys.executable, "-m", "feddat.engines.flower.worker", "--socket", str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "already listens" in done.stderr
+
+
+def test_node_state_is_versioned_by_round_so_a_replayed_round_starts_where_it_did(tiny_vilt_dir, data_root, tmp_path):  # noqa: F811
+    cfg = make_config(tiny_vilt_dir, data_root, tmp_path, "versions")
+    node = client_node.Nodes().get(context_for(cfg, "alpha", tmp_path))
+    method = node.method("feddat")
+    fresh = node.load_state(method, 1, training=True)
+    one = {k: v + 1 for k, v in fresh.items()}
+    node.save_state(method, one, 1)
+    node.save_state(method, {k: v + 3 for k, v in fresh.items()}, 3)  # round 3 trained, then the server crashed before committing it
+    files = lambda: sorted(p.name for p in (node.state_root / "feddat").iterdir())  # noqa: E731
+    assert files() == ["alpha.r00001.safetensors", "alpha.r00003.safetensors"]
+    after = node.load_state(method, 3, training=False)  # evaluating round 3 reads round 3's version
+    assert all(torch.equal(after[k], fresh[k] + 3) for k in fresh)
+    replay = node.load_state(method, 3, training=True)  # the resumed server sends round 3 again
+    assert files() == ["alpha.r00001.safetensors"] and all(torch.equal(replay[k], one[k]) for k in one)
+    node.save_state(method, replay, 3)
+    node.save_state(method, replay, 4)
+    assert files() == ["alpha.r00003.safetensors", "alpha.r00004.safetensors"]  # the one round 4 started from, and round 4's
