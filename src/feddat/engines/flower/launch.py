@@ -112,24 +112,29 @@ def wait_for_port(port: int, process: subprocess.Popen, what: str, log_path: Pat
     raise FlowerError(f"{what} did not listen on port {port} within {timeout:.0f}s; see {log_path}")
 
 
+def tree_of(process: subprocess.Popen) -> list[psutil.Process]:
+    """A process and its descendants (none if it is gone)."""
+    try:
+        return [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def signal_all(tree: list[psutil.Process], signum: int) -> None:
+    for p in tree:
+        try:
+            p.send_signal(signum)
+        except psutil.NoSuchProcess:
+            pass
+
+
 def stop_tree(process: subprocess.Popen, grace: float = 10.0) -> None:
     """Stop a daemon and everything it started. Flower's SuperExec starts a session of its own,
     so killing the process group is not enough: the descendants are collected first."""
-    try:
-        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    for p in tree:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
+    tree = tree_of(process)
+    signal_all(tree, signal.SIGTERM)
     _, alive = psutil.wait_procs(tree, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    signal_all(alive, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=grace)
     if process.poll() is None:
         process.wait(timeout=grace)
@@ -137,15 +142,8 @@ def stop_tree(process: subprocess.Popen, grace: float = 10.0) -> None:
 
 def kill_tree(process: subprocess.Popen) -> None:
     """SIGKILL a process and its descendants (a crash: nothing gets to clean up)."""
-    try:
-        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    for p in tree:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    tree = tree_of(process)
+    signal_all(tree, signal.SIGKILL)
     psutil.wait_procs(tree, timeout=10)
     process.wait(timeout=10)
 
