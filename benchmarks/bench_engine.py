@@ -1,6 +1,6 @@
 """Where a round's time goes, and memory against the number of clients.
 
-Part 1 runs the embedded default (minivl, synthetic domain benchmark, FedDAT) for a few small
+Part 1 runs the embedded default (foundation, synthetic domain benchmark, FedDAT) for a few small
 rounds and prints the time split: client compute, aggregation, evaluation, state I/O, data,
 plus what (de)serialising one update costs and how many bytes a round moves. The engine's
 overhead is everything in a training round that is not the clients' own compute.
@@ -67,7 +67,7 @@ def time_split(out: Path) -> None:
     train_s = summary["train_s"]
     ser_s, size = serialisation_cost(load_tensors(run_dir / "feddat" / "shared_adapter.safetensors"))
     clients_per_round = summary["bytes_up_per_round"] // max(1, size) if size else 0
-    print(f"\n## Round time split: minivl, domain (5 clients x {cfg.data.train_per_client} train), feddat, {rounds} rounds")
+    print(f"\n## Round time split: {cfg.backbone.name}, domain (5 clients x {cfg.data.train_per_client} train), feddat, {rounds} rounds")
     print(f"{'part':<26} {'s/round':>9} {'% of round':>11}")
     round_total = (train_s + split["evaluate"]) / rounds
     for kind in ("compute", "aggregate", "state_io", "data", "evaluate"):

@@ -106,15 +106,9 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def tiny_vilt(path: Path) -> str:
-    from transformers import AutoTokenizer, ViltConfig, ViltModel
+    from feddat.backbones.vilt import save_random_vilt
 
-    from feddat.backbones.minivl import minilm_path
-
-    torch.manual_seed(0)
-    config = ViltConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=IMAGE, patch_size=16, max_position_embeddings=16)
-    ViltModel(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True).save_pretrained(path)
-    return str(path)
+    return save_random_vilt(path, image_size=IMAGE)
 
 
 def folder_data(root: Path) -> Path:

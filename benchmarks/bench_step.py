@@ -4,14 +4,15 @@
 are the fused schedule with feddat.branch_site = 1 / 2, a deliberate difference (the
 teacher reuses the student's lowest sites; README "Speed" shows what it does to scores).
 
-Prints, for the embedded default (minivl) and a ViLT-B/32-sized backbone (random weights,
+Prints, for the embedded default (foundation) and a ViLT-B/32-sized backbone (random weights,
 the real architecture and sizes): ms per local step, samples per second, the ratio to
 FedAvg+Adapter measured in this same process, and peak memory.
 Variants are interleaved over repeats and the median is reported, so a noisy neighbour
 affects all of them alike. Nothing is asserted: these are figures to read.
 
     .venv/bin/python benchmarks/bench_step.py                 # both backbones
-    .venv/bin/python benchmarks/bench_step.py --backbones minivl --repeats 5
+    .venv/bin/python benchmarks/bench_step.py --backbones foundation --repeats 5
+    .venv/bin/python benchmarks/bench_step.py --backbones foundation --precision fp32   # float32 on the CPU
 """
 
 from __future__ import annotations
@@ -49,22 +50,29 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def memory_in_child(backbone: str, label: str, batch: int, steps: int) -> float:
+def memory_in_child(backbone: str, label: str, batch: int, steps: int, precision: str) -> float:
     """Peak resident memory of a fresh process that trains one variant (CPU has no allocator
     statistics, and a process's high-water mark never goes down, so each variant gets its own)."""
-    cmd = [sys.executable, __file__, "--memory-child", label, "--backbones", backbone, "--batch", str(batch), "--vilt-batch", str(batch), "--steps", str(steps)]
+    cmd = [sys.executable, __file__, "--memory-child", label, "--backbones", backbone, "--batch", str(batch), "--vilt-batch", str(batch), "--steps", str(steps), "--precision", precision]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"memory run of {label} failed:\n{out.stderr[-2000:]}")
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def build(backbone_name: str, device: torch.device, batch: int):
+def build(backbone_name: str, device: torch.device, batch: int, precision: str):
     cfg = Config()
+    cfg.run.precision = precision
     cfg.train.batch_size, cfg.train.local_epochs = batch, 1
-    if backbone_name == "minivl":
+    if backbone_name == "foundation":
+        from feddat.backbones.foundation import Foundation
+
+        cfg.backbone.name = "foundation"
+        backbone = Foundation("", cfg.backbone.image_size, cfg.backbone.max_text_len)
+    elif backbone_name == "minivl":
         from feddat.backbones.minivl import MiniVL
 
+        cfg.backbone.name = "minivl"
         backbone = MiniVL(cfg.backbone.image_size, cfg.backbone.max_text_len)
     else:  # ViLT-B/32 dimensions (hidden 768, 12 blocks, 384 px, 40 tokens), random weights: no download
         from transformers import AutoTokenizer, ViltConfig, ViltModel
@@ -85,8 +93,8 @@ def make_client(cfg: Config, backbone, n: int):
     return load_clients(cfg, backbone, log=lambda _: None)[0]
 
 
-def build_variants(name: str, device: torch.device, batch: int, steps: int):
-    cfg, backbone = build(name, device, batch)
+def build_variants(name: str, device: torch.device, batch: int, steps: int, precision: str):
+    cfg, backbone = build(name, device, batch, precision)
     model = AdaptedModel(backbone, cfg.adapter.reduction_factor, cfg.adapter.activation)
     client = make_client(cfg, backbone, batch * steps)
     methods = {}
@@ -100,8 +108,8 @@ def build_variants(name: str, device: torch.device, batch: int, steps: int):
     return client, methods
 
 
-def bench_backbone(name: str, device: torch.device, batch: int, steps: int, repeats: int) -> list[dict]:
-    client, methods = build_variants(name, device, batch, steps)
+def bench_backbone(name: str, device: torch.device, batch: int, steps: int, repeats: int, precision: str) -> list[dict]:
+    client, methods = build_variants(name, device, batch, steps, precision)
     times = {label: [] for label in VARIANTS}
     peaks = {label: 0.0 for label in VARIANTS}
     for label, (method, shared, state) in methods.items():  # warm-up: allocator, kernels, caches
@@ -118,7 +126,7 @@ def bench_backbone(name: str, device: torch.device, batch: int, steps: int, repe
                 peaks[label] = max(peaks[label], torch.cuda.max_memory_allocated() / 2**20)
             times[label].append((time.perf_counter() - t0) / update.metrics["steps"])
     if device.type != "cuda":
-        peaks = {label: memory_in_child(name, label, batch, steps) for label in VARIANTS}
+        peaks = {label: memory_in_child(name, label, batch, steps, precision) for label in VARIANTS}
     base = statistics.median(times["fedavg"])
     return [
         {"backbone": name, "variant": label, "ms_per_step": 1000 * statistics.median(t), "samples_per_s": batch / statistics.median(t), "ratio": statistics.median(t) / base, "peak_mib": peaks[label]}
@@ -126,8 +134,8 @@ def bench_backbone(name: str, device: torch.device, batch: int, steps: int, repe
     ]
 
 
-def memory_child(name: str, label: str, batch: int, steps: int) -> None:
-    client, methods = build_variants(name, torch.device("cpu"), batch, steps)
+def memory_child(name: str, label: str, batch: int, steps: int, precision: str) -> None:
+    client, methods = build_variants(name, torch.device("cpu"), batch, steps, precision)
     method, shared, state = methods[label]
     for round_ in range(2):
         method.client_update(shared, state, client, round_=round_)
@@ -136,8 +144,9 @@ def memory_child(name: str, label: str, batch: int, steps: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backbones", default="minivl,vilt-b32", help="comma list of minivl, vilt-b32")
-    p.add_argument("--batch", type=int, default=32, help="minibatch size for minivl (ViLT-B/32 uses --vilt-batch)")
+    p.add_argument("--backbones", default="foundation,vilt-b32", help="comma list of foundation, minivl, vilt-b32")
+    p.add_argument("--batch", type=int, default=32, help="minibatch size for foundation and minivl (ViLT-B/32 uses --vilt-batch)")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="run.precision (auto: bf16 where it is native)")
     p.add_argument("--vilt-batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=4, help="local steps per timed update")
     p.add_argument("--repeats", type=int, default=3)
@@ -147,17 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     set_threads(args.threads)
     if args.memory_child:
-        memory_child(args.backbones, args.memory_child, args.batch, args.steps)
+        memory_child(args.backbones, args.memory_child, args.batch, args.steps, args.precision)
         return 0
     device = pick_device(args.device)
-    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}; median of {args.repeats} interleaved repeats")
+    from feddat.runtime import uses_bf16
+
+    numerics = "bf16 autocast" if uses_bf16(device, args.precision) else "float32"
+    print(f"device {device} ({numerics}, run.precision {args.precision}), {torch.get_num_threads()} threads, torch {torch.__version__}; median of {args.repeats} interleaved repeats")
     print(f"{'backbone':<10} {'variant':<18} {'ms/step':>9} {'samples/s':>10} {'x fedavg':>9} {'peak MiB':>9}")
     print("(peak MiB: GPU allocator peak on CUDA; on CPU the resident high-water mark of a fresh process training that variant, model included)")
     for name in args.backbones.split(","):
-        batch = args.batch if name == "minivl" else args.vilt_batch
-        steps = args.steps if name == "minivl" else max(1, args.steps // 2)
+        batch = args.vilt_batch if name == "vilt-b32" else args.batch
+        steps = max(1, args.steps // 2) if name == "vilt-b32" else args.steps
         print(f"-- {name}: batch {batch}, {steps} local steps per timed update")
-        for row in bench_backbone(name, device, batch, steps, args.repeats):
+        for row in bench_backbone(name, device, batch, steps, args.repeats, args.precision):
             print(f"{row['backbone']:<10} {row['variant']:<18} {row['ms_per_step']:9.1f} {row['samples_per_s']:10.1f} {row['ratio']:9.2f} {row['peak_mib']:9.0f}", flush=True)
     return 0
 

@@ -10,10 +10,10 @@ Each check prints one PASS or FAIL line; the exit status is 1 if any check faile
 2. schedules: FedDAT's reference and fused schedules give the same losses and parameters to float
               tolerance on CUDA (in float32, `run.precision fp32`, as tests/test_feddat.py does on
               the CPU); the same comparison under bf16 is printed, not judged.
-3. run:       one short `feddat run` on CUDA (the default minivl backbone and domain twin, 1 round,
+3. run:       one short `feddat run` on CUDA (the default foundation backbone and domain twin, 1 round,
               FedDAT and FedAvg) ends with its table, and summary.json records the CUDA device.
-4. bench:     benchmarks/bench_step.py on CUDA: ms per local step and FedDAT/FedAvg ratios for minivl
-              and the ViLT-B/32-sized backbone.
+4. bench:     benchmarks/bench_step.py on CUDA: ms per local step and FedDAT/FedAvg ratios for the
+              foundation and the ViLT-B/32-sized backbones.
 
 Without CUDA it says so and exits 0. `--device cpu` runs the same checks on the CPU (a dry run of
 this script itself; tests/test_gpu_check.py does that for parts 1-3).
@@ -25,7 +25,6 @@ this script itself; tests/test_gpu_check.py does that for parts 1-3).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -75,15 +74,9 @@ class Checks:
 
 def tiny_vilt(folder: Path) -> str:
     """A 2-block ViLT with hidden size 32, random weights, and the packaged MiniLM tokenizer."""
-    from transformers import AutoTokenizer, ViltConfig, ViltModel
+    from feddat.backbones.vilt import save_random_vilt
 
-    from feddat.backbones.minivl import minilm_path
-
-    torch.manual_seed(0)
-    config = ViltConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=TINY_IMAGE, patch_size=16, max_position_embeddings=16)
-    ViltModel(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True).save_pretrained(folder)
-    return str(folder)
+    return save_random_vilt(folder, image_size=TINY_IMAGE)
 
 
 def tiny_config(**overrides):
@@ -162,7 +155,8 @@ def one_round(name: str, cfg, model, clients, device) -> str:
 
 
 def bf16_active(cfg, model, clients, device) -> str:
-    """The backbone's pooled output is bf16 under the run's autocast (on CUDA with run.precision bf16)."""
+    """The backbone's pooled output is bf16 under the run's autocast (run.precision auto: on CUDA,
+    and on a CPU with native bf16), float32 otherwise."""
     from feddat.algorithms import build_method
 
     method = build_method("fedavg", cfg, model, device)
@@ -170,7 +164,9 @@ def bf16_active(cfg, model, clients, device) -> str:
     batch = clients[0].train.batch(torch.arange(4), device)
     with torch.no_grad(), method.model.active("shared"):
         dtype = method.represent(batch).dtype
-    expected = torch.bfloat16 if device.type == "cuda" else torch.float32
+    from feddat.runtime import uses_bf16
+
+    expected = torch.bfloat16 if uses_bf16(device, cfg.run.precision) else torch.float32
     assert dtype == expected, f"pooled output is {dtype}, expected {expected}"
     return f"pooled output {dtype}"
 
@@ -213,7 +209,10 @@ def schedule_difference(precision: str, model, client, device) -> tuple[float, f
     for part, a, b in (("shared", ref.shared, fused.shared), ("state", ref.state, fused.state)):
         for k in a:
             tensor_diff = max(tensor_diff, float((a[k] - b[k]).abs().max()))
-            if not torch.allclose(b[k], a[k], rtol=1e-4, atol=1e-6):
+            # atol 1e-5 for parameters: Adam moves a weight by about lr (1e-2 here) per step whatever
+            # its gradient's size, so float rounding in a near-zero gradient shows up at ~1e-6
+            # (seen: A_c's lowest up-projection, soft targets, 2.7e-6 on the CPU); 1e-5 is 1/1000 of a step.
+            if not torch.allclose(b[k], a[k], rtol=1e-4, atol=1e-5):
                 beyond.append(f"{part} {k}")
     return loss_diff, tensor_diff, beyond
 
@@ -231,7 +230,7 @@ def check_schedules(checks: Checks, device, work: Path) -> None:
 
     def exact(client) -> str:
         loss_diff, tensor_diff, beyond = schedule_difference("fp32", model, client, device)
-        assert not beyond, f"beyond rtol 1e-4 / atol 1e-6: {beyond[:5]}"
+        assert not beyond, f"beyond rtol 1e-4 / atol 1e-6 (losses) or 1e-5 (tensors): {beyond[:5]}"
         return f"fp32: losses within {loss_diff:.1e}, tensors within {tensor_diff:.1e}"
 
     for client in clients:
@@ -275,10 +274,10 @@ def check_bench(checks: Checks, device, work: Path) -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BENCH_TIMEOUT_S, cwd=ROOT)
         print(proc.stdout, end="", flush=True)
         assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-1500:]}"
-        rows = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] in (["minivl"], ["vilt-b32"])]
+        rows = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] in (["foundation"], ["vilt-b32"])]
         assert len(rows) == 10, f"expected 5 variants x 2 backbones, got {len(rows)} rows"
         ratios = {(r[0], r[1]): float(r[4]) for r in rows}
-        return "FedDAT fused / FedAvg: " + ", ".join(f"{b} {ratios[(b, 'feddat-fused')]:.2f}x" for b in ("minivl", "vilt-b32"))
+        return "FedDAT fused / FedAvg: " + ", ".join(f"{b} {ratios[(b, 'feddat-fused')]:.2f}x" for b in ("foundation", "vilt-b32"))
 
     checks.run("bench/bench_step", bench)
 

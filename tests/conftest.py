@@ -23,16 +23,9 @@ TINY_IMAGE = 32
 @pytest.fixture(scope="session")
 def tiny_vilt_dir(tmp_path_factory):
     """A 2-block ViLT with hidden size 32 and the packaged MiniLM tokenizer (BERT uncased vocabulary)."""
-    from transformers import AutoTokenizer, ViltConfig, ViltModel
+    from feddat.backbones.vilt import save_random_vilt
 
-    from feddat.backbones.minivl import minilm_path
-
-    path = tmp_path_factory.mktemp("tiny-vilt")
-    torch.manual_seed(0)
-    config = ViltConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=TINY_IMAGE, patch_size=16, max_position_embeddings=16)
-    ViltModel(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True).save_pretrained(path)
-    return str(path)
+    return save_random_vilt(tmp_path_factory.mktemp("tiny-vilt"), image_size=TINY_IMAGE)
 
 
 @pytest.fixture()
@@ -50,6 +43,9 @@ def tiny_config(**overrides) -> Config:
     cfg.federation.rounds, cfg.federation.eval_every = 2, 1
     cfg.data.train_per_client, cfg.data.test_per_client = 16, 8
     cfg.run.threads = 2
+    # float32 everywhere, so that "equal to float tolerance" means the same on every CPU; the
+    # bf16 autocast that run.precision auto picks on AMX CPUs has tests of its own (test_engine.py).
+    cfg.run.precision = "fp32"
     for key, value in overrides.items():
         section, name = key.split(".")
         setattr(getattr(cfg, section), name, value)

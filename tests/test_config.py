@@ -10,7 +10,8 @@ from feddat.config import ConfigError
 
 def test_defaults_are_the_embedded_default():
     cfg = config.load()
-    assert cfg.backbone.name == "minivl" and cfg.backbone.path == "" and cfg.data.benchmark == "domain"
+    assert cfg.backbone.name == "foundation" and cfg.backbone.path == "" and cfg.data.benchmark == "domain"
+    assert (cfg.data.train_per_client, cfg.train.local_epochs, cfg.federation.rounds) == (1024, 1, 5)
     assert cfg.run.methods == ["feddat", "fedavg"]
     assert (cfg.feddat.alpha, cfg.feddat.beta, cfg.feddat.temperature) == (1.0, 1.0, 3.0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from conftest import raw_split, tiny_config
@@ -143,3 +144,31 @@ def test_the_round_line_shows_the_loss_a_method_names(tiny_backbone):
     records, line = rounds.trained(1, [update], [], 1.0)
     assert line.endswith("loss 0.750") and rounds.steps == 2
     assert records == [{"method": "fedavg", "round": 1, "client": "alpha", "kind": "train", "loss_student": 0.5, "loss_dat": 0.75, "steps": 2}]
+
+
+def test_precision_auto_is_bf16_exactly_where_bf16_is_native():
+    from feddat.runtime import autocast, native_bf16, uses_bf16
+
+    cpu = torch.device("cpu")
+    assert uses_bf16(cpu, "auto") == native_bf16(cpu)
+    assert uses_bf16(cpu, "bf16") and not uses_bf16(cpu, "fp32")
+    layer = torch.nn.Linear(4, 4)
+    with autocast(cpu, "bf16"):
+        assert layer(torch.ones(2, 4)).dtype == torch.bfloat16
+    with autocast(cpu, "fp32"):
+        assert layer(torch.ones(2, 4)).dtype == torch.float32
+
+
+def test_a_bf16_run_learns_what_the_float32_run_learns(tiny_backbone, tiny_clients, tmp_path):
+    """run.precision bf16 on the CPU (what `auto` picks on AMX / AVX512-BF16 machines): the same
+    training, rounded differently; master weights stay float32."""
+    def losses(precision):
+        _, records = run(tiny_backbone, tiny_clients, tmp_path / precision, method="fedavg", **{"run.precision": precision, "federation.rounds": 3})
+        return [r["loss"] for r in records if r["kind"] == "train"]
+
+    full, half = losses("fp32"), losses("bf16")
+    assert half != full  # bf16 did run
+    assert half == [pytest.approx(x, rel=0.05) for x in full]
+    assert sum(half[-3:]) < sum(half[:3])  # and it learns
+    state = load_tensors(tmp_path / "bf16" / "fedavg" / "shared_adapter.safetensors")
+    assert all(v.dtype == torch.float32 for v in state.values())

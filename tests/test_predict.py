@@ -30,7 +30,7 @@ def trained(tiny_vilt_dir, tmp_path_factory):
         "adapter.reduction_factor": 4, "peft.lora_rank": 2, "data.benchmark": "function", "data.train_per_client": 8,
         "data.test_per_client": 6, "data.cache_dir": str(out / "cache"), "federation.rounds": 2, "federation.eval_every": 2,
         "train.batch_size": 8, "train.lr": 0.01, "run.methods": "feddat,fedavg_lora,feddat_lora", "run.out_dir": str(out),
-        "run.name": "tiny", "run.threads": 1,
+        "run.name": "tiny", "run.threads": 1, "run.precision": "fp32",  # compared with float32 forwards outside feddat
     })  # fmt: skip
     run_dir = run_experiment(cfg, log=lambda s: None)
     test = {c.name: c.test for c in raw_clients(cfg)}

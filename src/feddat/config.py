@@ -28,7 +28,7 @@ def _f(default: Any, help: str, **kwargs: Any) -> Any:
 
 @dataclass
 class BackboneConfig:
-    name: str = _f("minivl", "backbone: minivl (the packaged weights, not VL-pretrained), foundation (a vision-language model pretrained offline by `feddat pretrain`; the packaged checkpoint unless backbone.path names another) or vilt")
+    name: str = _f("foundation", "backbone: foundation (a vision-language model pretrained offline by `feddat pretrain`; the packaged checkpoint unless backbone.path names another), minivl (the packaged weights without vision-language pretraining) or vilt")
     path: str = _f("", "foundation: a `feddat pretrain` checkpoint folder (empty: the packaged one); vilt: Hugging Face hub id or local folder (e.g. dandelin/vilt-b32-mlm)")
     image_size: int = _f(128, "image side in pixels fed to the image tower")
     max_text_len: int = _f(20, "question tokens kept (truncation)")
@@ -63,7 +63,7 @@ class TrainConfig:
     betas: list[float] = _f([0.9, 0.98], "AdamW betas")
     eps: float = _f(1e-8, "AdamW eps")
     batch_size: int = _f(32, "local minibatch size")
-    local_epochs: int = _f(2, "local epochs per round")
+    local_epochs: int = _f(1, "local epochs per round")
     eval_batch_size: int = _f(128, "minibatch size for evaluation")
     lr_schedule: str = _f("constant", "learning rate over a local update: constant (DESIGN) or reference (the reference code's linear warm-up over train.warmup_fraction of the update's steps, then linear decay to 0, rebuilt every round)")
     warmup_fraction: float = _f(0.1, "lr_schedule = reference: share of a local update's optimiser steps spent warming up (the reference: 0.1)")
@@ -136,7 +136,7 @@ class DataConfig:
     benchmark: str = _f("domain", "domain, function, scene, task (the paper's four heterogeneity types), shapes (synthetic, one pool to partition), a single public dataset (source public), or folder (your data under data.root)")
     source: str = _f("synthetic", "synthetic (twins generated offline) or public (the published datasets, downloaded by you under data.root; see README)")
     root: str = _f("", "public source: the folder holding one sub-folder per dataset; folder benchmark: ROOT/<client>/{train,test}.jsonl (see README)")
-    train_per_client: int = _f(256, "training questions per client (public data: a seeded sample; 0 = all)")
+    train_per_client: int = _f(1024, "training questions per client (public data: a seeded sample; 0 = all)")
     test_per_client: int = _f(200, "held-out questions per client (public data: a seeded sample; 0 = all)")
     partition: str = _f("natural", "natural (the benchmark's clients), category (one client per question type / category), iid, dirichlet (label skew) or quantity (size skew): the last four pool the benchmark's data and re-split it")
     num_clients: int = _f(0, "iid / dirichlet / quantity: how many clients to split the pooled data over")
@@ -195,7 +195,7 @@ class RunConfig:
     out_dir: str = _f("runs", "parent folder of run directories")
     name: str = _f("", "run directory name (default: benchmark-timestamp)")
     device: str = _f("auto", "auto, cpu or cuda")
-    precision: str = _f("bf16", "on CUDA: bf16 (autocast; losses and scores in float32) or fp32 (no autocast); the CPU always computes in float32")
+    precision: str = _f("auto", "auto (bf16 autocast where bf16 is native: CUDA, or a CPU with AMX / AVX512-BF16; float32 elsewhere), bf16 (always) or fp32 (never); losses and scores are float32 either way")
     threads: int = _f(0, "torch CPU threads (0: all cores)")
     progress: str = _f("auto", "progress display: auto (bars with rates and ETA on a terminal, throttled lines otherwise), bars, lines or off (README 'Watching a run')")
 
@@ -369,7 +369,7 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= cfg.federation.trim_fraction < 0.5:
         raise ConfigError(f"federation.trim_fraction must be in [0, 0.5), got {cfg.federation.trim_fraction}")
     _choice("run.device", cfg.run.device, ("auto", "cpu", "cuda"))
-    _choice("run.precision", cfg.run.precision, ("bf16", "fp32"))
+    _choice("run.precision", cfg.run.precision, ("auto", "bf16", "fp32"))
     _choice("run.progress", cfg.run.progress, ("auto", "bars", "lines", "off"))
     for logger in cfg.tracking.loggers:
         _choice("tracking.loggers", logger, ("tensorboard", "mlflow"))

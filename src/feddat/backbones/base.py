@@ -46,6 +46,22 @@ class BlockInputs(NamedTuple):
         return BlockInputs(*map(widen, self))
 
 
+def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the trailing columns that no row attends to (right padding), so that a batch of short
+    questions runs at its longest question's length rather than at backbone.max_text_len.
+
+    Only for backbones whose other tokens do not take their positions from the text's length
+    (foundation, ViLT): masked keys get exactly zero attention there, so the outputs are the same
+    up to float summation order. minivl numbers its image tokens after the padded text, so
+    trimming would move them.
+    """
+    used = attention_mask.any(0).nonzero()
+    width = int(used.max()) + 1 if len(used) else input_ids.shape[1]
+    if width == input_ids.shape[1]:
+        return input_ids, attention_mask
+    return input_ids[:, :width], attention_mask[:, :width]
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The mean of the hidden states over the real tokens."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)

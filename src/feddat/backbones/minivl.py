@@ -89,7 +89,7 @@ class MiniVL(Backbone):
         hf_logging.set_verbosity_error()  # the packaged checkpoint carries an unused pooler
         hf_logging.disable_progress_bar()
         path = minilm_path()
-        self.encoder = BertModel.from_pretrained(path, add_pooling_layer=False, local_files_only=True)
+        self.encoder = BertModel.from_pretrained(path, add_pooling_layer=False, local_files_only=True, attn_implementation="eager")  # see foundation.load_text_encoder
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.image_tower = efficientnet_lite0()
         self.hidden_size = self.encoder.config.hidden_size

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feddat.backbones.base import Backbone, BlockInputs
+from feddat.backbones.base import Backbone, BlockInputs, trim_padding
 
 
 class ViLT(Backbone):
@@ -65,6 +65,7 @@ class ViLT(Backbone):
         patches from torch's global RNG) and the joint mask in the form its layers take."""
         from transformers.masking_utils import create_bidirectional_mask
 
+        input_ids, attention_mask = trim_padding(input_ids, attention_mask)  # patches have positions of their own
         pixels = image_features.float() / 127.5 - 1.0  # ViLT's normalisation: mean 0.5, std 0.5
         pixel_mask = torch.ones(pixels.shape[0], *pixels.shape[2:], dtype=torch.long, device=pixels.device)
         hidden, mask = self.vilt.embeddings(input_ids, attention_mask, None, pixels, pixel_mask, None, None, image_token_type_idx=None)
@@ -74,3 +75,19 @@ class ViLT(Backbone):
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # ViltModel's pooler_output: the final LayerNorm, then the [CLS] token through its pooler.
         return self.vilt.pooler(self.vilt.layernorm(hidden))
+
+
+def save_random_vilt(folder: str | Path, *, blocks: int = 2, hidden: int = 32, image_size: int = 32, seed: int = 0) -> str:
+    """Save a randomly initialised ViLT of a small shape with the packaged MiniLM tokenizer (BERT
+    uncased, ViLT's own vocabulary): `--backbone.name vilt --backbone.path FOLDER` then runs
+    offline. The tests, benchmarks and `make gpu-check` train these; nothing they learn means
+    anything, but every code path of a real ViLT runs."""
+    from transformers import AutoTokenizer, ViltConfig, ViltModel
+
+    from feddat.backbones.minivl import minilm_path
+
+    torch.manual_seed(seed)
+    config = ViltConfig(hidden_size=hidden, num_hidden_layers=blocks, num_attention_heads=2, intermediate_size=2 * hidden, image_size=image_size, patch_size=16, max_position_embeddings=16)
+    ViltModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True).save_pretrained(folder)
+    return str(folder)

@@ -62,7 +62,8 @@ class Setup:
 def build(p, log: Callable[[str], None] = print) -> Setup:
     """Model, tokens, corpus features (cached) and held-out sets for the [pretrain] config `p`."""
     torch.manual_seed(derive_seed(p.seed, "init"))
-    encoder, tokenizer, text_digest = load_text_encoder(p.text_encoder)
+    # SDPA, as the packaged checkpoint was built: its card's rebuild command is bit for bit.
+    encoder, tokenizer, text_digest = load_text_encoder(p.text_encoder, attention="sdpa")
     tower, vision_digest = load_vision_tower(p.vision_tower)
     tower.eval().requires_grad_(False)
     cache_dir = Path(p.cache_dir) if p.cache_dir else None

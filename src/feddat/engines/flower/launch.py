@@ -203,6 +203,8 @@ class LocalFederation:
     def start_worker(self, client: str) -> subprocess.Popen:
         """The node's warm worker, answering on its socket before the SuperNode starts."""
         path = self.socket_path(client)
+        # A killed worker leaves its socket file behind; waiting for the path to exist must see the new one.
+        path.unlink(missing_ok=True)
         self.workers[client], log_path = self.spawn([sys.executable, "-m", "feddat.engines.flower.worker", "--socket", str(path)], f"worker-{client}.log")
         wait_for_socket(path, self.workers[client], f"the feddat worker of client '{client}'", log_path)
         return self.workers[client]
