@@ -46,7 +46,7 @@ def set_threads(threads: int = 0) -> None:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matrix products are fast on `device`: CUDA with bf16 support, or a CPU with
-    AMX or AVX512-BF16 (on this project's machines about 2.4x faster per training step than
+    AMX or AVX512-BF16 (on this project's AMX machine about 2.2x faster per training step than
     float32; on other CPUs bf16 is emulated and slower)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
