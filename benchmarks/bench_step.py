@@ -32,10 +32,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch
 
 from feddat.algorithms import build_method
+from feddat.backbones import backbone_from_config
 from feddat.config import Config
 from feddat.data.clients import load_clients
 from feddat.peft.model import AdaptedModel
-from feddat.runtime import pick_device, set_threads
+from feddat.runtime import pick_device, set_threads, uses_bf16
 
 VARIANTS = {  # label -> (method, feddat.schedule, feddat.branch_site)
     "fedavg": ("fedavg", None, 0),
@@ -64,16 +65,9 @@ def build(backbone_name: str, device: torch.device, batch: int, precision: str):
     cfg = Config()
     cfg.run.precision = precision
     cfg.train.batch_size, cfg.train.local_epochs = batch, 1
-    if backbone_name == "foundation":
-        from feddat.backbones.foundation import Foundation
-
-        cfg.backbone.name = "foundation"
-        backbone = Foundation("", cfg.backbone.image_size, cfg.backbone.max_text_len)
-    elif backbone_name == "minivl":
-        from feddat.backbones.minivl import MiniVL
-
-        cfg.backbone.name = "minivl"
-        backbone = MiniVL(cfg.backbone.image_size, cfg.backbone.max_text_len)
+    if backbone_name in ("foundation", "minivl"):
+        cfg.backbone.name = backbone_name
+        backbone = backbone_from_config(cfg.backbone)  # what a run on this backbone builds
     else:  # ViLT-B/32 dimensions (hidden 768, 12 blocks, 384 px, 40 tokens), random weights: no download
         from transformers import AutoTokenizer, ViltConfig, ViltModel
 
@@ -159,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         memory_child(args.backbones, args.memory_child, args.batch, args.steps, args.precision)
         return 0
     device = pick_device(args.device)
-    from feddat.runtime import uses_bf16
-
     numerics = "bf16 autocast" if uses_bf16(device, args.precision) else "float32"
     print(f"device {device} ({numerics}, run.precision {args.precision}), {torch.get_num_threads()} threads, torch {torch.__version__}; median of {args.repeats} interleaved repeats")
     print(f"{'backbone':<10} {'variant':<18} {'ms/step':>9} {'samples/s':>10} {'x fedavg':>9} {'peak MiB':>9}")
