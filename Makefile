@@ -21,8 +21,9 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/feddat run
 
+# Two pytest-xdist workers, a test file to each at a time (file-scoped fixtures stay shared).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The architecture contracts alone (pyproject.toml [tool.importlinter]; `make test` runs them too,
 # in tests/test_architecture.py).

@@ -26,6 +26,8 @@ def test_run_writes_the_run_directory_and_prints_the_table(tiny_vilt_dir, tmp_pa
     assert {p.name for p in run_dir.iterdir()} >= {"config.toml", "metrics.jsonl", "results.md", "summary.json", "feddat", "fedavg"}
     assert "| feddat | global |" in out and "| feddat | personal |" in out and "| fedavg | global |" in out
     assert "[feddat] round 2/2" in out  # progress output
+    round_lines = [line for line in out.splitlines() if line.startswith("  [feddat] round ")]
+    assert " left" in round_lines[0] and " left" not in round_lines[-1]  # time left, until the last round
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]
     assert {r["client"] for r in evals} == {"object", "attribute", "count", "spatial", "logic"}

@@ -30,8 +30,10 @@ def test_the_defaults_are_the_recipe_it_was_built_from():
     card = load_checkpoint(FOLDER).card
     defaults = dataclasses.asdict(PretrainConfig())
     recipe = card["recipe"]
-    differ = {k: (recipe.get(k), v) for k, v in defaults.items() if k not in NOT_RECIPE + ("threads",) and recipe.get(k) != v}
+    # threads and precision "auto" are the machine's: the recipe records the ones the build ran with
+    differ = {k: (recipe.get(k), v) for k, v in defaults.items() if k not in NOT_RECIPE + ("threads", "precision") and recipe.get(k) != v}
     assert not differ, f"PretrainConfig defaults drifted from {FOLDER / CARD_FILE}: {differ}"
+    assert defaults["precision"] == "auto" and recipe["precision"] in ("bf16", "fp32")
     assert BackboneConfig().path == ""  # backbone.name foundation with no path loads this folder
     assert "feddat pretrain --config" in card["rebuild"]
 
@@ -76,3 +78,21 @@ def test_its_matching_head_tells_true_captions_from_false_on_fresh_scenes(backbo
     true_rows = torch.arange(0, len(texts), 2)
     own, other = float(pred[true_rows].float().mean()), float(matches(tokens.roll(2, dims=0))[true_rows].float().mean())
     assert own >= other + 0.3, (own, other)
+
+
+def test_the_fused_image_tower_gives_the_pretraining_towers_features(backbone):
+    """Fine-tuning encodes with the BatchNorm-folded tower (fuse_for_inference), pretraining with
+    the library's own: the image tokens must agree up to float rounding, and the feature cache
+    must keep the two apart."""
+    from feddat.backbones.foundation import EfficientNetStages, cell_features
+
+    assert backbone.tower.fused and backbone.cache_key().endswith("-fused")
+    scenes = C.corpus_scenes(16, seed=7)
+    images = C.render_corpus(scenes, list(C.CORPUS_STYLES), 7, backbone.image_size)
+    with torch.no_grad():
+        plain = cell_features(EfficientNetStages().eval(), images, backbone.image_size)
+        fused = cell_features(backbone.tower, images, backbone.image_size)
+    assert plain.shape == fused.shape
+    assert (fused - plain).abs().max() <= 1e-4 * plain.abs().max(), float((fused - plain).abs().max())
+    net = backbone.tower.net  # the stem and the blocks (what feature_maps runs) keep no BatchNorm
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in [net._bn0, *net._blocks.modules()])

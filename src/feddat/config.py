@@ -178,7 +178,7 @@ class PretrainConfig:
     hard_warmup: float = _f(0.3, "fraction of steps over which the hard share rises from 0 (easy negatives first)")
     curriculum: float = _f(0.15, "fraction of steps drawing only scenes of 1-2 objects")
     store: str = _f("fp16", "dtype of the stored checkpoint tensors: fp16 (half the size; the held-out report is computed after rounding) or fp32")
-    precision: str = _f("bf16", "bf16 (CPU autocast; about 2x faster here) or fp32")
+    precision: str = _f("auto", "auto (bf16 autocast where the CPU has native bf16, AMX or AVX512-BF16; float32 elsewhere, where bf16 is emulated and many times slower), bf16 or fp32; recipe.toml records the one used")
     seed: int = _f(0, "training seed (initialisation, batches, masks, negatives)")
     threads: int = _f(0, "torch CPU threads (0: all cores); a checkpoint is reproduced bit for bit with the same count")
     log_every: int = _f(50, "steps between progress lines (and log.jsonl records)")
@@ -457,7 +457,7 @@ def _validate_pretrain(p: PretrainConfig) -> None:
     _choice("pretrain.corpus", p.corpus, ("synthetic", "folder"))
     _choice("pretrain.tune", p.tune, ("lora", "full"))
     _choice("pretrain.pool", p.pool, POOLS)
-    _choice("pretrain.precision", p.precision, ("bf16", "fp32"))
+    _choice("pretrain.precision", p.precision, ("auto", "bf16", "fp32"))
     _choice("pretrain.store", p.store, ("fp16", "fp32"))
     for style in p.styles:
         _choice("pretrain.styles", style, STYLES)

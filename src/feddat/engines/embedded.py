@@ -107,6 +107,7 @@ def run_method(name: str, cfg: Config, model: AdaptedModel, clients: Sequence[Cl
     rounds = Rounds(method, cfg, len(clients), log)
     rounds.resume(first_round - 1, int(counters["steps"]))
     with progress.use(shown), shown.rounds(fed.rounds, first_round - 1, name) as round_done, tracking.trackers(cfg, run_dir, name, resume) as tracker:
+        loop_start = time.perf_counter()
         for round_ in range(first_round, fed.rounds + 1):
             t0 = time.perf_counter()
             with clock("data"):
@@ -121,6 +122,7 @@ def run_method(name: str, cfg: Config, model: AdaptedModel, clients: Sequence[Cl
                 evaluated, scores = rounds.evaluated(round_, evaluate_all(method, shared, clients, store, clock, rounds.evaluation_sample()))
                 records += evaluated
                 line += f"  | {scores}"
+            line += rounds.time_left(round_, first_round, time.perf_counter() - loop_start)
             # Metrics first, then the commit: a crash in between replays this round (its lines are dropped on resume).
             metrics.write_many(records)
             counters["wall_s"] = time.perf_counter() - started

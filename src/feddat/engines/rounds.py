@@ -101,6 +101,15 @@ class Rounds:
             text += f"  personal {mean(s['personal'] for s in scores.values()):.3f}"
         return records, text
 
+    def time_left(self, round_: int, first_round: int, elapsed_s: float) -> str:
+        """'  ~3 min left' for the log line of a round that is not the last: the rounds still to
+        run, at the mean pace of the rounds run so far since this process started (or resumed)."""
+        remaining, done = self.cfg.federation.rounds - round_, round_ - first_round + 1
+        if remaining <= 0 or done <= 0:
+            return ""
+        left = elapsed_s / done * remaining
+        return f"  ~{left:.0f} s left" if left < 90 else f"  ~{left / 60:.0f} min left"
+
     def record(self, round_: int, client: str, kind: str, values: dict) -> dict:
         return {"method": self.name, "round": round_, "client": client, "kind": kind, **values}
 

@@ -36,7 +36,7 @@ from feddat.backbones.foundation import (
 from feddat.pretrain import corpus as C
 from feddat.pretrain.data import IGNORE, Batch, Batcher, Corpus, Schedule, Tokens, collate, folder_corpus, synthetic_corpus
 from feddat.pretrain.model import PretrainModel
-from feddat.runtime import derive_seed, environment, load_tensors, save_tensors, set_threads, write_json
+from feddat.runtime import derive_seed, environment, load_tensors, native_bf16, save_tensors, set_threads, write_json
 
 STATE_DIR = "state"
 LOG_FILE = "log.jsonl"
@@ -106,6 +106,13 @@ def learning_rate(step: int, p) -> float:
         return p.lr * (step + 1) / warm
     progress = (step - warm) / max(1, p.steps - warm)
     return p.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def resolved_precision(precision: str) -> str:
+    """pretrain.precision auto: bf16 where the CPU computes it natively, float32 elsewhere."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(torch.device("cpu")) else "fp32"
 
 
 def autocast(p):
@@ -356,6 +363,7 @@ def pretrain(p, resume: bool = False, log: Callable[[str], None] = print) -> Pat
         raise FileExistsError(f"{out} holds a pretraining run already: continue it with `feddat pretrain --resume {out}` or choose another --pretrain.out")
     threads = p.threads if p.threads > 0 else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     set_threads(threads)
+    p = dataclasses.replace(p, precision=resolved_precision(p.precision))  # the recipe records what ran
     setup = build(p, log)
     opt = optimiser(setup.model, p)
     start, spent = 0, 0.0

@@ -239,6 +239,7 @@ class MethodStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         server_round += self.offset
         self.times["t0"] = time.perf_counter()
+        self.times.setdefault("start", self.times["t0"])  # for the log line's time left
         self.roster.refresh(grid)  # a restarted SuperNode rejoins here
         sampled = self.rounds.participants(self.roster.clients, server_round)
         if self.secure:  # Flower's SecAgg+ workflow sends its own four phases, from aggregate_train
@@ -259,6 +260,7 @@ class MethodStrategy(Strategy):
         seconds = time.perf_counter() - self.times["t0"]
         self.times["train"] += seconds
         records, line = self.rounds.trained(server_round, updates, rejected, seconds)
+        line += self.rounds.time_left(server_round, self.offset + 1, time.perf_counter() - self.times["start"])
         self.metrics.write_many(records)
         self.log(line)
         return transport.to_record(self.shared), None
