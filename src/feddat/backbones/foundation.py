@@ -133,10 +133,9 @@ class EfficientNetStages(nn.Module):
             conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-            folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, groups=conv.groups)
             if tuple(conv.stride) == (1, 1):  # TensorFlow's "same" padding is symmetric at stride 1
-                folded.padding = tuple(k // 2 for k in conv.kernel_size)
-            else:  # asymmetric at stride 2: keep the library's own padding
+                folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=tuple(k // 2 for k in conv.kernel_size), groups=conv.groups)
+            else:  # asymmetric at stride 2: keep the library's convolution, which pads per call
                 folded = conv
             folded.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
             folded.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)

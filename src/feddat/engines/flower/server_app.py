@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -327,10 +328,14 @@ def run_on_grid(grid: Grid, cfg: Config, log: Log = _log, resume: bool = False) 
     device = pick_device(cfg.run.device)
     run_dir, done = open_run_dir(cfg, resume)
     log(f"feddat (Flower engine): run directory {run_dir.resolve()}{'  resuming' if resume else ''}")
-    model = build_model(cfg, device)  # the server step needs the adapters' names and shapes, not the data
     roster = Roster(client_names(cfg), cfg.flower.round_timeout, log)
-    log(f"waiting for {len(roster.clients)} SuperNodes (clients {', '.join(roster.clients)})")
-    roster.wait_for_all(grid, cfg.flower.join_timeout)
+    with ThreadPoolExecutor(1) as builder:
+        # The server step needs the adapters' names and shapes, not the data. Loading the backbone
+        # takes seconds; the SuperNodes are identified meanwhile (mostly waiting on replies).
+        building = builder.submit(build_model, cfg, device)
+        log(f"waiting for {len(roster.clients)} SuperNodes (clients {', '.join(roster.clients)})")
+        roster.wait_for_all(grid, cfg.flower.join_timeout)
+        model = building.result()
     log("clients: " + ", ".join(f"{c} on node {n}" for c, n in roster.nodes.items()))
     summaries = []
     for name in cfg.run.methods:
