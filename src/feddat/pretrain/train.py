@@ -36,7 +36,7 @@ from feddat.backbones.foundation import (
 from feddat.pretrain import corpus as C
 from feddat.pretrain.data import IGNORE, Batch, Batcher, Corpus, Schedule, Tokens, collate, folder_corpus, synthetic_corpus
 from feddat.pretrain.model import PretrainModel
-from feddat.runtime import derive_seed, environment, load_tensors, native_bf16, save_tensors, set_threads, write_json
+from feddat.runtime import derive_seed, environment, load_tensors, save_tensors, set_threads, uses_bf16, write_json
 
 STATE_DIR = "state"
 LOG_FILE = "log.jsonl"
@@ -110,9 +110,7 @@ def learning_rate(step: int, p) -> float:
 
 def resolved_precision(precision: str) -> str:
     """pretrain.precision auto: bf16 where the CPU computes it natively, float32 elsewhere."""
-    if precision != "auto":
-        return precision
-    return "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    return "bf16" if uses_bf16(torch.device("cpu"), precision) else "fp32"
 
 
 def autocast(p):
