@@ -3,13 +3,20 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
 
 .PHONY: setup demo test contracts bench gpu-check clean
 
-$(STAMP): pyproject.toml constraints.txt
+# What `make demo` needs: the package and its runtime dependencies.
+$(RUNTIME): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, from the pinned version (DESIGN §9), so nothing resolves to a CUDA build.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .
+	touch $(RUNTIME)
+
+# What `make test` needs on top: the test extras and a browser.
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	# Debian's Chromium for the report's browser test (tests/test_report.py; Playwright drives it,
 	# no browser download). Without root or apt the test says why it is skipped.
@@ -18,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/feddat run
 
 # Two pytest-xdist workers, a test file to each at a time (file-scoped fixtures stay shared).

@@ -13,6 +13,12 @@ affects all of them alike. Nothing is asserted: these are figures to read.
     .venv/bin/python benchmarks/bench_step.py                 # both backbones
     .venv/bin/python benchmarks/bench_step.py --backbones foundation --repeats 5
     .venv/bin/python benchmarks/bench_step.py --backbones foundation --precision fp32   # float32 on the CPU
+    .venv/bin/python benchmarks/bench_step.py --backbones foundation --prefix-cache-mb 0   # without the cached frozen prefix
+    .venv/bin/python benchmarks/bench_step.py --backbones foundation --blocks 3,4,5        # adapters in the top blocks only
+
+The model is built as a run builds it (`AdaptedModel.from_config`, `run.prefix_cache_mb`): the
+warm-up update fills the cache of the frozen blocks below the lowest adapter site, so the timed
+steps are those of every round after a run's first.
 """
 
 from __future__ import annotations
@@ -51,19 +57,19 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def memory_in_child(backbone: str, label: str, batch: int, steps: int, precision: str) -> float:
+def memory_in_child(backbone: str, label: str, batch: int, steps: int, precision: str, model_args: list[str]) -> float:
     """Peak resident memory of a fresh process that trains one variant (CPU has no allocator
     statistics, and a process's high-water mark never goes down, so each variant gets its own)."""
-    cmd = [sys.executable, __file__, "--memory-child", label, "--backbones", backbone, "--batch", str(batch), "--vilt-batch", str(batch), "--steps", str(steps), "--precision", precision]
+    cmd = [sys.executable, __file__, "--memory-child", label, "--backbones", backbone, "--batch", str(batch), "--vilt-batch", str(batch), "--steps", str(steps), "--precision", precision, *model_args]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"memory run of {label} failed:\n{out.stderr[-2000:]}")
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def build(backbone_name: str, device: torch.device, batch: int, precision: str):
+def build(backbone_name: str, device: torch.device, batch: int, precision: str, blocks: list[int], prefix_cache_mb: int):
     cfg = Config()
-    cfg.run.precision = precision
+    cfg.run.precision, cfg.run.prefix_cache_mb, cfg.adapter.blocks = precision, prefix_cache_mb, blocks
     cfg.train.batch_size, cfg.train.local_epochs = batch, 1
     if backbone_name in ("foundation", "minivl"):
         cfg.backbone.name = backbone_name
@@ -87,9 +93,9 @@ def make_client(cfg: Config, backbone, n: int):
     return load_clients(cfg, backbone, log=lambda _: None)[0]
 
 
-def build_variants(name: str, device: torch.device, batch: int, steps: int, precision: str):
-    cfg, backbone = build(name, device, batch, precision)
-    model = AdaptedModel(backbone, cfg.adapter.reduction_factor, cfg.adapter.activation)
+def build_variants(name: str, device: torch.device, batch: int, steps: int, precision: str, blocks: list[int], prefix_cache_mb: int):
+    cfg, backbone = build(name, device, batch, precision, blocks, prefix_cache_mb)
+    model = AdaptedModel.from_config(backbone, cfg.adapter, cfg.run.prefix_cache_mb)
     client = make_client(cfg, backbone, batch * steps)
     methods = {}
     for label, (method_name, schedule, branch_site) in VARIANTS.items():
@@ -102,8 +108,8 @@ def build_variants(name: str, device: torch.device, batch: int, steps: int, prec
     return client, methods
 
 
-def bench_backbone(name: str, device: torch.device, batch: int, steps: int, repeats: int, precision: str) -> list[dict]:
-    client, methods = build_variants(name, device, batch, steps, precision)
+def bench_backbone(name: str, device: torch.device, batch: int, steps: int, repeats: int, precision: str, blocks: list[int], prefix_cache_mb: int) -> list[dict]:
+    client, methods = build_variants(name, device, batch, steps, precision, blocks, prefix_cache_mb)
     times = {label: [] for label in VARIANTS}
     peaks = {label: 0.0 for label in VARIANTS}
     for label, (method, shared, state) in methods.items():  # warm-up: allocator, kernels, caches
@@ -120,7 +126,8 @@ def bench_backbone(name: str, device: torch.device, batch: int, steps: int, repe
                 peaks[label] = max(peaks[label], torch.cuda.max_memory_allocated() / 2**20)
             times[label].append((time.perf_counter() - t0) / update.metrics["steps"])
     if device.type != "cuda":
-        peaks = {label: memory_in_child(name, label, batch, steps, precision) for label in VARIANTS}
+        model_args = ["--blocks", ",".join(map(str, blocks)), "--prefix-cache-mb", str(prefix_cache_mb)]
+        peaks = {label: memory_in_child(name, label, batch, steps, precision, model_args) for label in VARIANTS}
     base = statistics.median(times["fedavg"])
     return [
         {"backbone": name, "variant": label, "ms_per_step": 1000 * statistics.median(t), "samples_per_s": batch / statistics.median(t), "ratio": statistics.median(t) / base, "peak_mib": peaks[label]}
@@ -128,8 +135,8 @@ def bench_backbone(name: str, device: torch.device, batch: int, steps: int, repe
     ]
 
 
-def memory_child(name: str, label: str, batch: int, steps: int, precision: str) -> None:
-    client, methods = build_variants(name, torch.device("cpu"), batch, steps, precision)
+def memory_child(name: str, label: str, batch: int, steps: int, precision: str, blocks: list[int], prefix_cache_mb: int) -> None:
+    client, methods = build_variants(name, torch.device("cpu"), batch, steps, precision, blocks, prefix_cache_mb)
     method, shared, state = methods[label]
     for round_ in range(2):
         method.client_update(shared, state, client, round_=round_)
@@ -146,22 +153,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--blocks", default="", help="adapter.blocks: comma list of blocks with adapters (default: every block)")
+    p.add_argument("--prefix-cache-mb", type=int, default=Config().run.prefix_cache_mb, help="run.prefix_cache_mb (0: every step runs the frozen blocks below the lowest adapter site)")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     set_threads(args.threads)
+    blocks = [int(b) for b in args.blocks.split(",") if b]
     if args.memory_child:
-        memory_child(args.backbones, args.memory_child, args.batch, args.steps, args.precision)
+        memory_child(args.backbones, args.memory_child, args.batch, args.steps, args.precision, blocks, args.prefix_cache_mb)
         return 0
     device = pick_device(args.device)
     numerics = "bf16 autocast" if uses_bf16(device, args.precision) else "float32"
     print(f"device {device} ({numerics}, run.precision {args.precision}), {torch.get_num_threads()} threads, torch {torch.__version__}; median of {args.repeats} interleaved repeats")
+    print(f"adapters in blocks {args.blocks or 'all'}, prefix cache {f'{args.prefix_cache_mb} MiB' if args.prefix_cache_mb else 'off'}")
     print(f"{'backbone':<10} {'variant':<18} {'ms/step':>9} {'samples/s':>10} {'x fedavg':>9} {'peak MiB':>9}")
     print("(peak MiB: GPU allocator peak on CUDA; on CPU the resident high-water mark of a fresh process training that variant, model included)")
     for name in args.backbones.split(","):
         batch = args.vilt_batch if name == "vilt-b32" else args.batch
         steps = max(1, args.steps // 2) if name == "vilt-b32" else args.steps
         print(f"-- {name}: batch {batch}, {steps} local steps per timed update")
-        for row in bench_backbone(name, device, batch, steps, args.repeats, args.precision):
+        for row in bench_backbone(name, device, batch, steps, args.repeats, args.precision, blocks, args.prefix_cache_mb):
             print(f"{row['backbone']:<10} {row['variant']:<18} {row['ms_per_step']:9.1f} {row['samples_per_s']:10.1f} {row['ratio']:9.2f} {row['peak_mib']:9.0f}", flush=True)
     return 0
 

@@ -197,6 +197,7 @@ class RunConfig:
     device: str = _f("auto", "auto, cpu or cuda")
     precision: str = _f("auto", "auto (bf16 autocast where bf16 is native: CUDA, or a CPU with AMX / AVX512-BF16; float32 elsewhere), bf16 (always) or fp32 (never); losses and scores are float32 either way")
     threads: int = _f(0, "torch CPU threads (0: all cores)")
+    prefix_cache_mb: int = _f(1024, "memory (MiB) for the frozen blocks' output below the lowest adapter site, kept per example so later passes skip those blocks (README 'Speed'); 0 = off")
     progress: str = _f("auto", "progress display: auto (bars with rates and ETA on a terminal, throttled lines otherwise), bars, lines or off (README 'Watching a run')")
 
 
@@ -345,6 +346,8 @@ def validate(cfg: Config) -> None:
     _choice("backbone.name", cfg.backbone.name, BACKBONES)
     if not cfg.run.methods:
         raise ConfigError("run.methods is empty: name at least one method")
+    if cfg.run.prefix_cache_mb < 0:
+        raise ConfigError(f"run.prefix_cache_mb must not be negative (0 = off), got {cfg.run.prefix_cache_mb}")
     _validate_data(cfg.data)
     _choice("adapter.activation", cfg.adapter.activation, ("relu", "gelu"))
     _choice("adapter.init", cfg.adapter.init, ("normal", "zero_up"))

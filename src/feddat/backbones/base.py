@@ -73,6 +73,10 @@ class Backbone(nn.Module, ABC):
     #: Dimensions of one image's `encode_images` output (minivl: tokens x channels). A batch with
     #: one dimension more holds two images per example (two-image tasks, algorithms/base.py).
     feature_rank: int = 2
+    #: `embed` is a pure function of its inputs and the blocks take no positions of their own, so
+    #: the frozen blocks below the lowest adapter site can be run once per example and kept
+    #: (peft/prefix.py); such a backbone implements `block_inputs`.
+    prefix_cacheable: bool = False
 
     @property
     @abstractmethod
@@ -92,12 +96,19 @@ class Backbone(nn.Module, ABC):
         """Questions -> (input_ids, attention_mask), both (N, max_text_len)."""
 
     @abstractmethod
-    def embed(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, BlockInputs]:
-        """-> (the hidden states entering the first block (B, L, hidden_size), the block inputs)."""
+    def embed(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, trim: bool = True) -> tuple[torch.Tensor, BlockInputs]:
+        """-> (the hidden states entering the first block (B, L, hidden_size), the block inputs).
+        `trim`: drop the question padding that no row attends to (backbones.base.trim_padding),
+        where the backbone can; False keeps every row at backbone.max_text_len."""
 
     @abstractmethod
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The last block's hidden states (B, L, hidden_size) -> pooled representation (B, hidden_size)."""
+
+    def block_inputs(self, hidden: torch.Tensor, mask: torch.Tensor) -> BlockInputs:
+        """The block inputs for hidden states (B, L, hidden_size) whose attended tokens are `mask`
+        (a batch rebuilt from cached rows, peft/prefix.py)."""
+        raise NotImplementedError(f"{type(self).__name__} does not rebuild block inputs (prefix_cacheable is False)")
 
     @staticmethod
     def run_block(block: nn.Module, hidden: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feddat.backbones.base import Backbone, BlockInputs, mean_pool, trim_padding
-from feddat.backbones.minivl import bert_embed
+from feddat.backbones.minivl import bert_block_inputs, bert_embed
 
 FORMAT = "feddat-foundation"
 FORMAT_VERSION = 1
@@ -391,6 +391,8 @@ def check_bases(card: dict, text_digest: str, vision_digest: str, where: Path) -
 
 
 class Foundation(Backbone):
+    prefix_cacheable = True
+
     def __init__(self, path: str = "", image_size: int = 128, max_text_len: int = 20):
         super().__init__()
         folder = Path(path) if path else packaged_checkpoint()
@@ -436,10 +438,14 @@ class Foundation(Backbone):
         enc = self.tokenizer(questions, padding="max_length", truncation=True, max_length=self.max_text_len, return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
 
-    def embed(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, BlockInputs]:
-        input_ids, attention_mask = trim_padding(input_ids, attention_mask)  # image positions are fixed (IMAGE_POSITION)
+    def embed(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, trim: bool = True) -> tuple[torch.Tensor, BlockInputs]:
+        if trim:
+            input_ids, attention_mask = trim_padding(input_ids, attention_mask)  # image positions are fixed (IMAGE_POSITION)
         inputs = fusion_inputs(self.encoder, input_ids, attention_mask, image_features)
         return bert_embed(self.encoder, inputs["inputs_embeds"], inputs["attention_mask"], inputs["token_type_ids"], inputs["position_ids"])
+
+    def block_inputs(self, hidden: torch.Tensor, mask: torch.Tensor) -> BlockInputs:
+        return bert_block_inputs(self.encoder, hidden, mask)
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, mask)

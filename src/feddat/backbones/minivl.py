@@ -76,6 +76,8 @@ def stage_grid(net: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 
 
 class MiniVL(Backbone):
+    prefix_cacheable = True
+
     def __init__(self, image_size: int = 128, max_text_len: int = 20, projector: str = "random"):
         super().__init__()
         if projector not in PROJECTORS:
@@ -150,7 +152,8 @@ class MiniVL(Backbone):
         tokens = image_features.to(self.projector.dtype) @ self.projector.T
         return F.layer_norm(tokens, tokens.shape[-1:]) * self.token_scale
 
-    def embed(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, BlockInputs]:
+    def embed(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, trim: bool = True) -> tuple[torch.Tensor, BlockInputs]:
+        # `trim` changes nothing here: the image tokens are numbered after the padded text.
         text = self.encoder.embeddings.word_embeddings(input_ids)
         image = image_features.to(text.dtype)  # cached image tokens (encode_images)
         embeds = torch.cat([text, image], dim=1)
@@ -158,6 +161,9 @@ class MiniVL(Backbone):
         types = torch.cat([torch.zeros_like(input_ids), torch.ones(input_ids.shape[0], n_img, dtype=input_ids.dtype, device=input_ids.device)], 1)
         mask = torch.cat([attention_mask, torch.ones(attention_mask.shape[0], n_img, dtype=attention_mask.dtype, device=attention_mask.device)], 1)
         return bert_embed(self.encoder, embeds, mask, types)
+
+    def block_inputs(self, hidden: torch.Tensor, mask: torch.Tensor) -> BlockInputs:
+        return bert_block_inputs(self.encoder, hidden, mask)
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # Mean pooling over real tokens: how all-MiniLM-L6-v2 was trained to summarise a sequence.
@@ -168,11 +174,15 @@ def bert_embed(encoder: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, typ
     """What a Hugging Face BertModel does before its first layer, given the input embeddings:
     position and type embeddings with LayerNorm, and the attention mask in the form its
     layers take (so that running the layers one by one is the model's own forward)."""
+    hidden = encoder.embeddings(position_ids=positions, token_type_ids=types, inputs_embeds=embeds)
+    return hidden, bert_block_inputs(encoder, hidden, mask)
+
+
+def bert_block_inputs(encoder: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> BlockInputs:
+    """The mask in the form a Hugging Face BertModel's layers take, beside the mask itself."""
     from transformers.masking_utils import create_bidirectional_mask
 
-    hidden = encoder.embeddings(position_ids=positions, token_type_ids=types, inputs_embeds=embeds)
-    attention = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=mask)
-    return hidden, BlockInputs(mask, attention)
+    return BlockInputs(mask, create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=mask))
 
 
 @torch.no_grad()

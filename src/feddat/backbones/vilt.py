@@ -60,12 +60,13 @@ class ViLT(Backbone):
         enc = self.tokenizer(questions, padding="max_length", truncation=True, max_length=self.max_text_len, return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
 
-    def embed(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, BlockInputs]:
+    def embed(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, trim: bool = True) -> tuple[torch.Tensor, BlockInputs]:
         """What ViltModel does before its first layer: text and patch embeddings (it samples the
         patches from torch's global RNG) and the joint mask in the form its layers take."""
         from transformers.masking_utils import create_bidirectional_mask
 
-        input_ids, attention_mask = trim_padding(input_ids, attention_mask)  # patches have positions of their own
+        if trim:
+            input_ids, attention_mask = trim_padding(input_ids, attention_mask)  # patches have positions of their own
         pixels = image_features.float() / 127.5 - 1.0  # ViLT's normalisation: mean 0.5, std 0.5
         pixel_mask = torch.ones(pixels.shape[0], *pixels.shape[2:], dtype=torch.long, device=pixels.device)
         hidden, mask = self.vilt.embeddings(input_ids, attention_mask, None, pixels, pixel_mask, None, None, image_token_type_idx=None)

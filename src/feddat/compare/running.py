@@ -94,7 +94,7 @@ class Workspace:
             device = pick_device(cfg.run.device)
             backbone = backbone_from_config(cfg.backbone).to(device)
             clients = load_clients(cfg, backbone, log=self.log)
-            model = AdaptedModel.from_config(backbone, cfg.adapter)
+            model = AdaptedModel.from_config(backbone, cfg.adapter, cfg.run.prefix_cache_mb)
             self.parts = {"device": device, "clients": clients, "model": model}
         return self.parts
 

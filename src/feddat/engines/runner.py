@@ -44,7 +44,7 @@ def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, 
     clients = load_clients(cfg, backbone, log=log)
     write_client_index(run_dir, clients)  # each client's answers: what `feddat predict` prints
     log(f"data ready in {time.perf_counter() - t0:.1f}s")
-    model = AdaptedModel.from_config(backbone, cfg.adapter)
+    model = AdaptedModel.from_config(backbone, cfg.adapter, cfg.run.prefix_cache_mb)
     summaries = []
     for name in cfg.run.methods:
         if name in done:

@@ -7,7 +7,8 @@ between server and clients or is stored per client.
 `forward` is the one loop over the backbone's blocks (backbones/base.py: embed, blocks,
 pool). It owns routing: which adapters each site runs, and where a routed batch fans out
 into one slice per adapter path, after which every block, adapted or not, gets the widened
-block inputs.
+block inputs. With `cache_prefix` on (a training run), the loop starts above the frozen blocks
+below the lowest adapter site, whose output is kept per example (peft/prefix.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from feddat.backbones.base import Backbone
 from feddat.backbones.state import check_state, copy_checked  # noqa: F401  (re-exported: the adapters' states are checked the same way)
 from feddat.peft.adapter import AdapterSite, BottleneckAdapter
+from feddat.peft.prefix import PrefixCache
 from feddat.runtime import home_copy
 
 Routes = tuple[tuple[str, ...], ...]  # adapter names per equal slice of the batch
@@ -52,11 +54,24 @@ class AdaptedModel(nn.Module):
             backbone.blocks[i] = site
             self.sites[str(i)] = site
         self.routing: Routing | None = None  # set inside `routed`
+        self.prefix_cache: PrefixCache | None = None  # off until `cache_prefix`
+
+    def cache_prefix(self, budget_mb: int) -> None:
+        """Keep the frozen blocks' output below the lowest adapter site per example, in up to
+        `budget_mb` MiB (peft/prefix.py); 0, a backbone that cannot, or no site: off."""
+        self.prefix_cache = None
+        if budget_mb > 0 and self.sites and self.backbone.prefix_cacheable:
+            lowest = min(map(int, self.sites))
+            blocks = [b.block if isinstance(b, AdapterSite) else b for b in self.backbone.blocks[: lowest + 1]]
+            self.prefix_cache = PrefixCache(self.backbone, blocks, budget_mb)
 
     @classmethod
-    def from_config(cls, backbone: Backbone, a) -> "AdaptedModel":
-        """Adapter sites on `backbone` as a run's `[adapter]` section (config.AdapterConfig) describes."""
-        return cls(backbone, a.reduction_factor, a.activation, a.blocks or None, a.init, a.init_std)
+    def from_config(cls, backbone: Backbone, a, prefix_cache_mb: int = 0) -> "AdaptedModel":
+        """Adapter sites on `backbone` as a run's `[adapter]` section (config.AdapterConfig)
+        describes; a training run also passes its `run.prefix_cache_mb` (`cache_prefix`)."""
+        model = cls(backbone, a.reduction_factor, a.activation, a.blocks or None, a.init, a.init_std)
+        model.cache_prefix(prefix_cache_mb)
+        return model
 
     @property
     def hidden_size(self) -> int:
@@ -173,10 +188,13 @@ class AdaptedModel(nn.Module):
     def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """-> pooled representations: (B, hidden), or (copies x B, hidden) inside `routed`."""
         backbone = self.backbone
-        hidden, inputs = backbone.embed(image_features, input_ids, attention_mask)
-        for block, (routes, copies) in zip(backbone.blocks, self.plan()):
+        cached = self.prefix_cache.run(image_features, input_ids, attention_mask) if self.prefix_cache else None
+        hidden, inputs = cached or backbone.embed(image_features, input_ids, attention_mask)
+        skip = self.prefix_cache.depth if cached else 0  # blocks whose output came from the cache
+        for i, (block, (routes, copies)) in enumerate(zip(backbone.blocks, self.plan())):
             site = block if isinstance(block, AdapterSite) else None
-            hidden = backbone.run_block(site.block if site else block, hidden, inputs)
+            if i >= skip:
+                hidden = backbone.run_block(site.block if site else block, hidden, inputs)
             if copies > 1:
                 # Copies after the first are detached: a path branching off here trains nothing
                 # below it (a no-op at the first site, where nothing below is trainable). Every

@@ -37,7 +37,12 @@ def block_parameters(model: AdaptedModel, biases_only: bool) -> dict[str, nn.Par
 
 class TunedView(PeftView):
     def __init__(self, model: AdaptedModel, kind: str):
-        super().__init__(copy.deepcopy(model))
+        cache, model.prefix_cache = model.prefix_cache, None  # the copy needs no copy of the rows
+        try:
+            tuned = copy.deepcopy(model)
+        finally:
+            model.prefix_cache = cache
+        super().__init__(tuned)
         self.kind = kind
         self.params = block_parameters(self.base, biases_only=kind == "bitfit")
         if not self.params:

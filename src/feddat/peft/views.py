@@ -36,6 +36,9 @@ class PeftView:
 
     def __init__(self, model: AdaptedModel):
         self.base = model
+        # LoRA, prompts and tuned weights change what the blocks below the adapter sites compute,
+        # and a switch of set is invisible to the cache's checks: no cached prefix on this model.
+        model.prefix_cache = None
         self.trainable: dict[str, bool] = {}  # set name -> trainable
         self.current: tuple[str, ...] = ()
 

@@ -73,4 +73,4 @@ def build_model(cfg: Config, device):
     from feddat.peft.model import AdaptedModel
 
     backbone = backbone_from_config(cfg.backbone).to(device)
-    return AdaptedModel.from_config(backbone, cfg.adapter)
+    return AdaptedModel.from_config(backbone, cfg.adapter, cfg.run.prefix_cache_mb)

@@ -1,0 +1,223 @@
+"""The cached frozen prefix (peft/prefix.py): a pass that starts at the lowest adapter site gives
+the uncached pass's outputs and gradients to float rounding, skips the blocks below the site once
+an example has been seen, does not depend on which batch first saw an example, and never serves
+rows that the frozen part no longer computes (a weight changed in place, something below the site
+that trains, a LoRA view)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import raw_split, tiny_config
+from feddat.algorithms import build_method
+from feddat.backbones import build_backbone
+from feddat.config import ConfigError, validate
+from feddat.data.clients import build_client
+from feddat.peft.lora import lora_view
+from feddat.peft.model import AdaptedModel
+
+QUESTIONS = ["what colour is it?", "how many squares are there?", "is there a large red circle left of the star?", "what shape?"]
+
+
+@pytest.fixture(scope="module")
+def foundation():
+    torch.manual_seed(0)
+    return build_backbone("foundation", image_size=128, max_text_len=16)
+
+
+def batch(backbone, n=8, seed=0):
+    images = np.random.default_rng(seed).integers(0, 256, (n, 128, 128, 3), dtype=np.uint8)
+    ids, mask = backbone.tokenize([QUESTIONS[i % len(QUESTIONS)] for i in range(n)])
+    return backbone.encode_images(images), ids, mask
+
+
+def adapted(backbone, blocks, budget_mb=64):
+    for i, block in enumerate(backbone.blocks):  # undo an earlier test's sites on the shared backbone
+        backbone.blocks[i] = getattr(block, "block", block)
+    model = AdaptedModel(backbone, blocks=blocks)
+    torch.manual_seed(1)
+    for name in ("s", "t"):
+        model.add_adapter(name)
+        with torch.no_grad():
+            for p in model.adapter_parameters(name):
+                p.normal_(std=0.1)
+    model.cache_prefix(budget_mb)
+    return model
+
+
+def uncached(model, *inputs):
+    cache, model.prefix_cache = model.prefix_cache, None
+    try:
+        return model(*inputs)
+    finally:
+        model.prefix_cache = cache
+
+
+def adapter_grads(model, output):
+    for name in ("s", "t"):
+        for p in model.adapter_parameters(name):
+            p.grad = None
+    (output * torch.linspace(-1, 1, output.shape[-1])).sum().backward()
+    return [p.grad.clone() if p.grad is not None else None for n in ("s", "t") for p in model.adapter_parameters(n)]
+
+
+@pytest.mark.parametrize("blocks", [None, [2, 4, 5]], ids=["every-block", "blocks245"])
+@pytest.mark.parametrize("path", ["single", "routed", "branched"])
+def test_a_cached_pass_equals_the_uncached_one_with_its_gradients(foundation, blocks, path):
+    """The reference is each example run alone, uncached (no padding at all), summed."""
+    model = adapted(foundation, blocks)
+    inputs = batch(foundation)
+    run = {"single": lambda x: model(*x), "routed": lambda x: _routed(model, x, branch=0), "branched": lambda x: _routed(model, x, branch=1)}[path]
+    with model.active("s"):
+        want, want_grads = [], None
+        for n in range(len(inputs[0])):
+            alone = uncached_run(model, run, tuple(t[n : n + 1] for t in inputs))
+            grads = adapter_grads(model, alone)
+            want.append(alone.detach())
+            want_grads = grads if want_grads is None else [None if g is None else g + w for g, w in zip(grads, want_grads)]
+        run(inputs)  # fills the cache
+        got = run(inputs)
+        got_grads = adapter_grads(model, got)
+    copies = 1 if path == "single" else 2  # a routed pass returns one slice per route
+    want = torch.cat([torch.cat([w[k::copies] for w in want]) for k in range(copies)]) if copies > 1 else torch.cat(want)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        assert (g is None) == (w is None)
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5 * float(w.abs().max()))  # float order
+    assert len(model.prefix_cache.rows) == len(inputs[0])
+
+
+def uncached_run(model, run, inputs):
+    cache, model.prefix_cache = model.prefix_cache, None
+    try:
+        return run(inputs)
+    finally:
+        model.prefix_cache = cache
+
+
+def _routed(model, inputs, branch):
+    with model.routed(("s",), ("t", "s"), share_prefix=True, branch=branch):
+        return model(*inputs)
+
+
+def test_a_cached_pass_skips_the_blocks_below_the_lowest_site(foundation):
+    model = adapted(foundation, [3, 4, 5])
+    calls = [0] * len(foundation.blocks)
+    hooks = [site.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)) for i, site in enumerate(_raw_blocks(foundation))]
+    try:
+        inputs = batch(foundation)
+        model(*inputs)
+        first = list(calls)
+        model(*inputs)
+        second = [c - f for c, f in zip(calls, first)]
+    finally:
+        for h in hooks:
+            h.remove()
+    assert model.prefix_cache.depth == 4  # blocks 0-3: site 3 adapts block 3's output
+    assert first == [1] * 6  # the rows in one chunk below the site, then the batch above it
+    assert second == [0, 0, 0, 0, 1, 1]
+
+
+def _raw_blocks(backbone):
+    return [getattr(b, "block", b) for b in backbone.blocks]
+
+
+def test_a_row_does_not_depend_on_the_batch_that_first_computed_it(foundation):
+    features, ids, mask = batch(foundation)
+    order = torch.tensor([5, 0, 3])
+    a = adapted(foundation, [3, 4, 5])
+    a.activate("s")
+    a(features, ids, mask)  # rows first computed inside the whole batch of 8
+    got_a = a(features[order], ids[order], mask[order])
+    b = adapted(foundation, [3, 4, 5])
+    b.activate("s")
+    got_b = b(features[order], ids[order], mask[order])  # the same rows, first seen in another batch
+    assert torch.equal(got_a, got_b)
+
+
+def test_a_weight_changed_in_place_below_the_site_is_not_served_from_the_cache(foundation):
+    model = adapted(foundation, [3, 4, 5])
+    inputs = batch(foundation)
+    before = model(*inputs)
+    weight = foundation.encoder.encoder.layer[1].output.dense.weight
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(1.5)
+        after = model(*inputs)
+        torch.testing.assert_close(after, uncached(model, *inputs), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(after, before, atol=1e-3)
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+
+
+def test_nothing_is_cached_while_something_below_the_site_trains(foundation):
+    model = adapted(foundation, [3, 4, 5])
+    weight = foundation.encoder.encoder.layer[0].attention.self.query.weight
+    weight.requires_grad_(True)
+    try:
+        model(*batch(foundation))
+        assert not model.prefix_cache.rows
+    finally:
+        weight.requires_grad_(False)
+
+
+def test_a_lora_view_switches_the_cache_off():
+    backbone = build_backbone("foundation", image_size=128, max_text_len=16)  # LoRA stays injected: not the shared one
+    model = adapted(backbone, [3, 4, 5])
+    inputs = batch(backbone)
+    model(*inputs)  # a warm cache
+    cfg = tiny_config()
+    view = lora_view(model, cfg.peft)
+    view.add_adapter("shared")
+    with torch.no_grad():
+        for p in view.adapter_parameters("shared"):
+            p.normal_(std=0.2)  # LoRA's B starts at zero: make the set change the blocks
+    assert model.prefix_cache is None
+    with view.active("shared"):
+        with_lora = view(*inputs)
+    assert not torch.allclose(with_lora, model(*inputs), atol=1e-3)
+
+
+def test_a_spent_budget_runs_uncached_and_a_negative_one_is_refused(foundation):
+    model = adapted(foundation, [3, 4, 5], budget_mb=1)
+    inputs = batch(foundation, n=40, seed=3)  # about 40 KiB per row: more than 1 MiB
+    with pytest.warns(UserWarning, match="run.prefix_cache_mb .* is full"):
+        got = model(*inputs)
+    assert 0 < model.prefix_cache.used <= 2**20
+    torch.testing.assert_close(got, uncached(model, *inputs), rtol=1e-5, atol=1e-5)
+    cfg = tiny_config(**{"run.prefix_cache_mb": -1})
+    with pytest.raises(ConfigError, match="run.prefix_cache_mb"):
+        validate(cfg)
+
+
+def test_feddat_trains_the_same_with_and_without_the_cache(foundation):
+    client = build_client("alpha", raw_split(16, 0), raw_split(8, 100), foundation, 100, None)
+    updates = {}
+    for budget in (0, 64):
+        cfg = tiny_config(**{"backbone.name": "foundation", "backbone.image_size": 128, "adapter.blocks": [3, 4, 5], "run.prefix_cache_mb": budget})
+        model = adapted(foundation, [3, 4, 5], budget_mb=budget)
+        method = build_method("feddat", cfg, model, torch.device("cpu"))
+        torch.manual_seed(0)
+        updates[budget] = method.client_update(method.init_shared(), method.init_client_state(client), client, round_=1)
+    off, on = updates[0], updates[64]
+    for key in off.metrics:
+        assert on.metrics[key] == pytest.approx(off.metrics[key], rel=1e-4, abs=1e-6), key
+    for k, v in {**off.shared, **off.state}.items():
+        torch.testing.assert_close({**on.shared, **on.state}[k], v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [0, 256])
+def test_a_run_builds_its_model_with_the_configured_cache(budget):
+    from feddat.engines.flower.partitions import build_model
+
+    cfg = tiny_config(**{"backbone.name": "foundation", "backbone.image_size": 128, "adapter.blocks": [2, 5], "run.prefix_cache_mb": budget})
+    model = build_model(cfg, torch.device("cpu"))
+    if budget:
+        assert model.prefix_cache.depth == 3 and model.prefix_cache.budget == budget * 2**20
+    else:
+        assert model.prefix_cache is None
