@@ -45,6 +45,10 @@ def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, 
     write_client_index(run_dir, clients)  # each client's answers: what `feddat predict` prints
     log(f"data ready in {time.perf_counter() - t0:.1f}s")
     model = AdaptedModel.from_config(backbone, cfg.adapter, cfg.run.prefix_cache_mb)
+    if model.prefix_cache:
+        depth = model.prefix_cache.depth
+        blocks = "block 0" if depth == 1 else f"blocks 0-{depth - 1}"
+        log(f"frozen {blocks} (up to the lowest adapter site) run once per example, kept in up to {cfg.run.prefix_cache_mb} MiB (run.prefix_cache_mb)")
     summaries = []
     for name in cfg.run.methods:
         if name in done:
