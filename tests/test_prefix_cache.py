@@ -50,11 +50,7 @@ def adapted(backbone, blocks, budget_mb=64):
 
 
 def uncached(model, *inputs):
-    cache, model.prefix_cache = model.prefix_cache, None
-    try:
-        return model(*inputs)
-    finally:
-        model.prefix_cache = cache
+    return uncached_run(model, lambda x: model(*x), inputs)
 
 
 def adapter_grads(model, output):
