@@ -219,3 +219,31 @@ def test_a_run_builds_its_model_with_the_configured_cache(budget):
         assert model.prefix_cache.depth == 3 and model.prefix_cache.budget == budget * 2**20
     else:
         assert model.prefix_cache is None
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_an_uninterrupted_run_with_the_cache(tmp_path):
+    """The resumed process fills its cache from other batches than the killed one did; the rows,
+    and so every number, must come out the same bits."""
+    import sys
+
+    from feddat.cli import main
+    from test_resume import committed_round, kill_after, results
+
+    def args(name):
+        return [
+            "run", "--backbone.max_text_len", "12", "--adapter.blocks", "2,4,5", "--data.train_per_client", "24",
+            "--data.test_per_client", "6", "--data.cache_dir", str(tmp_path / "cache"), "--federation.rounds", "4",
+            "--federation.eval_every", "1", "--federation.fraction", "0.6", "--train.batch_size", "6",
+            "--run.methods", "feddat,fedavg", "--run.out_dir", str(tmp_path), "--run.name", name, "--run.threads", "1",
+        ]  # fmt: skip
+
+    assert main(args("straight")) == 0
+    run_dir = tmp_path / "killed"
+    kill_after([sys.executable, "-m", "feddat.cli", *args("killed")], run_dir, "feddat", 2)
+    assert 2 <= committed_round(run_dir, "feddat") < 4
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    expected, got = results(tmp_path / "straight"), results(run_dir)
+    assert got[0] == expected[0]
+    for method, tensors in expected[1].items():
+        assert all(torch.equal(tensors[k], got[1][method][k]) for k in tensors), method
