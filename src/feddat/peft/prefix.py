@@ -11,16 +11,17 @@ A stored row must not depend on which batch first needed it, or a resumed run wo
 an uninterrupted one in the last bits. So the rows missing from a batch are computed untrimmed
 (every question at backbone.max_text_len, so every attention sum has one length) in chunks of a
 fixed CHUNK rows (the last one filled up with copies): every row goes through matrix products of
-one shape, and a product's row depends on no other row. A row holds
-the example's attended tokens only (question padding dropped). A batch is rebuilt by packing each
-row from the left ([CLS] stays first) and padding with masked zeros. This gives the uncached
-pass's result up to float summation order: positions enter at the embedding, not inside the
-blocks; masked keys get no attention; pooling reads [CLS] or the mean over the mask.
+one shape, and a product's row depends on no other row.
+
+A row holds the example's attended tokens only (question padding dropped). A batch is rebuilt by
+packing each row from the left ([CLS] stays first) and padding with masked zeros. This gives the
+uncached pass's result up to float summation order: positions enter at the embedding, not inside
+the blocks; masked keys get no attention; pooling reads [CLS] or the mean over the mask.
 
 The rows are valid while the frozen part stays as it was: a parameter changed in place (its
-version counter moves), a module added to it, or a different autocast setting starts a new
-memo. Where something trains below the site (LoRA, prompts, BitFit, full finetuning) the model's
-PEFT view switches the memo off (peft/views.py).
+version counter moves), a module added to it, or a different device or autocast setting empties
+the cache. Where something trains below the site (LoRA, prompts, BitFit, full finetuning) the
+model's PEFT view switches the cache off (peft/views.py).
 """
 
 from __future__ import annotations
