@@ -47,6 +47,7 @@ class PrefixCache:
         self.rows: dict[bytes, torch.Tensor] = {}
         self.state: tuple | None = None  # what the stored rows were computed under
         self.full = False  # the budget was spent (warned once)
+        self.outside: list[torch.Tensor] | None = None  # see frozen_tensors
 
     @property
     def depth(self) -> int:
@@ -54,11 +55,13 @@ class PrefixCache:
         return len(self.blocks)
 
     def frozen_tensors(self) -> list[torch.Tensor]:
-        """The parameters and buffers the cached rows depend on: the backbone's, except those of
-        the blocks above the prefix (and the adapters, which live in those blocks' sites)."""
-        above = {id(t) for block in self.backbone.blocks[self.depth - 1 :] for t in (*block.parameters(), *block.buffers())}
-        below = {id(t) for block in self.blocks for t in (*block.parameters(), *block.buffers())}
-        return [t for t in (*self.backbone.parameters(), *self.backbone.buffers()) if id(t) not in above or id(t) in below]
+        """The parameters and buffers the cached rows depend on: the backbone's outside its blocks
+        (embeddings, projector; fixed, so listed once) and the prefix blocks' (read on every call:
+        a module injected into them, such as LoRA, changes the list)."""
+        if self.outside is None:
+            inside = {id(t) for block in self.backbone.blocks for t in (*block.parameters(), *block.buffers())}
+            self.outside = [t for t in (*self.backbone.parameters(), *self.backbone.buffers()) if id(t) not in inside]
+        return [*self.outside, *(t for block in self.blocks for t in (*block.parameters(), *block.buffers()))]
 
     def current_state(self, device: torch.device) -> tuple | None:
         """The frozen part's identity now (None: something in it trains, so nothing is cached)."""
