@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -82,8 +84,13 @@ def test_dirichlet_partition_of_a_twin_and_its_description(tmp_path):
     assert sum(len(c.train) for c in clients) == 64 and [len(c.train) for c in clients] == [len(c.train) for c in raw_clients(cfg)]
     stats = summary(clients)
     assert stats["heterogeneity"]["mean_pairwise_js"] > 0.2
-    png = heatmap(clients, tmp_path / "map.png")
+    old_umask = os.umask(0o022)
+    try:
+        png = heatmap(clients, tmp_path / "map.png")
+    finally:
+        os.umask(old_umask)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_mode & 0o777 == 0o644 and [p.name for p in tmp_path.iterdir()] == ["map.png"]  # whole, shareable, no temporary left
 
 
 def test_describe_command_prints_skew_and_saves_the_picture(tmp_path, capsys):

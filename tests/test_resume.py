@@ -123,3 +123,23 @@ def test_a_pickle_in_place_of_a_state_file_is_refused(tmp_path):
         store.load("alice")
     assert "alice" in str(err.value) and "safetensors" in str(err.value)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_state_and_results_are_written_whole_and_readable_by_others(tmp_path):
+    """Atomic writes leave the old file intact when a write fails, no temporary file behind, and
+    give new files the umask's mode (0o644 under 022), not mkstemp's owner-only 0o600."""
+    from feddat.runtime import atomic_path, write_json
+
+    old_umask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "summary.json", {"round": 1})
+        save_tensors(tmp_path / "shared.safetensors", {"w": torch.ones(2)})
+        with pytest.raises(OSError), atomic_path(tmp_path / "summary.json") as tmp:
+            tmp.write_text('{"round": 2')
+            raise OSError("disk full")  # the write fails midway
+    finally:
+        os.umask(old_umask)
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"round": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.safetensors", "summary.json"]
+    for name in ("summary.json", "shared.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -118,17 +118,27 @@ def generator(*parts: Any) -> torch.Generator:
 
 
 @contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it over `path` only on success."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it over `path` only on success, so a
+    reader (or a crash) never sees half a file. The file gets the mode any new file gets
+    (0o666 less the umask), not mkstemp's owner-only 0o600: results are meant to be shared."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    mode = tmp.stat().st_mode & 0o777  # 0o666 less the umask; some writers (safetensors) recreate the file
     try:
-        yield Path(tmp)
+        yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
@@ -137,7 +147,7 @@ def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    with _atomic_path(Path(path)) as tmp:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
@@ -146,7 +156,7 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    with _atomic_path(Path(path)) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 

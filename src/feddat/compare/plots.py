@@ -7,6 +7,7 @@ from pathlib import Path
 
 from feddat.compare.runs import RunResult, client_scores, curve
 from feddat.compare.statistics import mean_std, nanmean
+from feddat.runtime import atomic_path
 
 
 def write_plots(results: list[RunResult], plot_dir: Path, clients: list[str]) -> list[Path]:
@@ -97,20 +98,13 @@ def client_bars(plt, results: list[RunResult], clients: list[str], view: str, co
 
 
 def save(fig, path: Path) -> Path:
-    """PNG written atomically (temporary file, then rename)."""
-    import os
-    import tempfile
+    """PNG written atomically (runtime.atomic_path)."""
+    import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        import matplotlib.pyplot as plt
-
         plt.close(fig)
     return path

@@ -9,14 +9,13 @@ Heterogeneity of the clients' training-answer distributions p_1..p_K:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from feddat.data.types import RawClient
+from feddat.runtime import atomic_path
 
 
 def distributions(clients: list[RawClient]) -> tuple[list[str], np.ndarray]:
@@ -105,15 +104,9 @@ def heatmap(clients: list[RawClient], path: str | Path, top: int = 30, title: st
     ax.set_title(title or "share of each client's training answers", fontsize=10)
     fig.colorbar(image, ax=ax, label="share of the client's training set")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:  # atomic: a reader never sees half a picture
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
