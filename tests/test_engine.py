@@ -144,12 +144,17 @@ def test_the_round_line_shows_the_loss_a_method_names(tiny_backbone):
     records, line = rounds.trained(1, [update], [], 1.0)
     assert line.endswith("loss 0.750") and rounds.steps == 2
     assert records == [{"method": "fedavg", "round": 1, "client": "alpha", "kind": "train", "loss_student": 0.5, "loss_dat": 0.75, "steps": 2}]
-    # time left: the rounds still to run at the pace so far (cfg: 2 rounds)
+    # time left: the rounds still to run at the pace of those after the process's first (cfg: 2 rounds)
     assert rounds.time_left(1, 1, 30.0) == "  ~30 s left"
     assert rounds.time_left(2, 1, 60.0) == ""  # the last round
     cfg.federation.rounds = 10
-    assert rounds.time_left(2, 1, 40.0) == "  ~3 min left"  # 20 s a round, 8 to go
-    assert rounds.time_left(6, 5, 40.0) == "  ~80 s left"  # resumed after round 4: 2 rounds in 40 s, 4 to go
+    rounds = Rounds(method, cfg, 3, log=lambda s: None)
+    assert rounds.time_left(1, 1, 100.0) == "  ~15 min left"  # the first round alone: 100 s, 9 to go
+    assert rounds.time_left(2, 1, 110.0) == "  ~80 s left"  # it filled the caches: 10 s a round since, 8 to go
+    assert rounds.time_left(3, 1, 130.0) == "  ~2 min left"  # 15 s a round since the first, 7 to go
+    resumed = Rounds(method, cfg, 3, log=lambda s: None)
+    assert resumed.time_left(5, 5, 20.0) == "  ~2 min left"  # resumed after round 4: the process's first round, 5 to go
+    assert resumed.time_left(6, 5, 40.0) == "  ~80 s left"  # 20 s for round 6, 4 to go
 
 
 def test_precision_auto_is_bf16_exactly_where_bf16_is_native():

@@ -57,6 +57,7 @@ class Rounds:
         self.per_round = len(sample_clients(range(num_clients), fed.fraction, cfg.run.seed, 1))
         self.accountant = privacy.Accountant(cfg.privacy, self.per_round / num_clients) if privacy.enabled(cfg.privacy) and method.communicates else None
         self.steps = 0  # local optimiser steps so far, over all clients
+        self.first_round_s: float | None = None  # how long this process's first round took (time_left)
 
     def resume(self, finished_rounds: int, steps: int) -> None:
         """Continue after `finished_rounds` committed rounds that took `steps` local steps."""
@@ -103,11 +104,19 @@ class Rounds:
 
     def time_left(self, round_: int, first_round: int, elapsed_s: float) -> str:
         """'  ~3 min left' for the log line of a round that is not the last: the rounds still to
-        run, at the mean pace of the rounds run so far since this process started (or resumed)."""
+        run, at the pace of the rounds run since this process's first (or, after the first
+        alone, at its pace). The first round is no guide to the others: it fills the caches of
+        the frozen backbone (peft/prefix.py), and a bare backbone's later rounds cost almost
+        nothing."""
         remaining, done = self.cfg.federation.rounds - round_, round_ - first_round + 1
+        if round_ == first_round:
+            self.first_round_s = elapsed_s
         if remaining <= 0 or done <= 0:
             return ""
-        left = elapsed_s / done * remaining
+        if done == 1 or self.first_round_s is None:
+            left = elapsed_s / done * remaining
+        else:
+            left = (elapsed_s - self.first_round_s) / (done - 1) * remaining
         return f"  ~{left:.0f} s left" if left < 90 else f"  ~{left / 60:.0f} min left"
 
     def record(self, round_: int, client: str, kind: str, values: dict) -> dict:
