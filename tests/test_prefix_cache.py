@@ -2,7 +2,7 @@
 the uncached pass's outputs and gradients to float rounding, skips the blocks below the site once
 an example has been seen, does not depend on which batch first saw an example, and never serves
 rows that the frozen part no longer computes (a weight changed in place, something below the site
-that trains, a LoRA view)."""
+that trains, a LoRA view). A bare pass (no adapter active: `head_only`) is cached whole."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def adapted(backbone, blocks, budget_mb=64):
             for p in model.adapter_parameters(name):
                 p.normal_(std=0.1)
     model.cache_prefix(budget_mb)
+    model.activate("s")  # an adapter pass; a bare one (nothing active) is cached whole instead
     return model
 
 
@@ -121,6 +122,71 @@ def test_a_cached_pass_skips_the_blocks_below_the_lowest_site(foundation):
 
 def _raw_blocks(backbone):
     return [getattr(b, "block", b) for b in backbone.blocks]
+
+
+def test_a_bare_pass_runs_every_block_once_per_example_and_stays_exact(foundation):
+    model = adapted(foundation, [3, 4, 5])
+    inputs = batch(foundation)
+    calls = [0] * len(foundation.blocks)
+    hooks = [b.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)) for i, b in enumerate(_raw_blocks(foundation))]
+    try:
+        with model.active():
+            want = torch.cat([uncached(model, *(t[n : n + 1] for t in inputs)) for n in range(len(inputs[0]))])  # each example alone
+            before = list(calls)
+            first = model(*inputs)
+            second = model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert [c - b for c, b in zip(calls, before)] == [1] * 6  # every block once (one chunk), then none
+    assert torch.equal(first, second) and not first.requires_grad
+    torch.testing.assert_close(second, want, rtol=1e-5, atol=1e-5)
+    assert len(model.prefix_cache.bare.rows) == len(inputs[0]) and not model.prefix_cache.rows
+    weight = _raw_blocks(foundation)[5].output.dense.weight  # above every site: only the bare rows depend on it
+    original = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(1.5)
+        with model.active():
+            changed = model(*inputs)
+            torch.testing.assert_close(changed, uncached(model, *inputs), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(changed, second, atol=1e-3)
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+
+
+def test_a_site_on_the_top_block_starts_there_with_the_prefix_rows(foundation):
+    """The prefix is then every block, but an adapter pass still needs its tokens, not the
+    bare pass's pooled output."""
+    model = adapted(foundation, [5])
+    inputs = batch(foundation)
+    model(*inputs)
+    got = model(*inputs)
+    assert model.prefix_cache.depth == 6 and len(model.prefix_cache.rows) == len(inputs[0]) and not model.prefix_cache.bare.rows
+    assert {r.dim() for r in model.prefix_cache.rows.values()} == {2}  # (tokens, hidden) per example
+    torch.testing.assert_close(got, uncached(model, *inputs), rtol=1e-5, atol=1e-5)
+
+
+def test_head_only_trains_the_same_with_and_without_the_cache(foundation):
+    client = build_client("alpha", raw_split(16, 0), raw_split(8, 100), foundation, 100, None)
+    results = {}
+    for budget in (0, 64):
+        cfg = tiny_config(**{"backbone.name": "foundation", "backbone.image_size": 128, "run.prefix_cache_mb": budget})
+        model = adapted(foundation, None, budget_mb=budget)
+        method = build_method("head_only", cfg, model, torch.device("cpu"))
+        torch.manual_seed(0)
+        state = method.init_client_state(client)
+        for round_ in range(2):  # the second round reads every example from the cache
+            update = method.client_update({}, state, client, round_=round_)
+            state = update.state
+        results[budget] = (update, method.evaluate({}, state, client))
+        assert budget == 0 or len(model.prefix_cache.bare.rows) == 16 + 8  # training and test examples
+    (off, off_scores), (on, on_scores) = results[0], results[64]
+    assert on.metrics["loss"] == pytest.approx(off.metrics["loss"], rel=1e-4)
+    for k, v in off.state.items():
+        torch.testing.assert_close(on.state[k], v, rtol=1e-4, atol=1e-5)
+    assert on_scores == pytest.approx(off_scores)
 
 
 def test_a_row_does_not_depend_on_the_batch_that_first_computed_it(foundation):

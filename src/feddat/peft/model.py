@@ -57,13 +57,13 @@ class AdaptedModel(nn.Module):
         self.prefix_cache: PrefixCache | None = None  # off until `cache_prefix`
 
     def cache_prefix(self, budget_mb: int) -> None:
-        """Keep the frozen blocks' output below the lowest adapter site per example, in up to
-        `budget_mb` MiB (peft/prefix.py); 0, a backbone that cannot, or no site: off."""
+        """Keep the frozen blocks' output below the lowest adapter site per example, and the bare
+        backbone's pooled output for passes with no adapter active, in up to `budget_mb` MiB
+        (peft/prefix.py); 0, a backbone that cannot, or no site: off."""
         self.prefix_cache = None
         if budget_mb > 0 and self.sites and self.backbone.prefix_cacheable:
-            lowest = min(map(int, self.sites))
-            blocks = [b.block if isinstance(b, AdapterSite) else b for b in self.backbone.blocks[: lowest + 1]]
-            self.prefix_cache = PrefixCache(self.backbone, blocks, budget_mb)
+            raw = [b.block if isinstance(b, AdapterSite) else b for b in self.backbone.blocks]
+            self.prefix_cache = PrefixCache(self.backbone, raw, min(map(int, self.sites)) + 1, budget_mb)
 
     @classmethod
     def from_config(cls, backbone: Backbone, a, prefix_cache_mb: int = 0) -> "AdaptedModel":
@@ -188,6 +188,10 @@ class AdaptedModel(nn.Module):
     def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """-> pooled representations: (B, hidden), or (copies x B, hidden) inside `routed`."""
         backbone = self.backbone
+        if self.prefix_cache and self.routing is None and not any(site.active for site in self.sites.values()):
+            pooled = self.prefix_cache.run_bare(image_features, input_ids, attention_mask)
+            if pooled is not None:  # the bare backbone, every block frozen
+                return pooled
         cached = self.prefix_cache.run(image_features, input_ids, attention_mask) if self.prefix_cache else None
         hidden, inputs = cached or backbone.embed(image_features, input_ids, attention_mask)
         skip = self.prefix_cache.depth if cached else 0  # blocks whose output came from the cache
