@@ -6,6 +6,8 @@ that trains, a LoRA view). A bare pass (no adapter active: `head_only`) is cache
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -142,15 +144,20 @@ def test_a_bare_pass_runs_every_block_once_per_example_and_stays_exact(foundatio
     assert torch.equal(first, second) and not first.requires_grad
     torch.testing.assert_close(second, want, rtol=1e-5, atol=1e-5)
     assert len(model.prefix_cache.bare.rows) == len(inputs[0]) and not model.prefix_cache.rows
-    weight = _raw_blocks(foundation)[5].output.dense.weight  # above every site: only the bare rows depend on it
+    with scaled_in_place(_raw_blocks(foundation)[5].output.dense.weight), model.active():  # above every site: only the bare rows depend on it
+        changed = model(*inputs)
+        torch.testing.assert_close(changed, uncached(model, *inputs), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(changed, second, atol=1e-3)
+
+
+@contextmanager
+def scaled_in_place(weight):
+    """The frozen `weight` × 1.5, in place (its version counter moves), restored afterwards."""
     original = weight.detach().clone()
     try:
         with torch.no_grad():
             weight.mul_(1.5)
-        with model.active():
-            changed = model(*inputs)
-            torch.testing.assert_close(changed, uncached(model, *inputs), rtol=1e-5, atol=1e-5)
-        assert not torch.allclose(changed, second, atol=1e-3)
+        yield
     finally:
         with torch.no_grad():
             weight.copy_(original)
@@ -206,17 +213,10 @@ def test_a_weight_changed_in_place_below_the_site_is_not_served_from_the_cache(f
     model = adapted(foundation, [3, 4, 5])
     inputs = batch(foundation)
     before = model(*inputs)
-    weight = foundation.encoder.encoder.layer[1].output.dense.weight
-    original = weight.detach().clone()
-    try:
-        with torch.no_grad():
-            weight.mul_(1.5)
+    with scaled_in_place(foundation.encoder.encoder.layer[1].output.dense.weight):
         after = model(*inputs)
         torch.testing.assert_close(after, uncached(model, *inputs), rtol=1e-5, atol=1e-5)
-        assert not torch.allclose(after, before, atol=1e-3)
-    finally:
-        with torch.no_grad():
-            weight.copy_(original)
+    assert not torch.allclose(after, before, atol=1e-3)
 
 
 def test_nothing_is_cached_while_something_below_the_site_trains(foundation):
