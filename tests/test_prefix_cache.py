@@ -88,7 +88,7 @@ def test_a_cached_pass_equals_the_uncached_one_with_its_gradients(foundation, bl
         assert (g is None) == (w is None)
         if w is not None:
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5 * float(w.abs().max()))  # float order
-    assert len(model.prefix_cache.rows) == len(inputs[0])
+    assert len(model.prefix_cache.prefix.rows) == len(inputs[0])
 
 
 def uncached_run(model, run, inputs):
@@ -143,7 +143,7 @@ def test_a_bare_pass_runs_every_block_once_per_example_and_stays_exact(foundatio
     assert [c - b for c, b in zip(calls, before)] == [1] * 6  # every block once (one chunk), then none
     assert torch.equal(first, second) and not first.requires_grad
     torch.testing.assert_close(second, want, rtol=1e-5, atol=1e-5)
-    assert len(model.prefix_cache.bare.rows) == len(inputs[0]) and not model.prefix_cache.rows
+    assert len(model.prefix_cache.bare.rows) == len(inputs[0]) and not model.prefix_cache.prefix.rows
     with scaled_in_place(_raw_blocks(foundation)[5].output.dense.weight), model.active():  # above every site: only the bare rows depend on it
         changed = model(*inputs)
         torch.testing.assert_close(changed, uncached(model, *inputs), rtol=1e-5, atol=1e-5)
@@ -170,8 +170,8 @@ def test_a_site_on_the_top_block_starts_there_with_the_prefix_rows(foundation):
     inputs = batch(foundation)
     model(*inputs)
     got = model(*inputs)
-    assert model.prefix_cache.depth == 6 and len(model.prefix_cache.rows) == len(inputs[0]) and not model.prefix_cache.bare.rows
-    assert {r.dim() for r in model.prefix_cache.rows.values()} == {2}  # (tokens, hidden) per example
+    assert model.prefix_cache.depth == 6 and len(model.prefix_cache.prefix.rows) == len(inputs[0]) and not model.prefix_cache.bare.rows
+    assert {r.dim() for r in model.prefix_cache.prefix.rows.values()} == {2}  # (tokens, hidden) per example
     torch.testing.assert_close(got, uncached(model, *inputs), rtol=1e-5, atol=1e-5)
 
 
@@ -225,7 +225,7 @@ def test_nothing_is_cached_while_something_below_the_site_trains(foundation):
     weight.requires_grad_(True)
     try:
         model(*batch(foundation))
-        assert not model.prefix_cache.rows
+        assert not model.prefix_cache.prefix.rows
     finally:
         weight.requires_grad_(False)
 

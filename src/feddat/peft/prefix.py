@@ -67,10 +67,6 @@ class PrefixCache:
         return len(self.blocks)
 
     @property
-    def rows(self) -> dict[bytes, torch.Tensor]:
-        return self.prefix.rows
-
-    @property
     def used(self) -> int:
         return self.prefix.used + self.bare.used
 
