@@ -2,7 +2,7 @@
 the uncached pass's outputs and gradients to float rounding, skips the blocks below the site once
 an example has been seen, does not depend on which batch first saw an example, and never serves
 rows that the frozen part no longer computes (a weight changed in place, something below the site
-that trains, a LoRA view). A bare pass (no adapter active: `head_only`) is cached whole."""
+that trains, a LoRA or prompt set while it acts). A bare pass (no adapter active: `head_only`) is cached whole."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from feddat.backbones import build_backbone
 from feddat.config import ConfigError, validate
 from feddat.data.clients import build_client
 from feddat.peft.lora import lora_view
+from feddat.peft.prompt import prompt_view
 from feddat.peft.model import AdaptedModel
 
 QUESTIONS = ["what colour is it?", "how many squares are there?", "is there a large red circle left of the star?", "what shape?"]
@@ -106,8 +107,7 @@ def _routed(model, inputs, branch):
 
 def test_a_cached_pass_skips_the_blocks_below_the_lowest_site(foundation):
     model = adapted(foundation, [3, 4, 5])
-    calls = [0] * len(foundation.blocks)
-    hooks = [site.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)) for i, site in enumerate(_raw_blocks(foundation))]
+    calls, hooks = block_calls(foundation)
     try:
         inputs = batch(foundation)
         model(*inputs)
@@ -126,11 +126,17 @@ def _raw_blocks(backbone):
     return [getattr(b, "block", b) for b in backbone.blocks]
 
 
+def block_calls(backbone):
+    """Counts of calls per raw block while the context is open (a list, filled in place)."""
+    calls = [0] * len(backbone.blocks)
+    hooks = [b.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)) for i, b in enumerate(_raw_blocks(backbone))]
+    return calls, hooks
+
+
 def test_a_bare_pass_runs_every_block_once_per_example_and_stays_exact(foundation):
     model = adapted(foundation, [3, 4, 5])
     inputs = batch(foundation)
-    calls = [0] * len(foundation.blocks)
-    hooks = [b.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1)) for i, b in enumerate(_raw_blocks(foundation))]
+    calls, hooks = block_calls(foundation)
     try:
         with model.active():
             want = torch.cat([uncached(model, *(t[n : n + 1] for t in inputs)) for n in range(len(inputs[0]))])  # each example alone
@@ -230,21 +236,35 @@ def test_nothing_is_cached_while_something_below_the_site_trains(foundation):
         weight.requires_grad_(False)
 
 
-def test_a_lora_view_switches_the_cache_off():
-    backbone = build_backbone("foundation", image_size=128, max_text_len=16)  # LoRA stays injected: not the shared one
+def test_lora_and_prompt_passes_run_uncached_and_leave_the_cache_to_other_methods():
+    backbone = build_backbone("foundation", image_size=128, max_text_len=16)  # LoRA and the prompt hook stay: not the shared one
     model = adapted(backbone, [3, 4, 5])
     inputs = batch(backbone)
-    model(*inputs)  # a warm cache
+    adapter_pass = model(*inputs)  # a warm cache: the rows below site 3
     cfg = tiny_config()
-    view = lora_view(model, cfg.peft)
-    view.add_adapter("shared")
+    lora, prompt = lora_view(model, cfg.peft), prompt_view(model, cfg.peft)
+    lora.add_adapter("shared")
+    prompt.add_adapter("shared")
     with torch.no_grad():
-        for p in view.adapter_parameters("shared"):
+        for p in lora.adapter_parameters("shared"):
             p.normal_(std=0.2)  # LoRA's B starts at zero: make the set change the blocks
-    assert model.prefix_cache is None
-    with view.active("shared"):
-        with_lora = view(*inputs)
-    assert not torch.allclose(with_lora, model(*inputs), atol=1e-3)
+    calls, hooks = block_calls(backbone)
+    try:
+        for view in (lora, prompt):  # while a guest's set acts, every block runs, and exactly as uncached
+            with view.active("shared"):
+                got = view(*inputs)
+                torch.testing.assert_close(got, uncached_run(model, lambda x: view(*x), inputs), rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(got, adapter_pass, atol=1e-3)
+        assert calls == [2 * 2] * 6  # two views, cached and uncached pass each
+        calls[:] = [0] * 6
+        again = model(*inputs)  # no guest acts: the adapter pass is served from the rows again
+        assert calls == [0, 0, 0, 0, 1, 1] and torch.equal(again, adapter_pass)
+        with model.active():  # head_only's bare pass is cached whole
+            torch.testing.assert_close(model(*inputs), uncached(model, *inputs), rtol=1e-5, atol=1e-5)
+        assert len(model.prefix_cache.bare.rows) == len(inputs[0])
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def test_a_spent_budget_runs_uncached_and_a_negative_one_is_refused(foundation):

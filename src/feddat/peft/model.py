@@ -55,6 +55,7 @@ class AdaptedModel(nn.Module):
             self.sites[str(i)] = site
         self.routing: Routing | None = None  # set inside `routed`
         self.prefix_cache: PrefixCache | None = None  # off until `cache_prefix`
+        self.guests: list = []  # PEFT views acting inside the frozen part (peft/views.py), which the cache must know
 
     def cache_prefix(self, budget_mb: int) -> None:
         """Keep the frozen blocks' output below the lowest adapter site per example, and the bare
@@ -63,7 +64,7 @@ class AdaptedModel(nn.Module):
         self.prefix_cache = None
         if budget_mb > 0 and self.sites and self.backbone.prefix_cacheable:
             raw = [b.block if isinstance(b, AdapterSite) else b for b in self.backbone.blocks]
-            self.prefix_cache = PrefixCache(self.backbone, raw, min(map(int, self.sites)) + 1, budget_mb)
+            self.prefix_cache = PrefixCache(self.backbone, raw, min(map(int, self.sites)) + 1, budget_mb, self.guests)
 
     @classmethod
     def from_config(cls, backbone: Backbone, a, prefix_cache_mb: int = 0) -> "AdaptedModel":

@@ -21,8 +21,11 @@ the blocks; masked keys get no attention; pooling reads [CLS] or the mean over t
 
 The rows are valid while the frozen part stays as it was: a parameter changed in place (its
 version counter moves), a module added to it, or a different device or autocast setting empties
-the cache. Where something trains below the site (LoRA, prompts, BitFit, full finetuning) the
-model's PEFT view switches the cache off (peft/views.py).
+the cache. PEFT views that act inside the frozen part (LoRA in the blocks, prompt tokens at the
+embedding; peft/views.py) are the model's *guests*: while one of their sets acts, every pass runs
+uncached, and their own tensors are not part of the frozen state, because a guest with no set
+active computes exactly the frozen model (so other methods on the same model keep the rows).
+BitFit and full finetuning tune a copy of the model, which has no cache (peft/tuned.py).
 """
 
 from __future__ import annotations
@@ -51,8 +54,9 @@ class Store:
 
 
 class PrefixCache:
-    def __init__(self, backbone: Backbone, blocks: list[nn.Module], depth: int, budget_mb: int):
+    def __init__(self, backbone: Backbone, blocks: list[nn.Module], depth: int, budget_mb: int, guests: list | None = None):
         self.backbone = backbone
+        self.guests = [] if guests is None else guests  # the model's PEFT views: `acting`, `own_tensors()`
         self.all_blocks = blocks  # every raw frozen block, bottom up
         self.blocks = blocks[:depth]  # the prefix: up to the lowest site's block
         self.budget = budget_mb * 2**20
@@ -73,14 +77,19 @@ class PrefixCache:
     def frozen_tensors(self, depth: int) -> list[torch.Tensor]:
         """The parameters and buffers rows of `depth` blocks depend on: the backbone's outside its
         blocks (embeddings, projector; fixed, so listed once) and those of the blocks below
-        `depth` (read on every call: a module injected into them, such as LoRA, changes the list)."""
+        `depth` (read on every call: a module injected into them changes the list), less the
+        guests' own tensors (a LoRA set that is not active computes nothing)."""
         if self.outside is None:
             inside = {id(t) for block in self.backbone.blocks for t in (*block.parameters(), *block.buffers())}
             self.outside = [t for t in (*self.backbone.parameters(), *self.backbone.buffers()) if id(t) not in inside]
-        return [*self.outside, *(t for block in self.all_blocks[:depth] for t in (*block.parameters(), *block.buffers()))]
+        guest = {id(t) for g in self.guests for t in g.own_tensors()}
+        return [*self.outside, *(t for block in self.all_blocks[:depth] for t in (*block.parameters(), *block.buffers()) if id(t) not in guest)]
 
     def current_state(self, device: torch.device, depth: int) -> tuple | None:
-        """The frozen part's identity now (None: something in it trains, so nothing is cached)."""
+        """The frozen part's identity now (None: a guest acts or something in it trains, so
+        nothing is cached)."""
+        if any(g.acting for g in self.guests):
+            return None
         tensors = self.frozen_tensors(depth)
         if any(t.requires_grad for t in tensors):
             return None

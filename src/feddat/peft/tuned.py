@@ -37,11 +37,9 @@ def block_parameters(model: AdaptedModel, biases_only: bool) -> dict[str, nn.Par
 
 class TunedView(PeftView):
     def __init__(self, model: AdaptedModel, kind: str):
-        cache, model.prefix_cache = model.prefix_cache, None  # the copy needs no copy of the rows
-        try:
-            tuned = copy.deepcopy(model)
-        finally:
-            model.prefix_cache = cache
+        # The copy trains its blocks, so it gets no cache: neither a copy of the rows nor of the
+        # original's guests (a deepcopy returns what the memo maps an object's id to).
+        tuned = copy.deepcopy(model, memo={id(model.prefix_cache): None, id(model.guests): []})
         super().__init__(tuned)
         self.kind = kind
         self.params = block_parameters(self.base, biases_only=kind == "bitfit")

@@ -36,9 +36,10 @@ class PeftView:
 
     def __init__(self, model: AdaptedModel):
         self.base = model
-        # LoRA, prompts and tuned weights change what the blocks below the adapter sites compute,
-        # and a switch of set is invisible to the cache's checks: no cached prefix on this model.
-        model.prefix_cache = None
+        # LoRA and prompts change what the frozen part computes while one of their sets acts, and
+        # a switch of set is invisible to the cache's checks of the frozen tensors: the cache asks
+        # its guests (peft/prefix.py), so that it serves other methods and skips this one's passes.
+        model.guests.append(self)
         self.trainable: dict[str, bool] = {}  # set name -> trainable
         self.current: tuple[str, ...] = ()
 
@@ -105,6 +106,15 @@ class PeftView:
 
     def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.base(image_features, input_ids, attention_mask)
+
+    @property
+    def acting(self) -> bool:
+        """Whether one of this view's sets acts in the next forward pass."""
+        return bool(self.current)
+
+    def own_tensors(self) -> list[torch.Tensor]:
+        """Every set's tensors: while no set acts they change nothing the model computes."""
+        return [t for name in self.trainable for t in self.set_tensors(name).values()]
 
     def set_trainable(self, name: str, trainable: bool) -> None:
         self.trainable[name] = trainable
