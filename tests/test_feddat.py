@@ -237,6 +237,8 @@ def test_branch_site_is_refused_where_it_cannot_apply(tiny_backbone):
 
     with pytest.raises(ConfigError, match="variant of the fused schedule"):
         validate(tiny_config(**{"feddat.branch_site": 1, "feddat.schedule": "reference"}))
+    with pytest.raises(ConfigError, match="variant of the fused schedule"):  # a config built in Python, never validated
+        make(tiny_backbone, **{"feddat.branch_site": 1, "feddat.schedule": "reference"})
     with pytest.raises(ConfigError, match="has 2 adapter sites"):
         make(tiny_backbone, **{"feddat.branch_site": 2})
 

@@ -31,7 +31,11 @@ def teacher_path(f) -> dict:
 
 
 def check_branch_site(f, model) -> None:
-    """Refuse a branch site the adapted model does not have (only bottleneck models have sites)."""
+    """Refuse a branch site the adapted model does not have (only bottleneck models have sites),
+    or one under the reference schedule (checked here too, for configs built without `validate`:
+    its teacher would train unbranched while `personal` scored the branched path)."""
     k = f.branch_site
+    if k and f.schedule != "fused":
+        raise ConfigError("feddat.branch_site > 0 is a variant of the fused schedule; the reference schedule is DESIGN §4 exactly")
     if k and k >= len(model.sites):
         raise ConfigError(f"feddat.branch_site = {k} but the model has {len(model.sites)} adapter sites (0..{len(model.sites) - 1})")

@@ -38,7 +38,7 @@ class Optimizers:
 
 
 def make_optimizers(m, head: torch.nn.Module, steps: int) -> Optimizers:
-    """The reference's two optimisers (A_s+H_k, A_c+H_k), each split by parameter.
+    """DESIGN §4's two optimisers (A_s+H_k, A_c+H_k; the official code has one), each split by parameter.
 
     AdamW is elementwise, so stepping A_s and H_k with separate instances is identical to
     one instance over both; the split lets the fused step update the head before the
