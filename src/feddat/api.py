@@ -14,12 +14,12 @@ Everything here is a thin layer over the modules the CLI uses, so both give the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from feddat.config import Config
+from feddat.runtime import read_json
 
 
 @dataclass
@@ -58,7 +58,7 @@ def read_run(run_dir: str | Path) -> RunResult:
 
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
     table = (run_dir / "results.md").read_text() if (run_dir / "results.md").is_file() else ""
     return RunResult(run_dir, table, final_scores(records), summary, records)
 

@@ -143,9 +143,8 @@ def _pretrain_parser(sub) -> argparse.ArgumentParser:
 
 
 def command_pretrain(args: argparse.Namespace) -> int:
-    import json
-
     from feddat.pretrain.train import STATE_DIR, pretrain
+    from feddat.runtime import read_json
 
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     if args.resume:
@@ -154,7 +153,9 @@ def command_pretrain(args: argparse.Namespace) -> int:
         progress = Path(args.resume) / STATE_DIR / "progress.json"
         if not progress.is_file():
             raise ConfigError(f"{args.resume} holds no pretraining run to resume ({progress} is missing)")
-        committed = json.loads(progress.read_text())
+        committed = read_json(progress)
+        if not isinstance(committed, dict) or not isinstance(committed.get("config"), dict) or "threads" not in committed | committed["config"]:
+            raise ConfigError(f"{progress} does not hold a pretraining recipe and thread count (was it edited or written by another version?); it cannot be resumed")
         # the thread count it ran with, not this machine's: the same threads, the same checkpoint
         threads = committed.get("threads", committed["config"]["threads"])
         cfg = config_mod.load(None, {f"pretrain.{k}": v for k, v in committed["config"].items()} | {"pretrain.out": args.resume, "pretrain.threads": threads})

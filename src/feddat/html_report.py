@@ -11,13 +11,12 @@ and the page loads nothing from anywhere, so it can be mailed or archived as one
 from __future__ import annotations
 
 import base64
-import json
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from feddat.runtime import write_text
+from feddat.runtime import read_json, write_text
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -150,7 +149,7 @@ def run_page(run_dir: Path) -> dict[str, Any]:
     for name in ("results.md", "summary.json", "config.toml", "metrics.jsonl"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir} holds no finished run: {run_dir / name} is missing")
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_json(run_dir / "summary.json")
     results_md = (run_dir / "results.md").read_text()
     title, _, body = results_md.partition("\n")
     results = load_run_dirs([run_dir])
@@ -173,7 +172,7 @@ def compare_page(folder: Path) -> dict[str, Any]:
     table = folder / "table.md"
     if not table.is_file():
         raise FileNotFoundError(f"{folder} holds no comparison report: {table} is missing (run `feddat compare` first)")
-    plan = json.loads((folder / "compare.json").read_text())
+    plan = read_json(folder / "compare.json")
     variants = [Variant(v["label"], v["method"], tuple(v["overrides"].items())) for v in plan["variants"]]
     finished = [run_path(folder, v, s) for s in plan["seeds"] for v in variants]
     results = [load_compare_run(d) for d in finished if (d / "summary.json").is_file()]

@@ -30,7 +30,6 @@ backbones, so bottleneck adapters use the documented layout above, which `feddat
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -44,7 +43,7 @@ from feddat.config import Config
 # lives in the data layer below both (an engine never imports this module).
 from feddat.data.clients import CLIENTS_FILE, client_record, write_client_index  # noqa: F401
 from feddat.data.types import Batch
-from feddat.runtime import load_tensors, pick_device, save_tensors, write_json, write_text
+from feddat.runtime import load_tensors, pick_device, read_json, save_tensors, write_json, write_text
 
 Tensors = dict[str, torch.Tensor]
 VIEWS = ("global", "personal")
@@ -64,7 +63,7 @@ def client_index(run_dir: Path, cfg: Config) -> dict[str, dict]:
     Flower's SuperLink, which never sees the data) rebuilt from the data source, answers only."""
     path = Path(run_dir) / CLIENTS_FILE
     if path.is_file():
-        return {c["name"]: c for c in json.loads(path.read_text())["clients"]}
+        return {c["name"]: c for c in read_json(path)["clients"]}
     from feddat.data.clients import answer_vocabulary
     from feddat.data.sources import raw_clients
 
@@ -369,7 +368,7 @@ def write_peft_adapter(deployed: Deployment, out: Path, info: dict) -> None:
 def from_export(folder: str | Path) -> Deployment:
     """The deployment an `export` folder holds (LoRA read back from its peft files)."""
     folder = Path(folder)
-    info = json.loads((folder / EXPORT_FILE).read_text())
+    info = read_json(folder / EXPORT_FILE)
     if info.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{folder / EXPORT_FILE}: format {info.get('format')!r}, expected {EXPORT_FORMAT!r}")
     cfg = config_mod.load(folder / "config.toml", {})

@@ -152,7 +152,27 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    """The tensors of a safetensors file (data only: nothing in it is executed); a missing,
+    cut-short or foreign file is a FileNotFoundError or ValueError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own SafetensorError, no ValueError
+        raise ValueError(f"{path} is not a readable safetensors file ({err}): cut short or not written by feddat") from err
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file feddat wrote; a missing file is a FileNotFoundError, a broken one (cut short,
+    edited, another encoding) a ValueError, both naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from err
 
 
 def write_text(path: str | Path, text: str) -> None:

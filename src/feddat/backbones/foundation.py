@@ -16,7 +16,6 @@ tensor pretraining trained is there with its shape, and names the file when one 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -181,7 +180,9 @@ class HFVisionTower(nn.Module):
         self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
         processor = Path(path) / "preprocessor_config.json"
         if processor.is_file():
-            spec = json.loads(processor.read_text())
+            from feddat.runtime import read_json
+
+            spec = read_json(processor)
             self.mean, self.std = tuple(spec.get("image_mean", self.mean)), tuple(spec.get("image_std", self.std))
 
     def feature_maps(self, pixels: torch.Tensor) -> list[torch.Tensor]:
@@ -298,10 +299,12 @@ def read_card(folder: str | Path) -> dict:
         raise CheckpointError(f"foundation checkpoint {folder} is not a folder (expected {CARD_FILE} and {TENSORS_FILE} in it)")
     if not path.is_file():
         raise CheckpointError(f"foundation checkpoint {folder}: {CARD_FILE} is missing")
+    from feddat.runtime import read_json
+
     try:
-        card = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+        card = read_json(path)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a feddat foundation card (format != '{FORMAT}')")
     if card.get("format_version") != FORMAT_VERSION:

@@ -4,7 +4,6 @@ per-client scores."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from feddat import config as config_mod
 from feddat.compare.statistics import nanmean
 from feddat.compare.variants import Variant, passes_per_step
 from feddat.config import Config
+from feddat.runtime import read_json
 
 
 def run_path(out_dir: Path, variant: Variant, seed: int) -> Path:
@@ -32,7 +32,7 @@ class RunResult:
 def load_compare_run(run_dir: Path) -> RunResult:
     from feddat.reporting import read_metrics
 
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_json(run_dir / "summary.json")
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("method") == summary["method"]]
     return RunResult(summary["label"], summary["method"], int(summary["seed"]), records, summary, any("personal" in r for r in records), run_passes(run_dir, summary["method"]))
 
@@ -53,7 +53,7 @@ def load_run_dirs(dirs: list[Path]) -> list[RunResult]:
     for d in dirs:
         if not (d / "summary.json").is_file():
             raise FileNotFoundError(f"{d} holds no finished run (no summary.json)")
-        summary = json.loads((d / "summary.json").read_text())
+        summary = read_json(d / "summary.json")
         if "label" in summary:
             results.append(load_compare_run(d))
             continue

@@ -3,14 +3,13 @@ write the run directory and print the results table."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
 
 from feddat.config import Config
 from feddat.engines.rundir import clean_partial_writes, make_run_dir, resumable, write_report  # noqa: F401  (resumable: imported from here by the CLI)
-from feddat.runtime import environment, pick_device, set_threads, uses_bf16, write_json, write_text
+from feddat.runtime import environment, pick_device, read_json, set_threads, uses_bf16, write_json, write_text
 
 
 def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, flush=True), resume: Path | None = None) -> Path:
@@ -34,7 +33,7 @@ def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, 
         run_dir = Path(resume)
         clean_partial_writes(run_dir)
         summary = run_dir / "summary.json"
-        done = {s["method"]: s for s in json.loads(summary.read_text())["methods"]} if summary.is_file() else {}
+        done = {s["method"]: s for s in read_json(summary)["methods"]} if summary.is_file() else {}
     log(f"feddat: run directory {run_dir}  (device {device}, {'bf16 autocast' if uses_bf16(device, cfg.run.precision) else 'float32'}){'  resuming' if resume else ''}")
     t0 = time.perf_counter()
     b = cfg.backbone

@@ -8,14 +8,13 @@ killed in the middle of a round continues from exactly the state that round star
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from feddat.runtime import load_tensors, save_tensors, write_json
+from feddat.runtime import load_tensors, read_json, save_tensors, write_json
 
 VERSION = re.compile(r"\.r(\d+)\.safetensors$")
 
@@ -127,7 +126,7 @@ class Checkpoint:
         if not path.is_file():
             return None
         try:
-            info = json.loads(path.read_text())
+            info = read_json(path)
             tensors = load_tensors(self.root / info["tensors"])
         except (OSError, ValueError, KeyError) as err:
             raise ValueError(f"checkpoint {self.root} is unreadable ({err}); it cannot be resumed") from err

@@ -36,7 +36,7 @@ from feddat.backbones.foundation import (
 from feddat.pretrain import corpus as C
 from feddat.pretrain.data import IGNORE, Batch, Batcher, Corpus, Schedule, Tokens, collate, folder_corpus, synthetic_corpus
 from feddat.pretrain.model import PretrainModel
-from feddat.runtime import derive_seed, environment, load_tensors, save_tensors, set_threads, uses_bf16, write_json
+from feddat.runtime import derive_seed, environment, load_tensors, read_json, save_tensors, set_threads, uses_bf16, write_json
 
 STATE_DIR = "state"
 LOG_FILE = "log.jsonl"
@@ -282,7 +282,7 @@ def load_state(out: Path, setup: Setup, opt: torch.optim.Optimizer) -> tuple[int
     """Restore the committed run state: (step, wall seconds spent up to it)."""
     from feddat.peft.model import check_state
 
-    progress = json.loads((out / STATE_DIR / "progress.json").read_text())
+    progress = read_json(out / STATE_DIR / "progress.json")
     path = out / STATE_DIR / progress.get("tensors", "state.safetensors")
     try:
         tensors = load_tensors(path)

@@ -15,7 +15,6 @@ continues from the private state on its disk.
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +33,7 @@ from feddat.engines.flower.partitions import build_model, client_names
 from feddat.engines.rounds import Rounds
 from feddat.engines.rundir import MetricsLog, clean_partial_writes, make_run_dir, resumable, write_report
 from feddat.engines.state import Checkpoint, Progress
-from feddat.runtime import environment, pick_device, save_tensors, set_threads, write_json, write_text
+from feddat.runtime import environment, pick_device, read_json, save_tensors, set_threads, write_json, write_text
 
 app = ServerApp()
 Log = Callable[[str], None]
@@ -360,7 +359,7 @@ def open_run_dir(cfg: Config, resume: bool) -> tuple[Path, dict[str, dict]]:
     resumable(run_dir)  # says so if it is not a run directory
     clean_partial_writes(run_dir)
     summary = run_dir / "summary.json"
-    return run_dir, ({s["method"]: s for s in json.loads(summary.read_text())["methods"]} if summary.is_file() else {})
+    return run_dir, ({s["method"]: s for s in read_json(summary)["methods"]} if summary.is_file() else {})
 
 
 def run_method_on_grid(name: str, cfg: Config, model, roster: Roster, grid: Grid, run_dir: Path, device, log: Log, resume: bool = False) -> dict:
