@@ -48,3 +48,6 @@ def test_run_returns_what_the_command_line_prints(tiny_vilt_dir, tmp_path):
     model = feddat.load_model(result.run_dir, client="count", view="personal")
     (top,) = model.predict([np.zeros((64, 64, 3), np.uint8)], ["how many circles are there?"], top=2)
     assert len(top) == 2 and {a for a, _ in top} <= set(model.answers) and top[0][1] >= top[1][1]
+    # an export holds one model: loading it needs no method, client or view, whichever view it holds
+    exported = feddat.load_model(feddat.export(result.run_dir, "count", tmp_path / "count-personal", view="personal"))
+    assert exported.predict([np.zeros((64, 64, 3), np.uint8)], ["how many circles are there?"], top=2)[0] == top

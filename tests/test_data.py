@@ -49,7 +49,7 @@ def test_feature_cache_is_reused_and_keyed_by_content(tiny_backbone, tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
 
 
-def write_folder(root, n=4, corrupt=False, missing=False, bad_line=False):
+def write_folder(root, n=4, corrupt=False, missing=False, bad_line=False, not_utf8=False, folder_image=False):
     for client in ("north", "south"):
         folder = root / client
         (folder / "img").mkdir(parents=True)
@@ -65,7 +65,12 @@ def write_folder(root, n=4, corrupt=False, missing=False, bad_line=False):
                 (folder / "img" / "test2.png").unlink()
             if bad_line and client == "north" and split == "train":
                 lines[2] = '{"image": "img/train2.png", "question": 3}'
-            (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+            if folder_image and client == "north" and split == "test":
+                lines[1] = json.dumps({"image": "img", "question": "what is 1?", "answer": "yes"})
+            text = ("\n".join(lines) + "\n").encode()
+            if not_utf8 and client == "south" and split == "train":  # a Latin-1 line: "é" as one byte
+                text = text.replace(b"what is 3?", b"qu\xe9 es 3?")
+            (folder / f"{split}.jsonl").write_bytes(text)
 
 
 def load_folder(root, backbone):
@@ -86,6 +91,8 @@ def test_folder_source_loads_every_client(tiny_backbone, tmp_path):
         ({"corrupt": True}, r"south/train.jsonl:2: image file .*train1.png is corrupt"),
         ({"missing": True}, r"south/test.jsonl:3: image file .*test2.png does not exist"),
         ({"bad_line": True}, r"north/train.jsonl:3: a record needs non-empty string fields"),
+        ({"not_utf8": True}, r"south/train.jsonl:4: not UTF-8 text"),
+        ({"folder_image": True}, r"north/test.jsonl:2: image file .*img is a folder, not a file"),
     ],
 )
 def test_folder_faults_name_file_and_line(tiny_backbone, tmp_path, fault, message):
@@ -100,6 +107,7 @@ def test_folder_faults_name_file_and_line(tiny_backbone, tmp_path, fault, messag
         ({"corrupt": True}, "south", "train", "train1.png is corrupt"),
         ({"missing": True}, "south", "test", "test2.png does not exist"),
         ({"bad_line": True}, "north", "train", "north/train.jsonl:3"),
+        ({"not_utf8": True}, "south", "train", "south/train.jsonl:4: not UTF-8"),
     ],
 )
 def test_skip_policy_drops_and_counts_bad_records(tiny_backbone, tmp_path, fault, client, split, message):
@@ -114,3 +122,15 @@ def test_skip_policy_drops_and_counts_bad_records(tiny_backbone, tmp_path, fault
     assert sizes == expected
     warning = [line for line in lines if line.startswith("warning: skipped 1 bad record(s)")]
     assert warning and message in warning[0]
+
+
+def test_describe_skips_bad_records_under_the_skip_policy(tmp_path, capsys):
+    """`feddat data describe` reads the benchmark under the same data.on_bad_record as a run."""
+    from feddat.cli import main
+
+    write_folder(tmp_path, bad_line=True)
+    args = ["data", "describe", "--data.benchmark", "folder", "--data.root", str(tmp_path)]
+    assert main(args) == 1 and "north/train.jsonl:3" in capsys.readouterr().err  # the default stops
+    assert main([*args, "--data.on_bad_record", "skip"]) == 0
+    out, err = capsys.readouterr()
+    assert "2 clients" in out and "warning: skipped 1 bad record(s)" in err and "north/train.jsonl:3" in err

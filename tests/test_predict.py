@@ -8,6 +8,7 @@ feddat's own loader and, for LoRA, through peft's `PeftModel.from_pretrained`.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -120,3 +121,174 @@ def test_wrong_requests_name_what_the_run_holds(trained, capsys):
         inference.load(run_dir, "fedavg_lora", "count", "personal")
     assert main(["export", str(run_dir), "--method", "feddat", "--out", "x"]) == 1
     assert "needs --client" in capsys.readouterr().err
+
+
+# ---- bad input: a clear error, and nothing lost ------------------------------------------------
+
+
+def saved_image(split, folder):
+    from PIL import Image
+
+    path = folder / "q.png"
+    Image.fromarray(split.images[0]).save(path)
+    return str(path)
+
+
+def listing(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_refuses_an_out_folder_that_is_not_an_earlier_export(trained, tmp_path, capsys):
+    import shutil
+
+    run_dir, test = trained
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)  # another run directory
+    before = listing(other)
+    assert main(["export", str(run_dir), "--method", "feddat", "--client", "count", "--out", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert f"export folder {other} is not empty" in err and "is not an earlier export (no feddat_model.json)" in err
+    assert listing(other) == before  # its config.toml untouched, no feddat_model.json added
+    assert inference.load(other, "feddat", "count").deployed.sources["head"].parent.parent.parent == other  # still read as the run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]  # no staging folder left behind
+    (tmp_path / "file").write_text("mine")
+    assert main(["export", str(run_dir), "--method", "feddat", "--client", "count", "--out", str(tmp_path / "file")]) == 1
+    assert "is not a folder" in capsys.readouterr().err and (tmp_path / "file").read_text() == "mine"
+
+
+def test_export_replaces_an_earlier_export_whole_but_not_one_holding_other_files(trained, tmp_path, capsys):
+    run_dir, _ = trained
+    out = tmp_path / "export"
+    out.mkdir()  # an empty folder is fine
+    inference.export(run_dir, "feddat_lora", "count", out, "personal")
+    assert (out / "adapter_config.json").is_file()
+    assert main(["export", str(run_dir), "--method", "feddat", "--client", "count", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["adapters.safetensors", "config.toml", "feddat_model.json", "head.safetensors"]  # no stale peft files
+    assert json.loads((out / "feddat_model.json").read_text())["method"] == "feddat"
+    (out / "notes.txt").write_text("mine")
+    before = listing(out)
+    assert main(["export", str(run_dir), "--method", "fedavg_lora", "--client", "count", "--out", str(out)]) == 1
+    assert f"export folder {out} holds an earlier export but also notes.txt" in capsys.readouterr().err
+    assert listing(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_predict_on_an_export_refuses_a_method_client_or_view_it_does_not_hold(trained, tmp_path, capsys):
+    run_dir, test = trained
+    exported = inference.export(run_dir, "fedavg_lora", "spatial", tmp_path / "export")
+    image = saved_image(test["spatial"], tmp_path)
+    question = test["spatial"].questions[0]
+    args = ["predict", str(exported), "--image", image, "--question", question]
+    assert main([*args, "--client", "night", "--method", "fedavg", "--view", "personal"]) == 1
+    err = capsys.readouterr().err
+    assert "is an export of one model: fedavg_lora, global view, client 'spatial'; it holds no method 'fedavg' or client 'night' or view 'personal'" in err
+    assert str(run_dir.resolve()) in err  # where the other models are
+    assert main([*args, "--view", "personal"]) == 1
+    assert "it holds no view 'personal'" in capsys.readouterr().err
+    with pytest.raises(inference.ModelNotFound, match="holds no client 'count'"):
+        inference.load(exported, client="count")
+    assert main([*args, "--client", "spatial", "--method", "fedavg_lora", "--view", "global", "--top", "1"]) == 0  # its own: fine
+    assert "fedavg_lora, global view" in capsys.readouterr().out
+
+
+def test_a_head_that_does_not_fit_the_clients_answers_names_the_files_and_the_client(trained, tmp_path):
+    import shutil
+
+    run_dir, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    index = json.loads((run / "clients.json").read_text())
+    n = len(next(c for c in index["clients"] if c["name"] == "count")["answers"])
+    for c in index["clients"]:
+        if c["name"] == "count":
+            c["answers"] = [f"a{i}" for i in range(n + 1)]
+    (run / "clients.json").write_text(json.dumps(index))
+    state = sorted((run / "state" / "feddat").glob("count.r*.safetensors"))[-1]
+    with pytest.raises(ValueError) as err:
+        inference.load(run, "feddat", "count")
+    assert str(err.value) == (f"{state}: the head of client 'count' scores {n} answers, but {run / 'clients.json'} lists {n + 1} for it; "
+                              f"they do not belong together (was {run / 'clients.json'} edited, or the state copied from another run?)")  # fmt: skip
+    exported = inference.export(run_dir, "feddat", "count", tmp_path / "export")
+    info = json.loads((exported / "feddat_model.json").read_text())
+    info["client"]["answers"] = info["client"]["answers"][:-1]
+    (exported / "feddat_model.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=f"head.safetensors: the head of client 'count' scores {n} answers, but .*feddat_model.json lists {n - 1}"):
+        inference.load(exported)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda info: info.pop("kind"), "lacks 'kind'"),
+    (lambda info: info["client"].pop("answers"), "lacks 'client.answers'"),
+    (lambda info: info.update(active="shared"), "'active' is 'shared', expected a JSON array"),
+    (lambda info: info.update(method="nomethod"), "method 'nomethod' is not one of"),
+])  # fmt: skip
+def test_an_incomplete_export_file_is_refused_naming_the_file_and_the_key(trained, tmp_path, capsys, edit, message):
+    run_dir, _ = trained
+    exported = inference.export(run_dir, "feddat", "count", tmp_path / "export")
+    info = json.loads((exported / "feddat_model.json").read_text())
+    edit(info)
+    (exported / "feddat_model.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=f"^{re.escape(str(exported / 'feddat_model.json'))}:? .*{re.escape(message)}"):
+        inference.load(exported)
+
+
+@pytest.mark.parametrize("top", ["0", "-1", "two"])
+def test_top_must_be_a_positive_integer(trained, tmp_path, capsys, top):
+    run_dir, test = trained
+    image = saved_image(test["object"], tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(run_dir), "--method", "feddat", "--client", "object", "--image", image, "--question", "q", "--top", top])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --top:" in err and "positive integer (1 or more)" in err
+    with pytest.raises(SystemExit) as exit_:  # `data describe --top` takes the same type
+        main(["data", "describe", "--data.benchmark", "function", "--top", top])
+    assert exit_.value.code == 2
+    assert "argument --top:" in capsys.readouterr().err
+
+
+def test_top_messages_and_the_python_call(trained, capsys):
+    run_dir, test = trained
+    with pytest.raises(SystemExit):
+        main(["data", "describe", "--top", "-1"])
+    assert "argument --top: must be a positive integer (1 or more), got -1" in capsys.readouterr().err
+    split = test["object"]
+    with pytest.raises(ValueError, match="top must be a positive integer"):
+        inference.load(run_dir, "feddat", "object").predict([split.images[0]], [split.questions[0]], top=0)
+
+
+def test_an_export_records_its_backbone_and_refuses_another(trained, tiny_vilt_dir, tmp_path):
+    run_dir, _ = trained
+    exported = inference.export(run_dir, "feddat", "count", tmp_path / "export")
+    info = json.loads((exported / "feddat_model.json").read_text())
+    assert info["backbone"] == {"name": "vilt"}
+    config = (exported / "config.toml").read_text()
+    assert config.count('name = "vilt"') == 1
+    (exported / "config.toml").write_text(config.replace('name = "vilt"', 'name = "minivl"'))
+    with pytest.raises(ValueError, match=r"feddat_model.json: the model was trained on backbone 'vilt', but .*config.toml builds 'minivl'"):
+        inference.load(exported)
+    # foundation: the checkpoint's sha256 (its card's) is recorded and compared, before any weights load
+    from feddat.backbones.foundation import packaged_checkpoint, read_card
+
+    sha = read_card(packaged_checkpoint())["sha256"]
+    assert inference.backbone_identity(config_mod.load(None, {"backbone.name": "foundation"})) == {"name": "foundation", "checkpoint_sha256": sha}
+    (exported / "config.toml").write_text(config.replace('name = "vilt"', 'name = "foundation"').replace(f'path = "{tiny_vilt_dir}"', 'path = ""'))  # the packaged one
+    info["backbone"] = {"name": "foundation", "checkpoint_sha256": "0" * 64}
+    (exported / "feddat_model.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=rf"trained on backbone 'foundation' \(checkpoint sha256 000000000000…\), but .* builds 'foundation' \(checkpoint sha256 {sha[:12]}…\)"):
+        inference.load(exported)
+
+
+def test_a_failed_export_leaves_the_earlier_export_as_it_was(trained, tmp_path, monkeypatch):
+    run_dir, _ = trained
+    out = inference.export(run_dir, "feddat", "count", tmp_path / "export")
+    before = listing(out)
+
+    def disk_full(path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(inference, "write_text", disk_full)  # after the tensors are written
+    with pytest.raises(OSError, match="No space left"):
+        inference.export(run_dir, "feddat", "count", out, "personal")
+    assert listing(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]

@@ -107,6 +107,26 @@ def test_resume_refuses_other_options_and_non_runs(tmp_path, capsys):
     assert "has no config.toml" in capsys.readouterr().err
 
 
+def test_a_broken_summary_or_progress_file_is_named(tmp_path, capsys):
+    """A file feddat wrote and then found cut short or edited stops the command with its name,
+    and the file stays as it was (nothing is rewritten over it)."""
+    from feddat.config import Config
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(Config().to_toml())
+    (run_dir / "summary.json").write_text('{"methods": [')
+    assert main(["run", "--resume", str(run_dir)]) == 1
+    assert f"{run_dir / 'summary.json'} is not valid JSON" in capsys.readouterr().err
+    assert (run_dir / "summary.json").read_text() == '{"methods": ['
+    progress = tmp_path / "pre" / "state" / "progress.json"
+    progress.parent.mkdir(parents=True)
+    for text, message in (("{", "is not valid JSON"), ("{}", "does not hold a pretraining recipe")):
+        progress.write_text(text)
+        assert main(["pretrain", "--resume", str(tmp_path / "pre")]) == 2 - (text == "{")
+        assert f"{progress}" in (err := capsys.readouterr().err) and message in err
+
+
 def test_a_pickle_in_place_of_a_state_file_is_refused(tmp_path):
     """State files are safetensors; a pickle (which could run code when loaded) is not read as one."""
     from feddat.engines.state import ClientStateStore

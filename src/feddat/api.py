@@ -94,8 +94,9 @@ def compare_methods(cfg: Config | str | Path | None = None, methods: list[str] |
     return compare_mod.run_compare(cfg, compare_mod.parse_variants(names), list(seeds), folder, reference, log)
 
 
-def load_model(path: str | Path, method: str | None = None, client: str | None = None, view: str = "global", device: str = "auto"):
-    """A client's trained model (inference.Predictor) from a run directory or an export folder."""
+def load_model(path: str | Path, method: str | None = None, client: str | None = None, view: str | None = None, device: str = "auto"):
+    """A client's trained model (inference.Predictor) from a run directory (view None: the global
+    view) or an export folder (which holds one model: leave method, client and view out)."""
     from feddat.inference import load
 
     return load(path, method, client, view, device)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from feddat import config as config_mod
+from feddat.commands import positive_int
 from feddat.config import ConfigError
 
 
@@ -52,7 +53,7 @@ def _data_parser(sub) -> argparse.ArgumentParser:
     d.add_argument("--config", metavar="FILE", help="TOML file; only its [data] table (and [backbone] image size for public data) matter")
     d.add_argument("--plot", metavar="PNG", help="save a heat map of each client's answer distribution to this file")
     d.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
-    d.add_argument("--top", type=int, default=5, metavar="N", help="most frequent answers listed per client (default 5)")
+    d.add_argument("--top", type=positive_int, default=5, metavar="N", help="most frequent answers listed per client, 1 or more (default 5)")
     for key, f, _ in config_mod.iter_fields():
         if key.startswith("data.") or key == "backbone.image_size":
             default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
@@ -61,6 +62,7 @@ def _data_parser(sub) -> argparse.ArgumentParser:
 
 
 def command_data(args: argparse.Namespace) -> int:
+    from feddat.data import faults
     from feddat.data.describe import heatmap, report, summary
     from feddat.data.sources import raw_clients
     from feddat.runtime import write_json
@@ -68,7 +70,8 @@ def command_data(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     cfg = config_mod.load(args.config, overrides)
     d = cfg.data
-    clients = raw_clients(cfg, with_images=False)  # answers are all it needs
+    with faults.applied(d.on_bad_record, lambda message: print(message, file=sys.stderr)):
+        clients = raw_clients(cfg, with_images=False)  # answers are all it needs
     stats = summary(clients, top=args.top)
     print(f"{d.source} {d.benchmark} benchmark, partition {d.partition}" + (f" (alpha {d.alpha})" if d.partition in ("dirichlet", "quantity") else "") + f", {len(clients)} clients, seed {d.seed}\n")
     print(report(stats))

@@ -15,10 +15,22 @@ def add_parsers(sub) -> None:
     _report_parser(sub)
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be 1 or more (--top)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; give a positive integer (1 or more)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (1 or more), got {value}")
+    return value
+
+
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", metavar="M", help="the run's method whose model to use (needed when the run trained several)")
     p.add_argument("--client", metavar="NAME", help="the client whose head (and client adapter) to use")
-    p.add_argument("--view", choices=("global", "personal"), default="global", help="global: A_s + head (the deployed model); personal: FedDAT's A_s + A_c teacher or Ditto's personal adapter (default: global)")
+    # default None, not "global": on an export, a --view that is not the export's is refused
+    p.add_argument("--view", choices=("global", "personal"), default=None, help="global: A_s + head (the deployed model); personal: FedDAT's A_s + A_c teacher or Ditto's personal adapter (default: global; an export holds one view)")
 
 
 def _predict_parser(sub) -> None:
@@ -30,11 +42,11 @@ def _predict_parser(sub) -> None:
         "its client adapter), and print the most likely answers with their probabilities. PATH is a run directory or an export folder "
         "(feddat export). Example: feddat predict runs/domain-20261124-101500 --method feddat --client night --image cat.png --question 'what colour is the cat?'",
     )
-    p.add_argument("path", metavar="RUN_DIR", help="a run directory, or a folder written by `feddat export`")
+    p.add_argument("path", metavar="RUN_DIR", help="a run directory, or a folder written by `feddat export` (which holds one model: --method, --client, --view, if given, must be its own)")
     _model_arguments(p)
     p.add_argument("--image", action="append", required=True, metavar="IMG", help="the image file (twice for a two-image task such as NLVR2)")
     p.add_argument("--question", required=True, metavar="TEXT", help="the question (or statement, for entailment and true/false tasks)")
-    p.add_argument("--top", type=int, default=5, metavar="K", help="answers to print (default 5)")
+    p.add_argument("--top", type=positive_int, default=5, metavar="K", help="answers to print, 1 or more (default 5)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs (default: auto)")
     p.set_defaults(handler=command_predict)
 
@@ -66,7 +78,7 @@ def _export_parser(sub) -> None:
     )
     p.add_argument("path", metavar="RUN_DIR")
     _model_arguments(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write: a new or empty folder, or an earlier export, which is replaced (any other folder is refused)")
     p.set_defaults(handler=command_export)
 
 

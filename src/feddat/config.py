@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -20,16 +22,19 @@ class ConfigError(ValueError):
     """A configuration value or key the user gave is wrong."""
 
 
-def _f(default: Any, help: str, **kwargs: Any) -> Any:
+def _f(default: Any, help: str, path: bool = False, **kwargs: Any) -> Any:
+    """A config field with its help text; `path`: a file or folder name, whose leading `~` is
+    expanded when the value is set (so every consumer sees the same, expanded path)."""
+    metadata = {"help": help, "path": path}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: typing.cast(Any, default).copy(), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+        return field(default_factory=lambda: typing.cast(Any, default).copy(), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 @dataclass
 class BackboneConfig:
     name: str = _f("foundation", "backbone: foundation (a vision-language model pretrained offline by `feddat pretrain`; the packaged checkpoint unless backbone.path names another), minivl (the packaged weights without vision-language pretraining) or vilt")
-    path: str = _f("", "foundation: a `feddat pretrain` checkpoint folder (empty: the packaged one); vilt: Hugging Face hub id or local folder (e.g. dandelin/vilt-b32-mlm)")
+    path: str = _f("", "foundation: a `feddat pretrain` checkpoint folder (empty: the packaged one); vilt: Hugging Face hub id or local folder (e.g. dandelin/vilt-b32-mlm)", path=True)
     image_size: int = _f(128, "image side in pixels fed to the image tower")
     max_text_len: int = _f(20, "question tokens kept (truncation)")
     projector: str = _f("random", "minivl only: how image features become tokens: random (final features, fixed random orthonormal projection) or aligned (mid-level features, an affine map fitted once to MiniLM's word embeddings); README 'Image tokens'")
@@ -135,7 +140,7 @@ class FederationConfig:
 class DataConfig:
     benchmark: str = _f("domain", "domain, function, scene, task (the paper's four heterogeneity types), shapes (synthetic, one pool to partition), a single public dataset (source public), or folder (your data under data.root)")
     source: str = _f("synthetic", "synthetic (twins generated offline) or public (the published datasets, downloaded by you under data.root; see README)")
-    root: str = _f("", "public source: the folder holding one sub-folder per dataset; folder benchmark: ROOT/<client>/{train,test}.jsonl (see README)")
+    root: str = _f("", "public source: the folder holding one sub-folder per dataset; folder benchmark: ROOT/<client>/{train,test}.jsonl (see README)", path=True)
     train_per_client: int = _f(1024, "training questions per client (public data: a seeded sample; 0 = all)")
     test_per_client: int = _f(200, "held-out questions per client (public data: a seeded sample; 0 = all)")
     partition: str = _f("natural", "natural (the benchmark's clients), category (one client per question type / category), iid, dirichlet (label skew) or quantity (size skew): the last four pool the benchmark's data and re-split it")
@@ -145,21 +150,21 @@ class DataConfig:
     max_objects: int = _f(3, "synthetic scenes hold 2 to max_objects objects (at most 6)")
     max_answers: int = _f(100, "answer vocabulary: most frequent N answers per client")
     seed: int = _f(0, "seed of the data generator")
-    cache_dir: str = _f(".cache/feddat", "where frozen image-tower features are cached")
+    cache_dir: str = _f(".cache/feddat", "where frozen image-tower features are cached", path=True)
     on_bad_record: str = _f("error", "a corrupt/missing image or malformed line: error (stop, naming file and record) or skip (drop it, count it, warn)")
 
 
 @dataclass
 class PretrainConfig:
     corpus: str = _f("synthetic", "feddat pretrain: synthetic (the procedural caption corpus, generated offline) or folder (your image-caption pairs under pretrain.root)")
-    root: str = _f("", "folder corpus: a captions.jsonl file, or the folder holding it ({\"image\": ..., \"caption\": ...} per line)")
+    root: str = _f("", "folder corpus: a captions.jsonl file, or the folder holding it ({\"image\": ..., \"caption\": ...} per line)", path=True)
     corpus_size: int = _f(20000, "synthetic corpus: scenes (one image each; captions are drawn anew every step)")
     corpus_seed: int = _f(8, "synthetic corpus: its own seed (the held-out scenes derive theirs from it); never a benchmark's data")
     styles: list[str] = _f(["flat", "photo"], "synthetic corpus: rendering styles of its images (the others stay a domain shift for finetuning)")
     max_objects: int = _f(4, "synthetic corpus: scenes hold 1 to this many objects")
     eval_size: int = _f(600, "held-out scenes per style group for the grounding report (MLM per word role, real vs shuffled images; ITM per negative kind)")
-    text_encoder: str = _f("minilm", "minilm (packaged all-MiniLM-L6-v2) or a folder / hub id of a BERT-style Hugging Face model")
-    vision_tower: str = _f("efficientnet-lite0", "efficientnet-lite0 (packaged, read at strides 8/16/32) or a folder / hub id of a Hugging Face vision transformer")
+    text_encoder: str = _f("minilm", "minilm (packaged all-MiniLM-L6-v2) or a folder / hub id of a BERT-style Hugging Face model", path=True)
+    vision_tower: str = _f("efficientnet-lite0", "efficientnet-lite0 (packaged, read at strides 8/16/32) or a folder / hub id of a Hugging Face vision transformer", path=True)
     image_size: int = _f(128, "image side in pixels; image tokens are a (side/32)^2 grid")
     max_caption_len: int = _f(32, "caption tokens kept")
     tune: str = _f("lora", "lora (LoRA on every encoder linear layer, merged on load; LayerNorms and token types trained in full) or full (every encoder weight but the embeddings)")
@@ -184,15 +189,15 @@ class PretrainConfig:
     log_every: int = _f(50, "steps between progress lines (and log.jsonl records)")
     save_every: int = _f(250, "steps between committed run states (what --resume continues from)")
     eval_every: int = _f(0, "steps between held-out grounding reports during training (0: only at the end)")
-    out: str = _f("runs/pretrain", "the checkpoint folder (card.json, foundation.safetensors, log.jsonl, state/)")
-    cache_dir: str = _f(".cache/feddat", "where the corpus's frozen tower features are cached")
+    out: str = _f("runs/pretrain", "the checkpoint folder (card.json, foundation.safetensors, log.jsonl, state/)", path=True)
+    cache_dir: str = _f(".cache/feddat", "where the corpus's frozen tower features are cached", path=True)
 
 
 @dataclass
 class RunConfig:
     methods: list[str] = _f(["feddat", "fedavg"], "methods to run one after another")
     seed: int = _f(0, "training seed (adapter init, client sampling, batch order)")
-    out_dir: str = _f("runs", "parent folder of run directories")
+    out_dir: str = _f("runs", "parent folder of run directories", path=True)
     name: str = _f("", "run directory name (default: benchmark-timestamp)")
     device: str = _f("auto", "auto, cpu or cuda")
     precision: str = _f("auto", "auto (bf16 autocast where bf16 is native: CUDA, or a CPU with AMX / AVX512-BF16; float32 elsewhere), bf16 (always) or fp32 (never); losses and scores are float32 either way")
@@ -258,54 +263,125 @@ def _known_keys() -> list[str]:
     return [key for key, _, _ in iter_fields()]
 
 
+class _UnknownKey(ConfigError):
+    """A key no section holds (`load` adds the file it came from)."""
+
+
 def _unknown(key: str) -> ConfigError:
     close = difflib.get_close_matches(key, _known_keys(), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return ConfigError(f"unknown config key '{key}'{hint}; `feddat run --help` lists them all")
+    return _UnknownKey(f"unknown config key '{key}'{hint}; `feddat run --help` lists them all")
+
+
+def _type_name(typ: Any) -> str:
+    if typing.get_origin(typ) is list:
+        return f"list of {_type_name(typing.get_args(typ)[0])}"
+    return getattr(typ, "__name__", str(typ))
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:
-    """Convert a TOML or command-line value to the field's type, or explain why not."""
+    """Convert a TOML or command-line value to the field's type, or explain why not.
+
+    Strings (the command line's, or a TOML string) are parsed; a typed value (TOML, Python) must
+    already be of the field's kind: no bool for a number, no number for a bool, no list for a
+    string (Python would turn them into 1, True and "['a', 'b']")."""
     origin = typing.get_origin(typ)
-    try:
-        if origin is list:
-            (item,) = typing.get_args(typ)
-            if isinstance(value, str):
-                value = [v for v in value.split(",") if v.strip()] if value.strip() else []
-            if not isinstance(value, list):
-                raise TypeError
-            return [_coerce(key, v, item) for v in value]
-        if typ is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
+    if origin is list:
+        (item,) = typing.get_args(typ)
+        if isinstance(value, tuple):
+            value = list(value)
+        given, value = value, (value.split(",") if isinstance(value, str) else value)
+        if not isinstance(value, list):
+            raise _wrong_type(key, given, typ)
+        out = []
+        for i, v in enumerate(value):
+            if isinstance(v, str) and isinstance(given, str):
+                if not v.strip():
+                    continue  # "a,,b" and a trailing comma on the command line
+                v = v.strip()
+            try:
+                out.append(_coerce(key, v, item))
+            except ConfigError as err:
+                kind = "" if isinstance(v, str) else f" (a {type(v).__name__})"
+                raise ConfigError(f"config key '{key}': item {i + 1} of {given!r}, {v!r}{kind}, cannot be read as {_type_name(item)}") from err
+        return out
+    if typ is str:
+        if isinstance(value, str):
+            return value.strip()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise _wrong_type(key, value, typ)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if typ is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
                     return True
-                if value.lower() in ("0", "false", "no", "off"):
+                if text.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError
-            return bool(value)
-        if typ is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if typ is float:
+            if typ is int:
+                return int(text)
+            if typ is float:
+                return float(text)
+        except ValueError:
+            pass
+        raise ConfigError(f"config key '{key}': cannot read {value!r} as {_type_name(typ)}")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, bool):
+        pass  # a bool is an int to Python, never a number here
+    elif typ is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float):
+            if value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key '{key}': cannot read {value!r} as int (it has a fractional part or is not finite)")
+    elif typ is float:
+        if isinstance(value, (int, float)):
             return float(value)
-        if typ is str:
-            return str(value).strip()
-    except (TypeError, ValueError):
-        pass
-    else:
-        return value
-    raise ConfigError(f"config key '{key}': cannot read {value!r} as {getattr(typ, '__name__', typ)}")
+    raise _wrong_type(key, value, typ)
+
+
+def _wrong_type(key: str, value: Any, typ: Any) -> ConfigError:
+    return ConfigError(f"config key '{key}' must be {_type_name(typ)}, not {type(value).__name__} ({value!r})")
+
+
+def _expand(value: Any) -> Any:
+    return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
 
 
 def apply(cfg: Config, key: str, value: Any) -> None:
-    """Set one dotted key (e.g. 'train.lr') on cfg, with type checking."""
+    """Set one dotted key (e.g. 'train.lr') on cfg, with type checking; a path's `~` is expanded."""
     section, _, name = key.partition(".")
     sub = getattr(cfg, section, None) if section in _sections() else None
-    types = {k: t for k, _, t in iter_fields()}
-    if sub is None or key not in types:
+    fields = {k: (f, t) for k, f, t in iter_fields()}
+    if sub is None or key not in fields:
         raise _unknown(key)
-    setattr(sub, name, _coerce(key, value, types[key]))
+    f, typ = fields[key]
+    value = _coerce(key, value, typ)
+    setattr(sub, name, _expand(value) if f.metadata.get("path") else value)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder, not a TOML file")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start}); TOML files must be UTF-8") from err
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -313,17 +389,16 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     cfg = Config()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
-        for section, values in data.items():
-            if not isinstance(values, dict):
-                raise _unknown(section)
-            for name, value in values.items():
-                apply(cfg, f"{section}.{name}", value)
+        for section, values in _read(path).items():
+            try:
+                if not isinstance(values, dict):
+                    raise _unknown(section)
+                for name, value in values.items():
+                    apply(cfg, f"{section}.{name}", value)
+            except _UnknownKey as err:
+                raise ConfigError(f"config file {path}: {err} (a file written by another feddat version may hold keys this one does not know)") from None
+            except ConfigError as err:
+                raise ConfigError(f"config file {path}: {err}") from None
     for key, value in (overrides or {}).items():
         apply(cfg, key, value)
     validate(cfg)
@@ -343,6 +418,8 @@ def validate(cfg: Config) -> None:
     from feddat.backbones import BACKBONES, PROJECTORS
     from feddat.data.synthetic import MAX_OBJECTS
 
+    _validate_finite(cfg)
+    _validate_unique(cfg)
     _choice("backbone.name", cfg.backbone.name, BACKBONES)
     if not cfg.run.methods:
         raise ConfigError("run.methods is empty: name at least one method")
@@ -405,8 +482,60 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.lr and feddat.temperature must be positive")
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"train.betas needs two numbers, got {cfg.train.betas}")
+    for beta in cfg.train.betas:
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"train.betas = {cfg.train.betas}: each must be in [0, 1), got {beta}")
+    _not_negative({"train.weight_decay": cfg.train.weight_decay, "adapter.init_std": cfg.adapter.init_std, "peft.prompt_init_std": cfg.peft.prompt_init_std,
+                    "feddat.alpha": cfg.feddat.alpha, "feddat.beta": cfg.feddat.beta})
+    _not_negative({"federation.min_updates": cfg.federation.min_updates}, " (0 counts as 1)")
+    _not_negative({"federation.max_update_norm": cfg.federation.max_update_norm, "federation.max_update_mib": cfg.federation.max_update_mib}, " (0 = off)")
+    _positive({"train.eps": cfg.train.eps, "peft.lora_alpha": cfg.peft.lora_alpha})
     if cfg.backbone.name == "vilt" and not cfg.backbone.path:
         raise ConfigError("backbone.path is required for vilt (hub id such as dandelin/vilt-b32-mlm, or a local folder)")
+
+
+def _positive(values: dict[str, float]) -> None:
+    for key, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+
+
+def _not_negative(values: dict[str, float], note: str = "") -> None:
+    for key, value in values.items():
+        if not value >= 0:
+            raise ConfigError(f"{key} must not be negative{note}, got {value}")
+
+
+def _leaves(cfg: Config) -> typing.Iterator[tuple[str, Any]]:
+    for section in _sections():
+        sub = getattr(cfg, section)
+        for f in dataclasses.fields(sub):
+            yield f"{section}.{f.name}", getattr(sub, f.name)
+
+
+def _validate_finite(cfg: Config) -> None:
+    """No NaN or infinity in any float of any section (every bound below assumes a number)."""
+    for key, value in _leaves(cfg):
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                where = f"{key} = {value}: {item}" if isinstance(value, list) else f"{key} = {value}"
+                raise ConfigError(f"{where} is not a finite number")
+
+
+REPEATS_ALLOWED = ("train.betas",)  # a vector of numbers, not a set of names
+
+
+def _validate_unique(cfg: Config) -> None:
+    """A list option names each thing once: a repeat is a slip (two runs of one method, two loggers
+    writing the same events, one client twice)."""
+    for key, value in _leaves(cfg):
+        if not isinstance(value, list) or key in REPEATS_ALLOWED:
+            continue
+        seen: set[Any] = set()
+        for item in value:
+            if item in seen:
+                raise ConfigError(f"{key} names {item!r} twice ({value}); name each once")
+            seen.add(item)
 
 
 def _validate_secure_aggregation(cfg: Config) -> None:
@@ -482,6 +611,8 @@ def _validate_pretrain(p: PretrainConfig) -> None:
             raise ConfigError(f"pretrain.{key} must be in [0, 1], got {getattr(p, key)}")
     if p.batch_size < 2:
         raise ConfigError(f"pretrain.batch_size must be at least 2 (masked-word and matching examples share each batch), got {p.batch_size}")
+    _positive({"pretrain.lora_alpha": p.lora_alpha})
+    _not_negative({"pretrain.weight_decay": p.weight_decay, "pretrain.itm_weight": p.itm_weight})
     if p.eval_size < 0 or p.eval_every < 0 or p.threads < 0:
         raise ConfigError("pretrain.eval_size, pretrain.eval_every and pretrain.threads must not be negative")
 

@@ -12,9 +12,11 @@ private head:
 `state/<method>/<client>.rNNNNN.safetensors`, the backbone named in `config.toml`) or from an
 export folder (`export`); `Predictor.predict` answers batches of (image, question).
 
-Exports (`export`) are self-contained folders:
+Exports (`export`) are self-contained folders, written to a new or empty folder or over an earlier
+export (never over anything else):
 
-    feddat_model.json     what the model is: method, client, view, PEFT kind, active sets, answers, task
+    feddat_model.json     what the model is: method, client, view, PEFT kind, active sets, answers, task,
+                          the backbone it was trained on (name; foundation: the checkpoint's sha256)
     config.toml           the run's configuration (the backbone is rebuilt from its [backbone] table)
     head.safetensors      the client's head (Linear, LayerNorm, GELU, Linear; keys as in torch)
     adapter_config.json   LoRA kinds: peft's adapter format, loadable with peft.PeftModel.from_pretrained
@@ -30,6 +32,9 @@ backbones, so bottleneck adapters use the documented layout above, which `feddat
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -49,6 +54,9 @@ Tensors = dict[str, torch.Tensor]
 VIEWS = ("global", "personal")
 EXPORT_FILE = "feddat_model.json"
 EXPORT_FORMAT = "feddat-model/1"
+#: Every file an export writes: an `--out` holding only these (and feddat_model.json) is an
+#: earlier export, which a new export replaces; any other non-empty folder is refused.
+EXPORT_FILES = (EXPORT_FILE, "config.toml", "head.safetensors", "adapter_config.json", "adapter_model.safetensors", "adapters.safetensors")
 
 
 class ModelNotFound(FileNotFoundError):
@@ -89,6 +97,9 @@ class Deployment:
     active: tuple[str, ...]
     path: dict = field(default_factory=dict)  # where the active sets differ by site (feddat.branch_site)
     head: Tensors = field(default_factory=dict)  # TaskHead state_dict
+    # where it was read from, for messages: 'config', 'answers' (clients.json or feddat_model.json),
+    # 'head' (the file holding the head), 'sets' (the files holding the PEFT sets), 'run' (an export's run)
+    sources: dict = field(default_factory=dict)
 
 
 def prefixed(state: Tensors, prefix: str) -> Tensors:
@@ -130,8 +141,9 @@ def deployment(cfg: Config, method_name: str, client: dict, view: str, shared: T
     return Deployment(cfg, method_name, client, view, {"shared": shared}, ("shared",), {}, head)
 
 
-def from_run(run_dir: str | Path, method: str | None, client: str, view: str = "global") -> Deployment:
+def from_run(run_dir: str | Path, method: str | None, client: str, view: str | None = "global") -> Deployment:
     run_dir = Path(run_dir)
+    view = view or "global"
     config = run_dir / "config.toml"
     if not config.is_file():
         raise ModelNotFound(f"{run_dir} is neither a run directory (no config.toml) nor an export (no {EXPORT_FILE})")
@@ -146,20 +158,31 @@ def from_run(run_dir: str | Path, method: str | None, client: str, view: str = "
     clients = client_index(run_dir, cfg)
     if client not in clients:
         raise ModelNotFound(f"{run_dir}: no client '{client}'; its clients are {', '.join(clients)}")
-    state = latest_state(run_dir / "state" / method, client)
-    shared = load_tensors(run_dir / method / "shared_adapter.safetensors")
-    return deployment(cfg, method, clients[client], view, shared, state)
+    state, state_file = latest_state(run_dir / "state" / method, client)
+    shared_file = run_dir / method / "shared_adapter.safetensors"
+    deployed = deployment(cfg, method, clients[client], view, load_tensors(shared_file), state)
+    index = run_dir / CLIENTS_FILE
+    deployed.sources = {
+        "config": config,
+        "answers": index if index.is_file() else f"the data source of {config} (the run has no {CLIENTS_FILE})",
+        "head": state_file,
+        "sets": f"{shared_file} and {state_file}",
+    }
+    return deployed
 
 
-def latest_state(root: Path, client: str) -> Tensors:
+def latest_state(root: Path, client: str) -> tuple[Tensors, Path]:
+    """The client's last stored state and its file."""
     from feddat.engines.state import ClientStateStore
 
     if not root.is_dir():
         raise ModelNotFound(f"{root} does not exist: the run kept no client state for this method")
-    state = ClientStateStore(root).load(client)
-    if state is None:
+    store = ClientStateStore(root)
+    versions = store.versions(client)
+    if not versions:
         raise ModelNotFound(f"{root} holds no state for client '{client}' (it never trained)")
-    return state
+    path = versions[-1][1]
+    return store.load_version(client, path), path
 
 
 # ---- answering ----------------------------------------------------------------------------
@@ -190,12 +213,20 @@ class Predictor:
             model = AdaptedModel.from_config(backbone_from_config(self.cfg.backbone).to(self.device), self.cfg.adapter)
         self.backbone = model.backbone
         self.method = build_method(deployed.method, self.cfg, model, self.device)
+        sources = deployed.sources
         for name, state in deployed.sets.items():
-            self.method.model.load_adapter(name, state)
+            try:
+                self.method.model.load_adapter(name, state)
+            except ValueError as err:  # names no file: say which, and which backbone they met
+                where = sources.get("sets", "the model's PEFT sets")
+                raise ValueError(f"{where}: {err} (backbone '{self.cfg.backbone.name}' of {sources.get('config', 'its config')}); were they trained on another backbone?") from None
         c = deployed.client
         self.answers: list[str] = c["answers"]
         self.head = TaskHead(self.method.model.hidden_size, len(self.answers), c["images_per_example"])
-        self.head.load_state_dict(deployed.head)
+        try:
+            self.head.load_state_dict(deployed.head)
+        except RuntimeError:  # torch's "size mismatch for 3.weight" names neither file nor client
+            raise ValueError(head_mismatch(deployed, self.head)) from None
         self.head.to(self.device).eval()
         self.side = image_side(self.cfg)
 
@@ -247,6 +278,8 @@ class Predictor:
 
     def predict(self, images: Sequence, questions: Sequence[str], top: int = 5) -> list[list[tuple[str, float]]]:
         """For each example, its `top` answers with their probabilities, most likely first."""
+        if not isinstance(top, int) or top < 1:
+            raise ValueError(f"top must be a positive integer (the answers to list), got {top!r}")
         probs = self.probabilities(self.logits(images, questions))
         values, index = probs.topk(min(top, probs.shape[-1]), dim=-1)
         return [[(self.answers[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist())] for row_p, row_i in zip(values, index)]
@@ -259,17 +292,45 @@ class Predictor:
         return f"{d.method}, {d.view} view ({what}), client '{d.client['name']}', {len(self.answers)} answers, backbone {self.cfg.backbone.name}"
 
 
-def load(path: str | Path, method: str | None = None, client: str | None = None, view: str = "global", device: str = "auto") -> Predictor:
-    """A client's deployed model from a run directory (method, client, view) or an export folder."""
+def head_mismatch(deployed: Deployment, head) -> str:
+    """Why a stored head does not load into the TaskHead its client record describes."""
+    from feddat.backbones.state import check_state
+
+    c, src = deployed.client, deployed.sources
+    where, index = src.get("head", "the stored head"), src.get("answers", "the client's record")
+    out_key = f"{len(head) - 1}.weight"  # the last Linear: one row per answer
+    stored = deployed.head.get(out_key)
+    if stored is not None and stored.ndim == 2 and stored.shape[0] != head.num_answers:
+        return (f"{where}: the head of client '{c['name']}' scores {stored.shape[0]} answers, but {index} lists {head.num_answers} for it; "
+                f"they do not belong together (was {index} edited, or the state copied from another run?)")
+    problem = check_state(deployed.head, dict(head.state_dict())) or "its tensors do not fit"
+    return (f"{where}: the head of client '{c['name']}' does not fit {index} ({head.num_answers} answers, {head.images} image(s) per example) "
+            f"on backbone '{deployed.cfg.backbone.name}': {problem}")
+
+
+def load(path: str | Path, method: str | None = None, client: str | None = None, view: str | None = None, device: str = "auto") -> Predictor:
+    """A client's deployed model from a run directory (method, client, view; view None is the
+    global view) or an export folder, which holds one model: a method, client or view given that
+    is not the export's is refused, naming what it holds."""
     path = Path(path)
     if (path / EXPORT_FILE).is_file():
-        return Predictor(from_export(path), device)
+        info = export_info(path)
+        held = {"method": info["method"], "client": info["client"]["name"], "view": info["view"]}
+        asked = {"method": method, "client": client, "view": view}
+        wrong = [f"{what} '{asked[what]}'" for what in held if asked[what] is not None and asked[what] != held[what]]
+        if wrong:
+            source = f" ({info['source_run']})" if info.get("source_run") else ""
+            raise ModelNotFound(
+                f"{path} is an export of one model: {held['method']}, {held['view']} view, client '{held['client']}'; "
+                f"it holds no {' or '.join(wrong)}. Leave those options out, or give the run directory it came from{source}"
+            )
+        return Predictor(from_export(path, info), device)
     if client is None:
         raise ValueError(f"{path} is a run directory: name the client (--client)")
     return Predictor(from_run(path, method, client, view), device)
 
 
-def predict(path: str | Path, images: Sequence, questions: Sequence[str], method: str | None = None, client: str | None = None, view: str = "global", top: int = 5) -> list[list[tuple[str, float]]]:
+def predict(path: str | Path, images: Sequence, questions: Sequence[str], method: str | None = None, client: str | None = None, view: str | None = None, top: int = 5) -> list[list[tuple[str, float]]]:
     """One call: load the model (see `load`) and answer a batch."""
     return load(path, method, client, view).predict(images, questions, top)
 
@@ -325,10 +386,75 @@ def peft_tensors(deployed: Deployment, prefix: str) -> tuple[Tensors, list[str]]
     return tensors, targets
 
 
-def export(run_dir: str | Path, method: str | None, client: str, out: str | Path, view: str = "global") -> Path:
-    """Write one client's deployed model to `out` (layout in the module docstring)."""
-    deployed = from_run(run_dir, method, client, view)
+def backbone_identity(cfg: Config) -> dict:
+    """What an export records of the backbone its adapters and head were trained on: the name, and
+    for foundation the checkpoint's sha256 (as in its feature-cache key), read from its card."""
+    identity = {"name": cfg.backbone.name}
+    if cfg.backbone.name == "foundation":
+        from feddat.backbones.foundation import packaged_checkpoint, read_card
+
+        identity["checkpoint_sha256"] = read_card(cfg.backbone.path or packaged_checkpoint()).get("sha256")
+    return identity
+
+
+def check_out_folder(out: Path) -> bool:
+    """Whether `out` is an earlier export (which an export replaces); refuse a file, or a non-empty
+    folder that is not one, so that an export never writes over a run or anything else."""
+    if not out.exists() and not out.is_symlink():
+        return False
+    if not out.is_dir():
+        raise ValueError(f"export folder {out} exists and is not a folder: choose a new or empty folder for --out")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return False
+    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+    if EXPORT_FILE not in entries:
+        raise ValueError(
+            f"export folder {out} is not empty (it holds {shown}) and is not an earlier export (no {EXPORT_FILE}): "
+            "an export replaces only an earlier export, never other files; choose a new or empty folder for --out"
+        )
+    foreign = [n for n in entries if n not in EXPORT_FILES]
+    if foreign:
+        raise ValueError(
+            f"export folder {out} holds an earlier export but also {', '.join(foreign[:5])}, which no export writes: "
+            "replacing it would delete them; move them away or choose a new or empty folder for --out"
+        )
+    return True
+
+
+def export(run_dir: str | Path, method: str | None, client: str, out: str | Path, view: str | None = "global") -> Path:
+    """Write one client's deployed model to `out` (layout in the module docstring): a new or empty
+    folder, or an earlier export, which is replaced as a whole. The files are written to a new
+    folder beside `out` and put in its place at the end: a failed export leaves `out` as it was."""
     out = Path(out)
+    check_out_folder(out)
+    deployed = from_run(run_dir, method, client, view)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        staging = out.parent / f".{out.name}.{secrets.token_hex(6)}.export"
+        try:
+            staging.mkdir()  # the mode any new folder gets (umask), not mkdtemp's owner-only one
+            break
+        except FileExistsError:
+            continue
+    old = None
+    try:
+        write_export(deployed, staging, run_dir)
+        if check_out_folder(out):  # again: the folder may have changed while the model was written
+            old = out.parent / f".{out.name}.{secrets.token_hex(6)}.old"
+            os.rename(out, old)
+        os.replace(staging, out)  # onto nothing, or an empty folder
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and not out.exists():
+            os.rename(old, out)  # the earlier export back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def write_export(deployed: Deployment, out: Path, run_dir: str | Path) -> None:
     kind = peft_kind(deployed.method)
     info = {
         "format": EXPORT_FORMAT,
@@ -339,6 +465,7 @@ def export(run_dir: str | Path, method: str | None, client: str, out: str | Path
         "active": list(deployed.active),
         "path": {k: list(v) if isinstance(v, tuple) else v for k, v in deployed.path.items()},
         "source_run": str(Path(run_dir).resolve()),
+        "backbone": backbone_identity(deployed.cfg),
     }
     if kind == "lora":
         write_peft_adapter(deployed, out, info)
@@ -347,7 +474,6 @@ def export(run_dir: str | Path, method: str | None, client: str, out: str | Path
     save_tensors(out / "head.safetensors", deployed.head)
     write_text(out / "config.toml", deployed.cfg.to_toml())
     write_json(out / EXPORT_FILE, info)  # last: a folder with this file is a complete export
-    return out
 
 
 def write_peft_adapter(deployed: Deployment, out: Path, info: dict) -> None:
@@ -365,21 +491,69 @@ def write_peft_adapter(deployed: Deployment, out: Path, info: dict) -> None:
     info.update(lora_prefix=prefix, lora_rank=p.lora_rank, lora_alpha=p.lora_alpha)
 
 
-def from_export(folder: str | Path) -> Deployment:
+#: feddat_model.json's keys that every export has, and their JSON types; LoRA exports add LORA_KEYS.
+EXPORT_KEYS = {"format": str, "method": str, "view": str, "kind": str, "client": dict, "active": list}
+CLIENT_KEYS = {"name": str, "answers": list, "images_per_example": int}
+LORA_KEYS = {"lora_prefix": str, "lora_rank": int}
+KINDS = ("bottleneck", "lora", "prompt", "bitfit", "full", "head")
+
+
+def export_info(folder: str | Path) -> dict:
+    """An export's feddat_model.json, refused (naming the file and the key) where it lacks what
+    `from_export` needs."""
+    from feddat.algorithms import METHODS
+
+    path = Path(folder) / EXPORT_FILE
+    info = read_json(path)
+    if not isinstance(info, dict) or info.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path}: format {info.get('format') if isinstance(info, dict) else None!r}, expected {EXPORT_FORMAT!r}")
+
+    def require(record: dict, keys: dict, where: str) -> None:
+        for key, typ in keys.items():
+            if key not in record:
+                raise ValueError(f"{path} lacks '{where}{key}': it is not a complete feddat export (export the model again)")
+            if not isinstance(record[key], typ) or (typ is int and isinstance(record[key], bool)):
+                raise ValueError(f"{path}: '{where}{key}' is {record[key]!r}, expected a JSON {'object' if typ is dict else 'array' if typ is list else 'string' if typ is str else 'integer'}")
+
+    require(info, EXPORT_KEYS, "")
+    require(info["client"], CLIENT_KEYS, "client.")
+    if info["kind"] == "lora":
+        require(info, LORA_KEYS, "")
+    for key, value, allowed in (("method", info["method"], METHODS), ("view", info["view"], VIEWS), ("kind", info["kind"], KINDS)):
+        if value not in allowed:
+            raise ValueError(f"{path}: {key} '{value}' is not one of: {', '.join(allowed)}")
+    return info
+
+
+def from_export(folder: str | Path, info: dict | None = None) -> Deployment:
     """The deployment an `export` folder holds (LoRA read back from its peft files)."""
     folder = Path(folder)
-    info = read_json(folder / EXPORT_FILE)
-    if info.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{folder / EXPORT_FILE}: format {info.get('format')!r}, expected {EXPORT_FORMAT!r}")
-    cfg = config_mod.load(folder / "config.toml", {})
+    info = info or export_info(folder)
+    json_file, config = folder / EXPORT_FILE, folder / "config.toml"
+    cfg = config_mod.load(config, {})
+    recorded, here = info.get("backbone"), backbone_identity(cfg)  # exports before feddat recorded it have none
+    if recorded is not None and recorded != here:
+        raise ValueError(f"{json_file}: the model was trained on backbone {describe_identity(recorded)}, but {config} builds {describe_identity(here)}; its adapters and head answer only on the first")
     active = tuple(info["active"])
     if info["kind"] == "lora":
-        sets = sets_from_peft(load_tensors(folder / "adapter_model.safetensors"), info["lora_prefix"], active, info["lora_rank"])
+        sets_file = folder / "adapter_model.safetensors"
+        sets = sets_from_peft(load_tensors(sets_file), info["lora_prefix"], active, info["lora_rank"])
     else:
-        stored = load_tensors(folder / "adapters.safetensors")
+        sets_file = folder / "adapters.safetensors"
+        stored = load_tensors(sets_file)
         sets = {name: prefixed(stored, name) for name in dict.fromkeys(k.split(".")[0] for k in stored)}
+    missing = [name for name in active if not sets.get(name)]
+    if missing:
+        raise ValueError(f"{sets_file} holds no tensors for the active set(s) {', '.join(missing)} that {json_file} names")
     path = {k: tuple(v) if isinstance(v, list) else v for k, v in info.get("path", {}).items()}
-    return Deployment(cfg, info["method"], info["client"], info["view"], sets, active, path, load_tensors(folder / "head.safetensors"))
+    head_file = folder / "head.safetensors"
+    sources = {"config": config, "answers": json_file, "head": head_file, "sets": sets_file, "run": info.get("source_run")}
+    return Deployment(cfg, info["method"], info["client"], info["view"], sets, active, path, load_tensors(head_file), sources)
+
+
+def describe_identity(identity: dict) -> str:
+    sha = identity.get("checkpoint_sha256")
+    return f"'{identity.get('name')}'" + (f" (checkpoint sha256 {str(sha)[:12]}…)" if sha else "")
 
 
 def sets_from_peft(tensors: Tensors, prefix: str, active: tuple[str, ...], rank: int) -> dict[str, Tensors]:

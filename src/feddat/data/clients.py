@@ -181,12 +181,9 @@ def load_clients(cfg, backbone: Encoder, log: Callable[[str], None] = print) -> 
     d = cfg.data
     cache_dir = Path(d.cache_dir) if d.cache_dir else None
     clients = []
-    with faults.policy(d.on_bad_record) as found:
+    with faults.applied(d.on_bad_record, log):
         for raw in raw_clients(cfg):
             client = build_client(raw.name, raw.train, raw.test, backbone, d.max_answers, cache_dir, raw.task, raw.classes)
             log(f"  client {client.name:<10} train {len(client.train):>5}  test {len(client.test):>5}  answers {client.num_answers}  task {client.task}")
             clients.append(client)
-    if found.skipped:  # a counted warning, with the first few culprits named
-        shown = "\n    ".join(found.skipped[:5])
-        log(f"warning: skipped {len(found.skipped)} bad record(s) (data.on_bad_record = skip), e.g.\n    {shown}")
     return clients

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from feddat.data.types import DataError
 
@@ -45,3 +45,14 @@ def policy(name: str) -> Iterator[Faults]:
         yield _current
     finally:
         _current = previous
+
+
+@contextmanager
+def applied(name: str, log: Callable[[str], None] = print) -> Iterator[Faults]:
+    """`policy(name)` around reading a benchmark, then one counted warning that names the first
+    few skipped records (every command that reads data uses this, so `skip` means the same)."""
+    with policy(name) as found:
+        yield found
+    if found.skipped:
+        shown = "\n    ".join(found.skipped[:5])
+        log(f"warning: skipped {len(found.skipped)} bad record(s) (data.on_bad_record = skip), e.g.\n    {shown}")

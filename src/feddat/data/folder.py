@@ -24,7 +24,7 @@ IMAGE_SIDE = 128
 def load_image(path: Path, side: int = IMAGE_SIDE) -> np.ndarray:
     """An RGB uint8 array of side x side, or a DataError naming the file."""
     if not path.is_file():
-        raise DataError(f"image file {path} does not exist")
+        raise DataError(f"image file {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later in a batch
@@ -36,7 +36,11 @@ def load_image(path: Path, side: int = IMAGE_SIDE) -> np.ndarray:
 def parse_record(line: bytes, where: str, fields: tuple[str, ...]) -> dict:
     """One jsonl line as a dict with non-empty string `fields`, or a DataError naming `where` (file:line)."""
     try:
-        record = json.loads(line)
+        # decoded here: json.loads would guess an encoding from the bytes (UTF-16 on a stray
+        # byte pattern) and fail with a codec error that names no line
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except json.JSONDecodeError as err:
         raise DataError(f"{where}: not valid JSON ({err.msg})") from err
     if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record[k].strip() for k in fields):

@@ -38,7 +38,7 @@ def read_pairs(root: Path) -> tuple[list[Path], list[str], list[str], str]:
             record = parse_record(line, where, ("image", "caption"))
             image = path.parent / record["image"]
             if not image.is_file():
-                raise DataError(f"{where}: image file {image} does not exist")
+                raise DataError(f"{where}: image file {image} {'is a folder, not a file' if image.is_dir() else 'does not exist'}")
             digest.update(image.read_bytes())
             paths.append(image)
             captions.append(record["caption"].strip())

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from feddat.config import Config
+from feddat.data import faults
 from feddat.data.clients import ClientData, DataError, RawClient, build_client
 
 
@@ -21,7 +22,8 @@ def client_names(cfg: Config) -> list[str]:
 
     if cfg.data.partition == "natural":
         return [s.name for s in benchmark_sources(cfg)]  # cheap: no data is generated
-    return [c.name for c in raw_clients(cfg)]  # a re-split: the plan needs the pooled data
+    with faults.applied(cfg.data.on_bad_record):
+        return [c.name for c in raw_clients(cfg)]  # a re-split: the plan needs the pooled data
 
 
 def node_partition(cfg: Config, node_config, node_id: int) -> str:
@@ -42,6 +44,11 @@ def node_partition(cfg: Config, node_config, node_id: int) -> str:
 
 
 def raw_partition(cfg: Config, name: str) -> RawClient:
+    with faults.applied(cfg.data.on_bad_record):
+        return _raw_partition(cfg, name)
+
+
+def _raw_partition(cfg: Config, name: str) -> RawClient:
     from feddat.data.sources import benchmark_sources, raw_clients
 
     d = cfg.data
