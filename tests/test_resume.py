@@ -121,7 +121,8 @@ def test_a_broken_summary_or_progress_file_is_named(tmp_path, capsys):
     assert (run_dir / "summary.json").read_text() == '{"methods": ['
     progress = tmp_path / "pre" / "state" / "progress.json"
     progress.parent.mkdir(parents=True)
-    for text, message in (("{", "is not valid JSON"), ("{}", "does not hold a pretraining recipe")):
+    bad_recipe = '{"config": {"lr": "fast"}, "threads": 1}'
+    for text, message in (("{", "is not valid JSON"), ("{}", "does not hold a pretraining recipe"), (bad_recipe, "cannot read 'fast' as float")):
         progress.write_text(text)
         assert main(["pretrain", "--resume", str(tmp_path / "pre")]) == 2 - (text == "{")
         assert f"{progress}" in (err := capsys.readouterr().err) and message in err

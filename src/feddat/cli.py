@@ -160,8 +160,11 @@ def command_pretrain(args: argparse.Namespace) -> int:
         if not isinstance(committed, dict) or not isinstance(committed.get("config"), dict) or "threads" not in committed | committed["config"]:
             raise ConfigError(f"{progress} does not hold a pretraining recipe and thread count (was it edited or written by another version?); it cannot be resumed")
         # the thread count it ran with, not this machine's: the same threads, the same checkpoint
-        threads = committed.get("threads", committed["config"]["threads"])
-        cfg = config_mod.load(None, {f"pretrain.{k}": v for k, v in committed["config"].items()} | {"pretrain.out": args.resume, "pretrain.threads": threads})
+        threads = committed["threads"] if "threads" in committed else committed["config"]["threads"]
+        try:
+            cfg = config_mod.load(None, {f"pretrain.{k}": v for k, v in committed["config"].items()} | {"pretrain.out": args.resume, "pretrain.threads": threads})
+        except ConfigError as err:
+            raise ConfigError(f"{progress}: {err} (was it edited or written by another version?)") from None
         pretrain(cfg.pretrain, resume=True)
         return 0
     cfg = config_mod.load(args.config, overrides)
