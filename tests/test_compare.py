@@ -172,6 +172,10 @@ def test_cli_compare_reports_on_finished_runs(tmp_path, capsys):
     assert (tmp_path / "o" / "table.md").is_file()
     assert main(["compare", "--methods", "nope", "--out", str(tmp_path / "o2")]) == 2
     assert "unknown method or variant 'nope'" in capsys.readouterr().err
+    for args in (["--from", str(tmp_path / "r0")], ["--methods", "fedavg,local"]):  # a reference that is not compared: before any training
+        assert main(["compare", *args, "--reference", "feddat", "--out", str(tmp_path / "o3")]) == 1
+        assert "--reference 'feddat' is not one of the compared methods: fedavg" in capsys.readouterr().err
+    assert not (tmp_path / "o3").exists()
 
 
 def test_methods_declare_the_private_state_they_train(tiny_backbone, tiny_clients):

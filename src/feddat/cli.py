@@ -73,7 +73,7 @@ def command_data(args: argparse.Namespace) -> int:
     with faults.applied(d.on_bad_record, lambda message: print(message, file=sys.stderr)):
         clients = raw_clients(cfg, with_images=False)  # answers are all it needs
     stats = summary(clients, top=args.top)
-    print(f"{d.source} {d.benchmark} benchmark, partition {d.partition}" + (f" (alpha {d.alpha})" if d.partition in ("dirichlet", "quantity") else "") + f", {len(clients)} clients, seed {d.seed}\n")
+    print(("" if d.benchmark == "folder" else f"{d.source} ") + f"{d.benchmark} benchmark, partition {d.partition}" + (f" (alpha {d.alpha})" if d.partition in ("dirichlet", "quantity") else "") + f", {len(clients)} clients, seed {d.seed}\n")
     print(report(stats))
     if args.json:
         write_json(args.json, {"data": dataclasses.asdict(d), **stats})
@@ -116,6 +116,7 @@ def command_compare(args: argparse.Namespace) -> int:
         compare.report_from_dirs([Path(d) for d in args.from_dirs], out, args.reference or None)
     else:
         variants = compare.parse_variants([m for m in args.methods.split(",") if m.strip()])
+        compare.check_reference(args.reference or None, [v.label for v in variants])  # before any training
         if args.matched:
             reference = args.reference or compare.default_reference([v.label for v in variants])
             variants += compare.matched_variants(variants, [m.strip() for m in args.matched.split(",") if m.strip()], reference, cfg)

@@ -30,13 +30,13 @@ from feddat.compare.running import PeakMemory, Workspace, config_differences, ru
 from feddat.compare.runs import RunResult, client_scores, compute_by_round, curve, evals_by_round, load_compare_run, load_run_dirs, run_path
 from feddat.compare.statistics import difference, mean_std, nanmean, t_critical
 from feddat.compare.tables import Row, cost_rows, report_from_dirs, summarise, write_report
-from feddat.compare.variants import GROUPS, PRESETS, Variant, default_reference, flat_config, matched_variants, parse_variant, parse_variants, passes_per_step, variant_config
+from feddat.compare.variants import GROUPS, PRESETS, Variant, check_reference, default_reference, flat_config, matched_variants, parse_variant, parse_variants, passes_per_step, variant_config
 
 __all__ = [
     "Variant", "parse_variants", "matched_variants", "run_compare", "report_from_dirs",
     # what the other commands and the tests use
     "GROUPS", "PRESETS", "PeakMemory", "Row", "RunResult", "Workspace", "client_scores", "compute_by_round", "config_differences", "cost_rows",
-    "curve", "default_reference", "difference", "evals_by_round", "flat_config", "load_compare_run", "load_run_dirs", "mean_std", "nanmean",
+    "check_reference", "curve", "default_reference", "difference", "evals_by_round", "flat_config", "load_compare_run", "load_run_dirs", "mean_std", "nanmean",
     "parse_variant", "passes_per_step", "run_path", "run_status", "running", "summarise", "t_critical", "train_run", "trainable_parameters",
     "variant_config", "write_plots", "write_report",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 from feddat.compare.plots import write_plots
 from feddat.compare.runs import RunResult, client_scores, compute_by_round, curve, load_run_dirs
 from feddat.compare.statistics import difference, mean_std, nanmean
-from feddat.compare.variants import default_reference
+from feddat.compare.variants import check_reference, default_reference
 from feddat.reporting import category_means, final_scores
 from feddat.runtime import write_text
 
@@ -154,6 +154,7 @@ def score_records(rows: list[Row]) -> list[dict[str, Any]]:
 def write_report(results: list[RunResult], out_dir: Path, reference: str, title: str = "") -> None:
     if not results:
         raise ValueError("nothing to report: no finished runs")
+    check_reference(reference, [r.label for r in results])
     rows, clients = summarise(results, reference)
     costs = cost_rows(results)
     seeds = sorted({r.seed for r in results})

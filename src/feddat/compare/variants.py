@@ -90,6 +90,12 @@ def default_reference(labels: list[str]) -> str:
     return "feddat" if "feddat" in labels else labels[0]
 
 
+def check_reference(reference: str | None, labels: list[str]) -> None:
+    """Refuse a --reference that is none of the compared labels (its Δ column would be all '—')."""
+    if reference is not None and reference not in labels:
+        raise ValueError(f"--reference '{reference}' is not one of the compared methods: {', '.join(dict.fromkeys(labels))}")
+
+
 def passes_per_step(method: str, cfg: Config) -> tuple[int, int]:
     """(forward, backward) backbone passes per local minibatch: the unit of compute here.
 
