@@ -279,6 +279,22 @@ def test_an_export_records_its_backbone_and_refuses_another(trained, tiny_vilt_d
         inference.load(exported)
 
 
+def test_a_run_records_its_backbone_and_refuses_another(trained, tmp_path):
+    """The shared adapter's metadata records the backbone it was trained on: a run directory whose
+    config.toml was edited to another backbone of the same shapes is refused, naming both files."""
+    import shutil
+
+    from feddat.runtime import tensors_metadata
+
+    run_dir = shutil.copytree(trained[0], tmp_path / "run")
+    shared = run_dir / "feddat" / "shared_adapter.safetensors"
+    assert tensors_metadata(shared)["backbone_name"] == "vilt"
+    config = run_dir / "config.toml"
+    config.write_text(config.read_text().replace('name = "vilt"', 'name = "minivl"', 1))
+    with pytest.raises(ValueError, match=r"shared_adapter.safetensors: the model was trained on backbone 'vilt', but .*run/config.toml builds 'minivl'"):
+        inference.load(run_dir, "feddat", "count")
+
+
 def test_a_failed_export_leaves_the_earlier_export_as_it_was(trained, tmp_path, monkeypatch):
     run_dir, _ = trained
     out = inference.export(run_dir, "feddat", "count", tmp_path / "export")

@@ -48,7 +48,7 @@ from feddat.config import Config
 # lives in the data layer below both (an engine never imports this module).
 from feddat.data.clients import CLIENTS_FILE, client_record, write_client_index  # noqa: F401
 from feddat.data.types import Batch
-from feddat.runtime import load_tensors, pick_device, read_json, save_tensors, write_json, write_text
+from feddat.runtime import load_tensors, pick_device, read_json, tensors_metadata, save_tensors, write_json, write_text
 
 Tensors = dict[str, torch.Tensor]
 VIEWS = ("global", "personal")
@@ -160,6 +160,8 @@ def from_run(run_dir: str | Path, method: str | None, client: str, view: str | N
         raise ModelNotFound(f"{run_dir}: no client '{client}'; its clients are {', '.join(clients)}")
     state, state_file = latest_state(run_dir / "state" / method, client)
     shared_file = run_dir / method / "shared_adapter.safetensors"
+    recorded = {k.removeprefix("backbone_"): v for k, v in tensors_metadata(shared_file).items() if k.startswith("backbone_")}
+    check_trained_on(recorded, cfg, shared_file, config)
     deployed = deployment(cfg, method, clients[client], view, load_tensors(shared_file), state)
     index = run_dir / CLIENTS_FILE
     deployed.sources = {
@@ -387,14 +389,18 @@ def peft_tensors(deployed: Deployment, prefix: str) -> tuple[Tensors, list[str]]
 
 
 def backbone_identity(cfg: Config) -> dict:
-    """What an export records of the backbone its adapters and head were trained on: the name, and
-    for foundation the checkpoint's sha256 (as in its feature-cache key), read from its card."""
-    identity = {"name": cfg.backbone.name}
-    if cfg.backbone.name == "foundation":
-        from feddat.backbones.foundation import packaged_checkpoint, read_card
+    """What an export records of the backbone its adapters and head were trained on (backbones.backbone_identity)."""
+    from feddat.backbones import backbone_identity as identity
 
-        identity["checkpoint_sha256"] = read_card(cfg.backbone.path or packaged_checkpoint()).get("sha256")
-    return identity
+    return identity(cfg.backbone)
+
+
+def check_trained_on(recorded: dict | None, cfg: Config, where: Path, config: Path) -> None:
+    """Refuse a model whose recorded backbone (`where`: the file recording it) is not the one
+    `config` builds; a model from before feddat recorded it (None) is taken as it is."""
+    here = backbone_identity(cfg)
+    if recorded and recorded != here:
+        raise ValueError(f"{where}: the model was trained on backbone {describe_identity(recorded)}, but {config} builds {describe_identity(here)}; its adapters and head answer only on the first")
 
 
 def check_out_folder(out: Path) -> bool:
@@ -531,9 +537,7 @@ def from_export(folder: str | Path, info: dict | None = None) -> Deployment:
     info = info or export_info(folder)
     json_file, config = folder / EXPORT_FILE, folder / "config.toml"
     cfg = config_mod.load(config, {})
-    recorded, here = info.get("backbone"), backbone_identity(cfg)  # exports before feddat recorded it have none
-    if recorded is not None and recorded != here:
-        raise ValueError(f"{json_file}: the model was trained on backbone {describe_identity(recorded)}, but {config} builds {describe_identity(here)}; its adapters and head answer only on the first")
+    check_trained_on(info.get("backbone"), cfg, json_file, config)
     active = tuple(info["active"])
     if info["kind"] == "lora":
         sets_file = folder / "adapter_model.safetensors"

@@ -163,6 +163,19 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is not a readable safetensors file ({err}): cut short or not written by feddat") from err
 
 
+def tensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors file's header (what `save_tensors` was given)."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own SafetensorError, no ValueError
+        raise ValueError(f"{path} is not a readable safetensors file ({err}): cut short or not written by feddat") from err
+
+
 def read_json(path: str | Path) -> Any:
     """A JSON file feddat wrote; a missing file is a FileNotFoundError, a broken one (cut short,
     edited, another encoding) a ValueError, both naming the file."""

@@ -23,6 +23,19 @@ def build_backbone(name: str, path: str = "", image_size: int = 128, max_text_le
     raise ValueError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
 
 
+def backbone_identity(b) -> dict[str, str]:
+    """What the adapters and heads trained on the backbone `b` (config.BackboneConfig) fit: its
+    name and, for foundation, its checkpoint's sha256 (the feature-cache key's). Trained models
+    record it (the shared adapter's metadata, an export's feddat_model.json), and loading them
+    on another backbone is refused."""
+    identity = {"name": b.name}
+    if b.name == "foundation":
+        from feddat.backbones.foundation import packaged_checkpoint, read_card
+
+        identity["checkpoint_sha256"] = str(read_card(b.path or packaged_checkpoint()).get("sha256"))
+    return identity
+
+
 def backbone_from_config(b) -> Backbone:
     """The backbone a run's `[backbone]` section (config.BackboneConfig) describes."""
     return build_backbone(b.name, b.path, b.image_size, b.max_text_len, b.projector)

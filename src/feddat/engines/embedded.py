@@ -20,10 +20,9 @@ from feddat.algorithms.validation import Rejection
 from feddat.config import Config
 from feddat.data.clients import ClientData
 from feddat.engines.rounds import Rounds, mean, sample_clients  # noqa: F401  (sample_clients, mean: imported from here by older code)
-from feddat.engines.rundir import MetricsLog
+from feddat.engines.rundir import MetricsLog, save_shared
 from feddat.engines.state import Checkpoint, ClientStateStore, Progress
 from feddat.peft.model import AdaptedModel
-from feddat.runtime import save_tensors
 from feddat import progress, tracking
 from feddat.progress import Ticker  # noqa: F401  (the engine's throttled lines; imported from here by older code)
 
@@ -139,7 +138,7 @@ def run_method(name: str, cfg: Config, model: AdaptedModel, clients: Sequence[Cl
             engine_overhead=(counters["train_s"] - split["compute"]) / counters["train_s"] if counters["train_s"] > 0 else 0.0,
         )
         tracker.log_summary(summary)
-    save_tensors(run_dir / name / "shared_adapter.safetensors", shared, metadata={"method": name, "rounds": str(fed.rounds)})
+    save_shared(run_dir, name, shared, cfg)
     return summary
 
 

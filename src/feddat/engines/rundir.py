@@ -10,7 +10,19 @@ from pathlib import Path
 from typing import Callable
 
 from feddat.config import Config
-from feddat.runtime import write_text
+from feddat.runtime import save_tensors, write_text
+
+SHARED_FILE = "shared_adapter.safetensors"  # <method>/SHARED_FILE: the trained shared module
+
+
+def save_shared(run_dir: Path, method: str, shared: dict, cfg: Config, **extra: str) -> None:
+    """A method's trained shared module, with what it was trained for in the file's metadata:
+    the method, the rounds and the backbone's identity (`feddat predict` refuses the model on
+    another backbone)."""
+    from feddat.backbones import backbone_identity
+
+    identity = {f"backbone_{k}": v for k, v in backbone_identity(cfg.backbone).items()}
+    save_tensors(Path(run_dir) / method / SHARED_FILE, shared, metadata={"method": method, "rounds": str(cfg.federation.rounds), **extra, **identity})
 
 
 def make_run_dir(cfg: Config) -> Path:

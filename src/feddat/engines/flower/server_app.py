@@ -31,9 +31,9 @@ from feddat.config import Config
 from feddat.engines.flower import secure, transport
 from feddat.engines.flower.partitions import build_model, client_names
 from feddat.engines.rounds import Rounds
-from feddat.engines.rundir import MetricsLog, clean_partial_writes, make_run_dir, resumable, write_report
+from feddat.engines.rundir import MetricsLog, clean_partial_writes, make_run_dir, resumable, save_shared, write_report
 from feddat.engines.state import Checkpoint, Progress
-from feddat.runtime import environment, pick_device, read_json, save_tensors, set_threads, write_json, write_text
+from feddat.runtime import environment, pick_device, read_json, set_threads, write_json, write_text
 
 app = ServerApp()
 Log = Callable[[str], None]
@@ -377,7 +377,7 @@ def run_method_on_grid(name: str, cfg: Config, model, roster: Roster, grid: Grid
         strategy.start(grid, transport.to_record(strategy.shared), num_rounds=cfg.federation.rounds - strategy.offset, timeout=cfg.flower.round_timeout)
     wall = time.perf_counter() - started
     shared, t = strategy.shared, strategy.times
-    save_tensors(run_dir / name / "shared_adapter.safetensors", shared, metadata={"method": name, "rounds": str(cfg.federation.rounds), "engine": "flower"})
+    save_shared(run_dir, name, shared, cfg, engine="flower")
     return strategy.rounds.summary(
         shared, wall_s=wall, train_s=t["train"], eval_s=t["eval"],
         compute_s=t["train"],  # client compute is not seen from the server: this is wall time per step, polling included
