@@ -102,6 +102,10 @@ def test_describe_command_prints_skew_and_saves_the_picture(tmp_path, capsys):
     assert "client0" in out and "client2" in out and "Jensen-Shannon" in out and str(png) in out
     assert png.is_file() and js.is_file()
     assert main(["data", "describe", "--data.partition", "dirichlet"]) == 2  # num_clients missing: a config error
+    capsys.readouterr()
+    assert main([*args[:-4], "--plot", str(tmp_path / "skew.jpg")]) == 2 and "the heat map is a PNG" in capsys.readouterr().err
+    assert main([*args[:-4], "--json", str(tmp_path)]) == 2 and f"--json {tmp_path} is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "skew.jpg").exists()
 
 
 def test_partition_settings_that_would_be_ignored_are_refused():

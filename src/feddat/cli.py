@@ -70,6 +70,12 @@ def command_data(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     cfg = config_mod.load(args.config, overrides)
     d = cfg.data
+    # before the data are read: a picture under another extension, or a folder where a file goes
+    if args.plot and Path(args.plot).suffix.lower() != ".png":
+        raise ConfigError(f"--plot {args.plot}: the heat map is a PNG; name a .png file")
+    for option, path in (("--plot", args.plot), ("--json", args.json)):
+        if path and Path(path).is_dir():
+            raise ConfigError(f"{option} {path} is a folder; name the file to write")
     with faults.applied(d.on_bad_record, lambda message: print(message, file=sys.stderr)):
         clients = raw_clients(cfg, with_images=False)  # answers are all it needs
     stats = summary(clients, top=args.top)
