@@ -268,10 +268,11 @@ def test_an_export_records_its_backbone_and_refuses_another(trained, tiny_vilt_d
     with pytest.raises(ValueError, match=r"feddat_model.json: the model was trained on backbone 'vilt', but .*config.toml builds 'minivl'"):
         inference.load(exported)
     # foundation: the checkpoint's sha256 (its card's) is recorded and compared, before any weights load
+    from feddat.backbones import backbone_identity
     from feddat.backbones.foundation import packaged_checkpoint, read_card
 
     sha = read_card(packaged_checkpoint())["sha256"]
-    assert inference.backbone_identity(config_mod.load(None, {"backbone.name": "foundation"})) == {"name": "foundation", "checkpoint_sha256": sha}
+    assert backbone_identity(config_mod.load(None, {"backbone.name": "foundation"}).backbone) == {"name": "foundation", "checkpoint_sha256": sha}
     (exported / "config.toml").write_text(config.replace('name = "vilt"', 'name = "foundation"').replace(f'path = "{tiny_vilt_dir}"', 'path = ""'))  # the packaged one
     info["backbone"] = {"name": "foundation", "checkpoint_sha256": "0" * 64}
     (exported / "feddat_model.json").write_text(json.dumps(info))
@@ -284,11 +285,11 @@ def test_a_run_records_its_backbone_and_refuses_another(trained, tmp_path):
     config.toml was edited to another backbone of the same shapes is refused, naming both files."""
     import shutil
 
-    from feddat.runtime import tensors_metadata
+    from feddat.runtime import load_tensors_and_metadata
 
     run_dir = shutil.copytree(trained[0], tmp_path / "run")
     shared = run_dir / "feddat" / "shared_adapter.safetensors"
-    assert tensors_metadata(shared)["backbone_name"] == "vilt"
+    assert load_tensors_and_metadata(shared)[1]["backbone_name"] == "vilt"
     config = run_dir / "config.toml"
     config.write_text(config.read_text().replace('name = "vilt"', 'name = "minivl"', 1))
     with pytest.raises(ValueError, match=r"shared_adapter.safetensors: the model was trained on backbone 'vilt', but .*run/config.toml builds 'minivl'"):

@@ -43,12 +43,13 @@ import numpy as np
 import torch
 
 from feddat import config as config_mod
+from feddat.backbones import backbone_identity
 from feddat.config import Config
 # The engines write clients.json when they load the data, and this module reads it: the index
 # lives in the data layer below both (an engine never imports this module).
 from feddat.data.clients import CLIENTS_FILE, client_record, write_client_index  # noqa: F401
 from feddat.data.types import Batch
-from feddat.runtime import load_tensors, pick_device, read_json, tensors_metadata, save_tensors, write_json, write_text
+from feddat.runtime import load_tensors, load_tensors_and_metadata, pick_device, read_json, save_tensors, write_json, write_text
 
 Tensors = dict[str, torch.Tensor]
 VIEWS = ("global", "personal")
@@ -160,9 +161,9 @@ def from_run(run_dir: str | Path, method: str | None, client: str, view: str | N
         raise ModelNotFound(f"{run_dir}: no client '{client}'; its clients are {', '.join(clients)}")
     state, state_file = latest_state(run_dir / "state" / method, client)
     shared_file = run_dir / method / "shared_adapter.safetensors"
-    recorded = {k.removeprefix("backbone_"): v for k, v in tensors_metadata(shared_file).items() if k.startswith("backbone_")}
-    check_trained_on(recorded, cfg, shared_file, config)
-    deployed = deployment(cfg, method, clients[client], view, load_tensors(shared_file), state)
+    shared, metadata = load_tensors_and_metadata(shared_file)
+    check_trained_on({k.removeprefix("backbone_"): v for k, v in metadata.items() if k.startswith("backbone_")}, cfg, shared_file, config)
+    deployed = deployment(cfg, method, clients[client], view, shared, state)
     index = run_dir / CLIENTS_FILE
     deployed.sources = {
         "config": config,
@@ -388,17 +389,10 @@ def peft_tensors(deployed: Deployment, prefix: str) -> tuple[Tensors, list[str]]
     return tensors, targets
 
 
-def backbone_identity(cfg: Config) -> dict:
-    """What an export records of the backbone its adapters and head were trained on (backbones.backbone_identity)."""
-    from feddat.backbones import backbone_identity as identity
-
-    return identity(cfg.backbone)
-
-
 def check_trained_on(recorded: dict | None, cfg: Config, where: Path, config: Path) -> None:
     """Refuse a model whose recorded backbone (`where`: the file recording it) is not the one
     `config` builds; a model from before feddat recorded it (None) is taken as it is."""
-    here = backbone_identity(cfg)
+    here = backbone_identity(cfg.backbone)
     if recorded and recorded != here:
         raise ValueError(f"{where}: the model was trained on backbone {describe_identity(recorded)}, but {config} builds {describe_identity(here)}; its adapters and head answer only on the first")
 
@@ -471,7 +465,7 @@ def write_export(deployed: Deployment, out: Path, run_dir: str | Path) -> None:
         "active": list(deployed.active),
         "path": {k: list(v) if isinstance(v, tuple) else v for k, v in deployed.path.items()},
         "source_run": str(Path(run_dir).resolve()),
-        "backbone": backbone_identity(deployed.cfg),
+        "backbone": backbone_identity(deployed.cfg.backbone),
     }
     if kind == "lora":
         write_peft_adapter(deployed, out, info)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 
 #: Where every tensor that crosses the client/server boundary lives: shared parameters, updates,
@@ -154,24 +154,19 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file (data only: nothing in it is executed); a missing,
     cut-short or foreign file is a FileNotFoundError or ValueError naming it."""
+    return load_tensors_and_metadata(path)[0]
+
+
+def load_tensors_and_metadata(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """`load_tensors`, and the string metadata `save_tensors` stored in the file's header."""
+    from safetensors import safe_open
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing")
     try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises its own SafetensorError, no ValueError
-        raise ValueError(f"{path} is not a readable safetensors file ({err}): cut short or not written by feddat") from err
-
-
-def tensors_metadata(path: str | Path) -> dict[str, str]:
-    """The string metadata stored in a safetensors file's header (what `save_tensors` was given)."""
-    from safetensors import safe_open
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} is missing")
-    try:
         with safe_open(str(path), "pt") as f:
-            return dict(f.metadata() or {})
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as err:  # safetensors raises its own SafetensorError, no ValueError
         raise ValueError(f"{path} is not a readable safetensors file ({err}): cut short or not written by feddat") from err
 

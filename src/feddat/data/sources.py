@@ -134,7 +134,7 @@ def check_inputs(cfg) -> None:
         return
     from feddat.data.public import DATASETS, PUBLIC_BENCHMARKS
 
-    root = Path(d.root).expanduser()
+    root = Path(d.root)  # a leading ~ was expanded when the config was loaded
     if not root.is_dir():
         raise DataError(f"data.root {root} is not a folder: data.source = public reads your downloads from ROOT/<dataset>/ (README 'Public datasets')")
     for client, dataset in PUBLIC_BENCHMARKS[d.benchmark]:
