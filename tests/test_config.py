@@ -96,7 +96,7 @@ def test_nan_and_infinity_are_refused_for_every_float(key, bad):
 def test_nan_from_a_toml_file_is_refused(tmp_path):
     path = tmp_path / "nan.toml"
     path.write_text("[feddat]\nbeta = nan\n")
-    with pytest.raises(ConfigError, match=r"^feddat.beta = nan is not a finite number"):
+    with pytest.raises(ConfigError, match=rf"^config file {re.escape(str(path))}: feddat.beta = nan is not a finite number"):
         config.load(path)
 
 
@@ -190,6 +190,21 @@ def test_a_bad_value_in_a_file_names_the_file(tmp_path):
     path.write_text('[train]\nbatch_size = "many"\n')
     with pytest.raises(ConfigError, match=rf"^config file {re.escape(str(path))}: config key 'train.batch_size': cannot read 'many' as int"):
         config.load(path)
+
+
+def test_a_value_the_whole_config_refuses_names_the_file_that_set_it(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text("[train]\nwarmup_fraction = 1.5\nlr = 0.001\n")
+    with pytest.raises(ConfigError, match=rf"^config file {re.escape(str(path))}: train.warmup_fraction must be in \[0, 1\), got 1.5$"):
+        config.load(path)
+    # the same value from the command line, over a file that sets other keys: the file is not to blame
+    path.write_text("[train]\nlr = 0.001\nwarmup_fraction = 0.1\n")
+    with pytest.raises(ConfigError, match=r"^train.warmup_fraction must be in \[0, 1\), got 1.5$"):
+        config.load(path, {"train.warmup_fraction": "1.5"})
+    # a key that only begins with the file's key is not the file's
+    path.write_text("[train]\nlr = 0.001\n")
+    with pytest.raises(ConfigError, match=r"^train.lr_schedule = 'bogus' is not one of"):
+        config.load(path, {"train.lr_schedule": "bogus"})
 
 
 # --- paths: `~` is expanded once, where the value is set ------------------------------------------------------

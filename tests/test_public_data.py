@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,81 @@ def test_a_broken_record_is_reported_with_file_and_record(root, dataset):
     message = corrupt(root, dataset)
     with pytest.raises(DataError, match=message):
         read_split(dataset, root, "train", 0, seed=0, image_side=16)
+
+
+def empty(root: Path, dataset: str) -> str:
+    """Empty the train file of `dataset` as a failed download or a bad trim leaves it; return the
+    expected message, which names that file (not the feature cache's key)."""
+    if dataset in ("vqav2", "vqa_abstract"):
+        name = {"vqav2": "v2_OpenEnded_mscoco_train2014_questions.json", "vqa_abstract": "OpenEnded_abstract_v002_train2015_questions.json"}[dataset]
+        path = root / dataset / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), "questions": []}))
+        return re.escape(f"{path}: the list under 'questions' is empty")
+    lists = {"vizwiz": "vizwiz/Annotations/train.json", "aqua": "aqua/train.json", "clove_function_attribute": "clove/json/function/functional_attribute_train.json"}
+    if dataset in lists:
+        (root / lists[dataset]).write_text("[]")
+        return re.escape(f"{root / lists[dataset]}: the list of records is empty")
+    files = {"gqa": ("gqa/train_balanced_questions.json", "{}", "no questions"), "nlvr2": ("nlvr2/train.json", "\n", "no records"), "snli_ve": ("snli_ve/snli_ve_train.jsonl", "", "no records")}
+    if dataset in files:
+        name, text, what = files[dataset]
+        (root / name).write_text(text)
+        return re.escape(f"{root / name}: the file holds {what}")
+    assert dataset == "cocoqa"
+    for column in ("questions", "answers", "img_ids", "types"):
+        (root / "cocoqa" / "train" / f"{column}.txt").write_text("")
+    return re.escape(f"{root / 'cocoqa' / 'train' / 'questions.txt'}: the file holds no questions")
+
+
+@pytest.mark.parametrize("dataset", ["vqav2", "vqa_abstract", "vizwiz", "gqa", "cocoqa", "aqua", "clove_function_attribute", "nlvr2", "snli_ve"])
+def test_an_empty_file_is_named(root, dataset):
+    message = empty(root, dataset)
+    with pytest.raises(DataError, match=message):
+        read_split(dataset, root, "train", 0, seed=0, image_side=16)
+
+
+def test_gqa_types_that_are_not_an_object_stop_the_run(root):
+    path = root / "gqa" / "train_balanced_questions.json"
+    data = json.loads(path.read_text())
+    data["021"]["types"] = "oops"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"train_balanced_questions.json: question 021: field 'types' is 'oops', not an object"):
+        read_split("gqa", root, "train", 0, seed=0, image_side=16)
+
+
+def test_cocoqa_text_that_is_not_utf8_or_an_id_that_is_not_a_number_is_named(root):
+    questions = root / "cocoqa" / "train" / "questions.txt"
+    questions.write_bytes(b"what is the color of the bus 0\nwhat is the caf\xe9 1\nwhat is it 2\n")
+    with pytest.raises(DataError, match=r"cocoqa/train/questions.txt:2: not UTF-8 text \(byte 0xe9\)"):
+        read_split("cocoqa", root, "train", 0, seed=0, image_side=16)
+    questions.write_text("a\nb\nc\n")
+    (root / "cocoqa" / "train" / "img_ids.txt").write_text("100\n\u00b2\n102\n")  # '²'.isdigit() is True
+    with pytest.raises(DataError, match=r"cocoqa/train/img_ids.txt:2: image id '\u00b2' is not a number"):
+        read_split("cocoqa", root, "train", 0, seed=0, image_side=16)
+
+
+def test_an_answer_the_vqa_processing_empties_stays_itself(root):
+    path = root / "aqua" / "train.json"
+    data = json.loads(path.read_text())
+    data[0]["answer"] = "The"
+    path.write_text(json.dumps(data))
+    assert read_split("aqua", root, "train", 0, seed=0, image_side=16).answers[0] == "the"
+
+
+def test_an_image_whose_header_claims_billions_of_pixels_is_a_named_bad_record(root):
+    import struct
+    import zlib
+
+    from feddat.data import faults
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    bomb = root / "vizwiz" / "train" / "VizWiz_train_00000001.jpg"  # a PNG of 60000 x 60000 by its header
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b""))
+    with pytest.raises(DataError, match=r"Annotations/train.json: record 1: image file .*VizWiz_train_00000001.jpg is corrupt or too large"):
+        read_split("vizwiz", root, "train", 0, seed=0, image_side=16)
+    with faults.policy("skip"):
+        assert len(read_split("vizwiz", root, "train", 0, seed=0, image_side=16)) == N - 1
 
 
 def test_missing_download_names_the_file(tmp_path):

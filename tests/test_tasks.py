@@ -125,6 +125,22 @@ def test_pair_statements_are_judged_on_the_right_image():
     assert tasks._pair_more(LEFT, RIGHT, np.random.default_rng(1))[1] == (tasks._pair_more(LEFT, RIGHT, np.random.default_rng(1))[0].startswith("the left"))
 
 
+def test_a_mismatch_caption_is_filed_under_the_attribute_it_changed():
+    # Two circles that differ in colour only: turning one's colour into the other's would describe
+    # the other, so the generator changes its size instead, and must say so.
+    twins = Scene((SceneObject("circle", "red", "small", 0.2, 0.3), SceneObject("circle", "blue", "small", 0.8, 0.7)))
+    seen = set()
+    for seed in range(60):
+        objects, attr = tasks._altered(twins, np.random.default_rng(seed))
+        changed = [(a, b) for a, b in zip(twins.objects, objects) if a != b]
+        assert len(changed) == 1
+        (before, after), = changed
+        differs = [name for name in ("colour", "shape", "size") if getattr(before, name) != getattr(after, name)]
+        assert differs == [attr]
+        seen.add(attr)
+    assert seen == {"colour", "shape", "size"}
+
+
 @pytest.mark.parametrize("task", ["entailment", "nlvr2", "match"])
 def test_task_twin_labels_are_balanced_and_deterministic(task):
     samples = tasks.generate(90, task, seed=3, image_size=64)

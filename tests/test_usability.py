@@ -15,6 +15,9 @@ from feddat.cli import main
         (["compare", "--seed", "0,1"], "(did you mean '--seeds'?)"),
         (["flower", "local", "--federation.fractoin", "0.5"], "(did you mean '--federation.fraction'?); `feddat flower local --help`"),
         (["run", "--federation.rounds", "3", "stray"], "unexpected argument(s) stray"),
+        # another command's option is said to be one, not matched to this command's nearest name
+        (["pretrain", "--federation.rounds", "3"], "`feddat pretrain` takes no option '--federation.rounds'; it is an option of `feddat run`, `feddat compare`, `feddat flower local` and others;"),
+        (["run", "--pretrain.steps=3"], "`feddat run` takes no option '--pretrain.steps'; it is an option of `feddat pretrain`; `feddat run --help`"),
     ],
 )
 def test_a_misspelt_flag_names_the_nearest_valid_one(argv, expected, capsys):

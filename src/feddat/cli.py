@@ -205,8 +205,22 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
         close = difflib.get_close_matches(unknown[0], options, n=1, cutoff=0.6) if unknown else []
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         what = f"unknown option '{unknown[0]}'{hint}" if unknown else f"unexpected argument(s) {' '.join(extras)}"
+        if unknown and (others := commands_taking(parser, unknown[0])):  # an option of a sibling command
+            what = f"`{command}` takes no option '{unknown[0]}'; it is an option of {', '.join(f'`{c}`' for c in others[:3])}{' and others' if len(others) > 3 else ''}"
         parser.error(f"{what}; `{command} --help` lists the options")
     return args
+
+
+def commands_taking(parser: argparse.ArgumentParser, option: str) -> list[str]:
+    """Every (sub-)subcommand that takes `option`, by its full name ('feddat flower local')."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += commands_taking(sub, option)
+        elif option in action.option_strings and parser.prog != "feddat":
+            found.append(parser.prog)
+    return list(dict.fromkeys(found))
 
 
 def chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, list[str]]:

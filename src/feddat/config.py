@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -387,6 +388,7 @@ def _read(path: Path) -> dict[str, Any]:
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the TOML file, then overrides; validated."""
     cfg = Config()
+    from_file: set[str] = set()  # keys whose value the file set (and no override replaced)
     if path is not None:
         path = Path(path)
         for section, values in _read(path).items():
@@ -395,14 +397,26 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
                     raise _unknown(section)
                 for name, value in values.items():
                     apply(cfg, f"{section}.{name}", value)
+                    from_file.add(f"{section}.{name}")
             except _UnknownKey as err:
                 raise ConfigError(f"config file {path}: {err} (a file written by another feddat version may hold keys this one does not know)") from None
             except ConfigError as err:
                 raise ConfigError(f"config file {path}: {err}") from None
     for key, value in (overrides or {}).items():
         apply(cfg, key, value)
-    validate(cfg)
+        from_file.discard(key)
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        if any(_names_key(str(err), key) for key in from_file):
+            raise ConfigError(f"config file {path}: {err}") from None
+        raise
     return cfg
+
+
+def _names_key(message: str, key: str) -> bool:
+    """Whether an error message names config key `key` (not merely a longer key it begins)."""
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message) is not None
 
 
 def _choice(key: str, value: str, allowed: typing.Iterable[str]) -> None:

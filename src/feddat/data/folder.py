@@ -29,6 +29,8 @@ def load_image(path: Path, side: int = IMAGE_SIDE) -> np.ndarray:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later in a batch
             return np.asarray(img.convert("RGB").resize((side, side), Image.BICUBIC), dtype=np.uint8)
+    except Image.DecompressionBombError as err:  # a corrupt size field claiming billions of pixels
+        raise DataError(f"image file {path} is corrupt or too large to decode: {err}") from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(f"image file {path} is corrupt or not an image: {err}") from err
 

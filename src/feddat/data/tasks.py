@@ -183,6 +183,7 @@ def _altered(scene: Scene, rng: np.random.Generator) -> tuple[tuple[SceneObject,
     value = _pick(rng, options)
     changed = SceneObject(**{**obj.__dict__, attr: value})
     if (changed.colour, changed.shape, changed.size) in taken:  # would describe another object that is there
+        attr = "size"  # the object is rebuilt from the original with only its size changed
         changed = SceneObject(**{**obj.__dict__, "size": _pick(rng, [s for s in SIZES if s != obj.size])})
     return scene.objects[:i] + (changed,) + scene.objects[i + 1 :], attr
 

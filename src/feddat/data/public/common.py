@@ -47,6 +47,7 @@ def read_jsonl(path: Path, dataset: str) -> Iterator[tuple[str, dict]]:
     """(where, record) for every non-empty line; `where` is "file:line"."""
     if not path.is_file():
         raise missing(path, dataset)
+    found = False
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -58,7 +59,10 @@ def read_jsonl(path: Path, dataset: str) -> Iterator[tuple[str, dict]]:
                 raise DataError(f"{where}: not valid JSON ({err})") from err
             if not isinstance(record, dict):
                 raise DataError(f"{where}: a record must be a JSON object")
+            found = True
             yield where, record
+    if not found:
+        raise DataError(f"{path}: the file holds no records")
 
 
 def records_of(data: Any, path: Path, key: str | None) -> list:
@@ -66,6 +70,8 @@ def records_of(data: Any, path: Path, key: str | None) -> list:
     items = data.get(key) if key is not None and isinstance(data, dict) else data
     if not isinstance(items, list):
         raise DataError(f"{path}: expected {'a list under ' + repr(key) if key else 'a JSON list of records'}")
+    if not items:
+        raise DataError(f"{path}: {'the list under ' + repr(key) if key else 'the list of records'} is empty")
     return items
 
 
@@ -81,8 +87,9 @@ def field(record: Any, name: str, kind: type | tuple[type, ...], where: str) -> 
 
 def normalise(answer: str) -> str:
     """An answer as the official VQA evaluation processes it ('A Dog.' and 'dog' are one answer,
-    'two' is '2', '2.5' and '10:30' stay): the vocabulary and the training targets use it."""
-    return normalise_answer(answer)
+    'two' is '2', '2.5' and '10:30' stay): the vocabulary and the training targets use it.
+    An answer the processing empties (AQUA's "the") stays itself, lower-cased: never a class ''."""
+    return normalise_answer(answer) or " ".join(answer.lower().split())
 
 
 UNKNOWN = "unknown"  # the category of a record whose file does not say it (declared by every dataset that has categories)

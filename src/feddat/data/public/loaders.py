@@ -92,10 +92,14 @@ def gqa(folder: Path, split: str) -> list[Record]:
     data = read_json(path, "gqa")
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object mapping question ids to questions")
+    if not data:
+        raise DataError(f"{path}: the file holds no questions")
     records = []
     for qid in sorted(data):  # a fixed order, whatever the file's
         item, where = data[qid], f"{path}: question {qid}"
         types = item.get("types") if isinstance(item, dict) else None
+        if types is not None and not isinstance(types, dict):
+            raise DataError(f"{where}: field 'types' is {types!r}, not an object such as {{\"structural\": \"query\"}}")
         group = category(types, "structural", GQA_TYPES, f"{where}: types") if types is not None else UNKNOWN
         image = folder / "images" / f"{field(item, 'imageId', str, where)}.jpg"
         records.append(Record((image,), field(item, "question", str, where), normalise(field(item, "answer", str, where)), where, None, group))
@@ -115,22 +119,34 @@ def cocoqa(folder: Path, split: str) -> list[Record]:
         path = folder / sub / f"{name}.txt"
         if not path.is_file():
             raise missing(path, "cocoqa")
-        columns[name] = path.read_text(encoding="utf-8").splitlines()
+        columns[name] = read_lines(path)
     sizes = {name: len(lines) for name, lines in columns.items()}
     if len(set(sizes.values())) != 1:
         raise DataError(f"{folder / sub}: questions/answers/img_ids/types.txt must have one line per question each, got {sizes}")
+    if not columns["questions"]:
+        raise DataError(f"{folder / sub}/questions.txt: the file holds no questions")
     records = []
     for i, (q, a, img, t) in enumerate(zip(*columns.values()), 1):
         where = f"{folder / sub}/questions.txt:{i}"
         if not q.strip() or not a.strip():
             raise DataError(f"{where}: empty question or answer (answers.txt:{i})")
-        if not img.strip().isdigit():
+        if not (img.strip().isascii() and img.strip().isdigit()):  # "²".isdigit() is True, int("²") fails
             raise DataError(f"{folder / sub}/img_ids.txt:{i}: image id {img!r} is not a number")
         if t.strip() not in ("0", "1", "2", "3"):
             raise DataError(f"{folder / sub}/types.txt:{i}: type {t!r} is not 0, 1, 2 or 3")
         image = folder / images / f"COCO_{images}_{int(img):012d}.jpg"
         records.append(Record((image,), q.strip(), normalise(a), where, None, COCOQA_TYPES[int(t)]))
     return records
+
+
+def read_lines(path: Path) -> list[str]:
+    """A text file's lines, or a DataError naming the file and line that is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[err.start]:#04x})") from err
 
 
 # ---- AQUA (art VQA on SemArt paintings): {train,test}.json lists ------------------------------------
