@@ -126,3 +126,20 @@ def test_node_state_is_versioned_by_round_so_a_replayed_round_starts_where_it_di
     node.save_state(method, replay, 3)
     node.save_state(method, replay, 4)
     assert files() == ["alpha.r00003.safetensors", "alpha.r00004.safetensors"]  # the one round 4 started from, and round 4's
+
+
+def test_a_replayed_round_discards_only_its_own_clients_state_in_a_shared_state_dir(tiny_vilt_dir, data_root, tmp_path):  # noqa: F811
+    """Two SuperNodes of one host share the node config's state-dir: one node replaying a round
+    must not delete the round another node has already trained."""
+    cfg = make_config(tiny_vilt_dir, data_root, tmp_path, "shared-dir")
+    alpha = client_node.Nodes().get(context_for(cfg, "alpha", tmp_path))
+    beta = client_node.Nodes().get(context_for(cfg, "beta", tmp_path))
+    assert alpha.state_root == beta.state_root  # the deployment the README shows
+    for node in (alpha, beta):
+        method = node.method("feddat")
+        state = node.load_state(method, 1, training=True)
+        node.save_state(method, state, 1)
+    beta_method = beta.method("feddat")
+    beta.save_state(beta_method, beta.load_state(beta_method, 2, training=True), 2)  # beta is a round ahead
+    alpha.load_state(alpha.method("feddat"), 2, training=True)  # alpha starts round 2
+    assert [r for r, _ in beta.store(beta_method).versions("beta")] == [1, 2]

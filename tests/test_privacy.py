@@ -69,3 +69,12 @@ def test_dp_is_refused_for_a_method_with_its_own_aggregation(tiny_backbone):
     shared = method.init_shared()
     with pytest.raises(ValueError, match="aggregates in its own way"):
         method.server_round(shared, [ClientUpdate("a", shared, 1, {})], round_=1)
+
+
+@pytest.mark.parametrize("aggregation", ["median", "trimmed_mean"])
+def test_dp_with_a_coordinate_wise_aggregation_is_refused_not_silently_replaced(aggregation):
+    from feddat.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=f"privacy.clip_norm > 0 .* needs federation.aggregation = mean \\(got {aggregation}"):
+        load(None, {"privacy.clip_norm": "0.5", "federation.aggregation": aggregation})
+    assert load(None, {"privacy.clip_norm": "0.5"}).federation.aggregation == "mean"

@@ -164,3 +164,82 @@ def test_state_and_results_are_written_whole_and_readable_by_others(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.safetensors", "summary.json"]
     for name in ("summary.json", "shared.safetensors"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupted_run(tiny_vilt_dir: str, tmp_path: Path, name: str, method: str = "fedavg") -> Path:
+    """A run of `method` stopped right after round 1 committed (as a kill there leaves it)."""
+    from feddat.config import load
+    from feddat.engines.runner import run_experiment
+
+    flags = tiny_args(tiny_vilt_dir, tmp_path, name)[1:]
+    overrides = dict(zip((f[2:] for f in flags[::2]), flags[1::2])) | {"run.methods": method, "federation.fraction": "1.0", "run.progress": "lines"}
+
+    def log(line: str) -> None:
+        if f"[{method}] round 1/" in line:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_experiment(load(None, overrides), log=log)
+    assert committed_round(tmp_path / name, method) == 1
+    return tmp_path / name
+
+
+def test_resume_refuses_a_config_toml_edited_after_the_run_started(tiny_vilt_dir, tmp_path, capsys):
+    run_dir = interrupted_run(tiny_vilt_dir, tmp_path, "edited")
+    config_toml = run_dir / "config.toml"
+    original = config_toml.read_text()
+    config_toml.write_text(original.replace("seed = 0", "seed = 7", 1))
+    assert main(["run", "--resume", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'checkpoint' / 'fedavg' / 'progress.json'} was committed under another configuration" in err and "config.toml edited" in err
+    # where and how fast it runs may change: a resumed run continues on another machine
+    config_toml.write_text(original.replace("threads = 1", "threads = 2", 1))
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    # a finished method's numbers are not reported under an edited config either
+    config_toml.write_text(original.replace("seed = 0", "seed = 7", 1))
+    assert main(["run", "--resume", str(run_dir)]) == 1
+    assert "was committed under another configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda s: {**s, "head.3.weight": s["head.3.weight"][:-1]}, "'head.3.weight' has shape"),
+    (lambda s: {k: v for k, v in s.items() if k != "head.3.bias"}, "missing ['head.3.bias']"),
+    (lambda s: {**s, "head.3.bias": torch.full_like(s["head.3.bias"], float("nan"))}, "'head.3.bias' holds NaN"),
+])
+def test_resume_names_the_client_and_file_of_private_state_that_does_not_fit(tiny_vilt_dir, tmp_path, capsys, edit, problem):
+    run_dir = interrupted_run(tiny_vilt_dir, tmp_path, "state")
+    path = run_dir / "state" / "fedavg" / "flat.r00001.safetensors"
+    save_tensors(path, edit(load_tensors(path)))
+    assert main(["run", "--resume", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert f"private state of client 'flat' ({path}) does not fit method 'fedavg'" in err and problem in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("round_", ['"x"', "null", "[1]", "-5", "true"])
+def test_resume_names_a_progress_file_without_a_committed_round(tiny_vilt_dir, tmp_path, capsys, round_):
+    run_dir = interrupted_run(tiny_vilt_dir, tmp_path, "progress")
+    progress = run_dir / "checkpoint" / "fedavg" / "progress.json"
+    info = json.loads(progress.read_text())
+    progress.write_text(json.dumps(info).replace('"round": 1', f'"round": {round_}'))
+    assert main(["run", "--resume", str(run_dir)]) == 1
+    assert f"{progress} does not hold a committed round" in capsys.readouterr().err
+
+
+def test_an_atomic_write_reaches_the_disk_before_and_after_its_rename(tmp_path, monkeypatch):
+    """The file's data is flushed before the rename and the folder's entry after it, so a power
+    cut leaves the old file or the new one, never a name pointing at lost data."""
+    from feddat import runtime
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(runtime.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+    real_replace = os.replace
+    monkeypatch.setattr(runtime.os, "replace", lambda a, b: (synced.append("rename"), real_replace(a, b))[1])
+    runtime.write_json(tmp_path / "progress.json", {"round": 1})
+    assert len(synced) == 3 and synced[0].startswith(str(tmp_path / ".progress.json.")) and synced[1:] == ["rename", str(tmp_path)]
+    assert json.loads((tmp_path / "progress.json").read_text()) == {"round": 1}

@@ -460,6 +460,8 @@ def validate(cfg: Config) -> None:
     _choice("federation.aggregation", cfg.federation.aggregation, ("mean", "median", "trimmed_mean"))
     if cfg.privacy.clip_norm < 0 or cfg.privacy.noise_multiplier < 0 or not 0 < cfg.privacy.delta < 1:
         raise ConfigError("privacy: clip_norm and noise_multiplier must be >= 0 and delta in (0, 1)")
+    if cfg.privacy.clip_norm > 0 and cfg.federation.aggregation != "mean":
+        raise ConfigError(f"privacy.clip_norm > 0 averages the clipped updates with noise, so it needs federation.aggregation = mean (got {cfg.federation.aggregation}: the noise is calibrated to a mean)")
     if not 0.0 <= cfg.federation.trim_fraction < 0.5:
         raise ConfigError(f"federation.trim_fraction must be in [0, 0.5), got {cfg.federation.trim_fraction}")
     _choice("run.device", cfg.run.device, ("auto", "cpu", "cuda"))

@@ -135,10 +135,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, mode)
+        fsync(tmp)  # the data on disk before the name points at it: a power cut leaves old or new
         os.replace(tmp, path)
+        fsync(path.parent)  # and the rename itself on disk before the caller deletes what it replaces
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:

@@ -20,8 +20,8 @@ from feddat.algorithms.validation import Rejection
 from feddat.config import Config
 from feddat.data.clients import ClientData
 from feddat.engines.rounds import Rounds, mean, sample_clients  # noqa: F401  (sample_clients, mean: imported from here by older code)
-from feddat.engines.rundir import MetricsLog, save_shared
-from feddat.engines.state import Checkpoint, ClientStateStore, Progress
+from feddat.engines.rundir import MetricsLog, config_fingerprint, save_shared
+from feddat.engines.state import Checkpoint, ClientStateStore, Progress, checked_client_state
 from feddat.peft.model import AdaptedModel
 from feddat import progress, tracking
 from feddat.progress import Ticker  # noqa: F401  (the engine's throttled lines; imported from here by older code)
@@ -80,7 +80,7 @@ def run_method(name: str, cfg: Config, model: AdaptedModel, clients: Sequence[Cl
     method = build_method(name, cfg, model, device)
     fed = cfg.federation
     store = ClientStateStore(run_dir / "state" / name)
-    checkpoint = Checkpoint(run_dir / "checkpoint" / name)
+    checkpoint = Checkpoint(run_dir / "checkpoint" / name, config_fingerprint(cfg))
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     clock = Clock()
     counters = {"train_s": 0.0, "steps": 0, "wall_s": 0.0}
@@ -154,8 +154,11 @@ def train_round(method: Method, shared: Tensors, participants: list[ClientData],
 
 
 def load_state(method: Method, store: ClientStateStore, client: ClientData) -> Tensors:
-    state = store.load(client.name)
-    return state if state is not None else method.init_client_state(client)
+    versions = store.versions(client.name)
+    if not versions:
+        return method.init_client_state(client)
+    path = versions[-1][1]
+    return checked_client_state(method, client, store.load_version(client.name, path), path)
 
 
 def evaluate_all(method: Method, shared: Tensors, clients: Sequence[ClientData], store: ClientStateStore, clock: Clock | None = None, sample: Sequence[int] | None = None) -> dict[str, dict[str, float]]:

@@ -23,6 +23,10 @@ from feddat.config import Config
 from feddat.runtime import derive_seed, tensor_bytes
 
 T = TypeVar("T")
+# The fields of a metrics.jsonl record that say what it is; a metric of the same name never
+# overwrites them (`Rounds.record`). "rejected" is set by the server step alone.
+RECORD_FIELDS = ("method", "round", "client", "kind")
+RESERVED_METRICS = (*RECORD_FIELDS, "rejected")
 
 
 def sample_clients(clients: Sequence[T], fraction: float, seed: int, round_: int | str) -> list[T]:
@@ -120,7 +124,11 @@ class Rounds:
         return f"  ~{left:.0f} s left" if left < 90 else f"  ~{left / 60:.0f} min left"
 
     def record(self, round_: int, client: str, kind: str, values: dict) -> dict:
-        return {"method": self.name, "round": round_, "client": client, "kind": kind, **values}
+        """One metrics.jsonl record: its own fields (RECORD_FIELDS), then `values`; a value
+        named like one of those fields does not replace it (an engine refuses such metric names
+        from a client before this: flower/server_app.py)."""
+        own = {"method": self.name, "round": round_, "client": client, "kind": kind}
+        return {**own, **{k: v for k, v in values.items() if k not in own}}
 
     def summary(self, shared: Tensors, wall_s: float, train_s: float, eval_s: float, compute_s: float, **extra) -> dict:
         """What summary.json records for the method: times, steps, parameters and bytes (`extra`:

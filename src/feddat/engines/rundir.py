@@ -25,6 +25,33 @@ def save_shared(run_dir: Path, method: str, shared: dict, cfg: Config, **extra: 
     save_tensors(Path(run_dir) / method / SHARED_FILE, shared, metadata={"method": method, "rounds": str(cfg.federation.rounds), **extra, **identity})
 
 
+# Keys a resumed run may differ in: where and how fast it runs, not what it computes (each
+# method's numbers do not depend on which other methods the run holds, either).
+PLACE_AND_PACE = ("run.methods", "run.out_dir", "run.name", "run.device", "run.threads", "run.prefix_cache_mb", "run.progress", "data.cache_dir", "tracking.")
+
+
+def decisive_settings(cfg: Config) -> dict:
+    """Every setting of `cfg` that decides a method's numbers, as {'section.key': value}."""
+    flat = {f"{section}.{key}": value for section, values in cfg.to_dict().items() for key, value in values.items()}
+    return {k: v for k, v in sorted(flat.items()) if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in PLACE_AND_PACE)}
+
+
+def config_fingerprint(cfg: Config) -> str:
+    """sha256 of `decisive_settings`: a checkpoint written under one fingerprint continues only
+    under the same one."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(decisive_settings(cfg), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def setting_differences(before: Config, now: Config, shown: int = 5) -> str:
+    """The decisive settings that differ, as "train.lr: 0.01 there, 0.02 here"."""
+    a, b = decisive_settings(before), decisive_settings(now)
+    keys = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    text = ", ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in keys[:shown])
+    return (text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")) or "they differ"
+
+
 def make_run_dir(cfg: Config) -> Path:
     name = cfg.run.name or f"{cfg.data.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.run.out_dir) / name

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 from feddat.config import Config
-from feddat.engines.rundir import clean_partial_writes, make_run_dir, resumable, write_report  # noqa: F401  (resumable: imported from here by the CLI)
+from feddat.engines.rundir import clean_partial_writes, config_fingerprint, make_run_dir, resumable, write_report  # noqa: F401  (resumable: imported from here by the CLI)
+from feddat.engines.state import Checkpoint
 from feddat.runtime import environment, pick_device, read_json, set_threads, uses_bf16, write_json, write_text
 
 
@@ -34,6 +35,8 @@ def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, 
         clean_partial_writes(run_dir)
         summary = run_dir / "summary.json"
         done = {s["method"]: s for s in read_json(summary)["methods"]} if summary.is_file() else {}
+        for name in done:  # a finished method's numbers are reported under the config.toml of now
+            Checkpoint(run_dir / "checkpoint" / name, config_fingerprint(cfg)).committed()
     log(f"feddat: run directory {run_dir}  (device {device}, {'bf16 autocast' if uses_bf16(device, cfg.run.precision) else 'float32'}){'  resuming' if resume else ''}")
     t0 = time.perf_counter()
     b = cfg.backbone

@@ -80,15 +80,17 @@ class ClientStateStore:
                 continue
             newest[stem] = (round_, path)
 
-    def discard_after(self, round_: int) -> int:
-        """Delete versions written after committed round `round_` (a crashed round's work)."""
-        removed = 0
-        for path in self.root.glob("*.r*.safetensors"):
-            m = VERSION.search(path.name)
-            if m and int(m.group(1)) > round_:
-                path.unlink()
-                removed += 1
-        return removed
+    def discard_after(self, round_: int, client: str | None = None) -> int:
+        """Delete versions written after committed round `round_` (a crashed round's work): of
+        every client in the store, or of `client` alone (a Flower node: other nodes on the same
+        host may share the state folder and be a round ahead)."""
+        if client is not None:
+            stale = [path for r, path in self.versions(client) if r > round_]
+        else:
+            stale = [path for path in self.root.glob("*.r*.safetensors") if (m := VERSION.search(path.name)) and int(m.group(1)) > round_]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
 
 def glob_escape(text: str) -> str:
@@ -107,28 +109,63 @@ class Progress:
 
 class Checkpoint:
     """Round checkpoints of one method. progress.json is the commit point: it is written (atomically)
-    only after the round's tensors are on disk, and names the file holding them."""
+    only after the round's tensors are on disk, and names the file holding them.
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    `config` (rundir.config_fingerprint) is recorded with every commit; a checkpoint continues
+    only under the configuration that wrote it (one written before fingerprints: any)."""
+
+    def __init__(self, root: str | Path, config: str | None = None):
+        self.root, self.config = Path(root), config
 
     def save(self, progress: Progress) -> None:
         name = f"round-{progress.round:05d}.safetensors"
         tensors = {f"shared.{k}": v for k, v in progress.shared.items()} | {f"server.{k}": v for k, v in progress.server.items()}
         save_tensors(self.root / name, tensors, metadata={"round": str(progress.round)})
-        write_json(self.root / "progress.json", {"round": progress.round, "tensors": name, "counters": progress.counters})
+        fingerprint = {"config_sha256": self.config} if self.config else {}
+        write_json(self.root / "progress.json", {"round": progress.round, "tensors": name, "counters": progress.counters, **fingerprint})
         for old in self.root.glob("round-*.safetensors"):
             if old.name != name:
                 old.unlink(missing_ok=True)
 
-    def load(self) -> Progress | None:
+    def committed(self) -> dict | None:
+        """progress.json, checked (None when nothing was committed yet)."""
         path = self.root / "progress.json"
         if not path.is_file():
             return None
+        info = read_json(path)
+        round_ = info.get("round") if isinstance(info, dict) else None
+        if not isinstance(round_, int) or isinstance(round_, bool) or round_ < 1 or not isinstance(info.get("tensors"), str) or not isinstance(info.get("counters", {}), dict):
+            raise ValueError(f"{path} does not hold a committed round (a round >= 1, a tensors file name, counters); was it edited? The run cannot be resumed from it")
+        stored = info.get("config_sha256")
+        if self.config and stored is not None and stored != self.config:
+            raise ValueError(
+                f"{path} was committed under another configuration than the run's config.toml holds now (was config.toml edited after the run started?); "
+                "resuming would mix two experiments: restore config.toml, or start a new run"
+            )
+        return info
+
+    def load(self) -> Progress | None:
+        info = self.committed()
+        if info is None:
+            return None
         try:
-            info = read_json(path)
             tensors = load_tensors(self.root / info["tensors"])
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError) as err:
             raise ValueError(f"checkpoint {self.root} is unreadable ({err}); it cannot be resumed") from err
         split = lambda prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
-        return Progress(int(info["round"]), split("shared."), split("server."), info.get("counters", {}))
+        return Progress(info["round"], split("shared."), split("server."), info.get("counters", {}))
+
+
+def checked_client_state(method, client, state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """`state`, read from `path`, if it fits what `method` keeps for `client`: every tensor a fresh
+    state has, with its shape, and nothing that is not a finite float tensor (a method may add
+    tensors after its first round, e.g. MOON's previous adapter). Else a ValueError naming both."""
+    from feddat.backbones.state import check_state
+
+    with torch.random.fork_rng():  # building the reference draws from (and seeds) torch's RNG
+        expected = method.init_client_state(client)
+    problem = check_state({k: v for k, v in state.items() if k in expected}, expected)
+    problem = problem or next((f"'{k}' is not a finite float tensor" for k, v in state.items() if k not in expected and not (v.is_floating_point() and torch.isfinite(v).all())), "")
+    if problem:
+        raise ValueError(f"private state of client '{client.name}' ({path}) does not fit method '{method.name}' as configured: {problem} (was the file, or the run's config.toml, edited?)")
+    return state

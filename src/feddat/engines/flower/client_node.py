@@ -25,7 +25,7 @@ from feddat.config import Config
 from feddat.data.clients import ClientData
 from feddat.engines.flower import secure, transport
 from feddat.engines.flower.partitions import build_model, load_partition, node_partition
-from feddat.engines.state import ClientStateStore
+from feddat.engines.state import ClientStateStore, checked_client_state
 from feddat.runtime import pick_device, set_threads
 
 
@@ -54,11 +54,12 @@ class Node:
         after a crash starts again from the state it started with the first time."""
         store = self.store(method)
         if training:
-            store.discard_after(round_ - 1)
+            store.discard_after(round_ - 1, self.client.name)
         versions = [(r, p) for r, p in store.versions(self.client.name) if r <= round_]
         if not versions:
             return method.init_client_state(self.client)
-        return store.load_version(self.client.name, versions[-1][1])
+        path = versions[-1][1]
+        return checked_client_state(method, self.client, store.load_version(self.client.name, path), path)
 
     def save_state(self, method: Method, state: transport.Tensors, round_: int) -> None:
         """Write round `round_`'s version (atomically), keeping the one it started from."""

@@ -15,6 +15,7 @@ continues from the private state on its disk.
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,12 +27,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from feddat.algorithms import METHODS, build_method
-from feddat.algorithms.base import ClientUpdate, Method
+from feddat.algorithms.base import ClientUpdate, Method, UpdateRejected
+from feddat.algorithms.validation import Rejection
 from feddat.config import Config
 from feddat.engines.flower import secure, transport
 from feddat.engines.flower.partitions import build_model, client_names
-from feddat.engines.rounds import Rounds
-from feddat.engines.rundir import MetricsLog, clean_partial_writes, make_run_dir, resumable, save_shared, write_report
+from feddat.engines.rounds import RESERVED_METRICS, Rounds
+from feddat.engines.rundir import MetricsLog, clean_partial_writes, config_fingerprint, make_run_dir, resumable, save_shared, setting_differences, write_report
 from feddat.engines.state import Checkpoint, Progress
 from feddat.runtime import environment, pick_device, read_json, set_threads, write_json, write_text
 
@@ -43,6 +45,30 @@ LOST = {ErrorCode.NODE_UNAVAILABLE, ErrorCode.CLIENT_APP_CRASHED, ErrorCode.MESS
 
 class FlowerRunError(RuntimeError):
     """The run cannot go on; the message names the client and node."""
+
+
+def is_count(value) -> bool:
+    """An int of a record (bool is an int to Python, not to a count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metric_problems(metrics: dict, counts: tuple[str, ...] = ("steps",)) -> list[str]:
+    """What is wrong with a client's metrics as metrics.jsonl would record them: names the
+    records use for themselves (Rounds.record), values that are not single numbers, `counts`
+    (Rounds.trained adds up 'steps') that are not non-negative integers."""
+    problems = [f"metric '{k}' is named like a field of the metrics records ({', '.join(RESERVED_METRICS)})" for k in metrics if k in RESERVED_METRICS]
+    problems += [f"metric '{k}' = {v!r} is not a number" for k, v in metrics.items() if not is_number(v)]
+    problems += [f"metric '{k}' = {metrics[k]!r} is not a non-negative integer" for k in counts if k in metrics and is_number(metrics[k]) and not (is_count(metrics[k]) and metrics[k] >= 0)]
+    return problems
+
+
+def recordable(metrics: dict, counts: tuple[str, ...] = ("steps",)) -> dict:
+    """The metrics that `metric_problems` finds nothing wrong with."""
+    return {k: v for k, v in metrics.items() if not metric_problems({k: v}, counts)}
 
 
 def _log(line: str) -> None:
@@ -132,9 +158,9 @@ class Roster:
             if reply.has_error():
                 raise FlowerRunError(f"SuperNode {node} could not load its client: {reply.error.reason}")
             answered.add(node)
-            info = reply.content["info"]
-            self.admit(str(info["client"]), node)
-            self.sizes[str(info["client"])] = int(info.get("num-train", 0))
+            client, num_train = identity(reply.content, node)
+            self.admit(client, node)
+            self.sizes[client] = num_train
         for node in set(new) - answered:
             self.log(f"  warning: SuperNode {node} did not say which client it is within {self.timeout:.0f}s; ignored")
             self.retired.add(node)
@@ -160,6 +186,19 @@ class Roster:
             time.sleep(1.0)
 
 
+def identity(content: RecordDict, node: int) -> tuple[str, int]:
+    """(client, training examples) from a node's answer to the identify query (client_node.identify)."""
+    info = content.get("info")
+    if not isinstance(info, ConfigRecord):
+        raise FlowerRunError(f"SuperNode {node} answered the identify query without an 'info' ConfigRecord; is it running feddat's ClientApp, of this version?")
+    client, num_train = info.get("client"), info.get("num-train")
+    if not isinstance(client, str) or not client:
+        raise FlowerRunError(f"SuperNode {node} answered the identify query without its client's name ('info' has client = {client!r})")
+    if not is_count(num_train) or num_train < 1:
+        raise FlowerRunError(f"SuperNode {node} (client '{client}') answered the identify query with num-train = {num_train!r}, not a positive integer (its number of training examples)")
+    return client, num_train
+
+
 class MethodStrategy(Strategy):
     """One feddat method as a Flower strategy: the rounds of `Rounds` (sampling, evaluation
     schedule, records), the server step of the method, the clients reached by messages."""
@@ -171,7 +210,8 @@ class MethodStrategy(Strategy):
         self.offset = 0  # rounds committed before this ServerApp started (a resumed run)
         self.sent: dict[int, str] = {}  # node id -> client, for the phase in flight
         self.order: list[str] = []  # clients of the phase in flight, in the roster's order
-        self.times = {"train": 0.0, "eval": 0.0, "t0": 0.0}
+        self.times = {"train": 0.0, "eval": 0.0, "t0": 0.0, "wall": 0.0}  # wall: seconds before this ServerApp (a resumed run)
+        self.started = time.perf_counter()  # the method's start, as if it had run in this process all along (run_method_on_grid)
         self.bytes = {"up": 0, "down": 0}
         self.grid: Grid | None = None
         # SecAgg+ (secure.py): the server sees only the sum of the clients' A_s changes
@@ -187,14 +227,15 @@ class MethodStrategy(Strategy):
         self.shared = committed.shared
         self.method.load_server_state(committed.server)
         c = committed.counters
-        self.times.update(train=float(c.get("train_s", 0.0)), eval=float(c.get("eval_s", 0.0)))
+        self.times.update(train=float(c.get("train_s", 0.0)), eval=float(c.get("eval_s", 0.0)), wall=float(c.get("wall_s", 0.0)))
+        self.started = time.perf_counter() - self.times["wall"]
         self.bytes.update(up=int(c.get("bytes_up", 0)), down=int(c.get("bytes_down", 0)))
         self.rounds.resume(committed.round, int(c.get("steps", 0)))
         self.offset = committed.round
 
     def commit(self, round_: int) -> None:
         """The round's checkpoint, after its metrics: a crash before it replays the round."""
-        counters = {"train_s": self.times["train"], "eval_s": self.times["eval"], "steps": self.rounds.steps, "bytes_up": self.bytes["up"], "bytes_down": self.bytes["down"]}
+        counters = {"train_s": self.times["train"], "eval_s": self.times["eval"], "steps": self.rounds.steps, "bytes_up": self.bytes["up"], "bytes_down": self.bytes["down"], "wall_s": time.perf_counter() - self.started}
         self.checkpoint.save(Progress(round_, self.shared, self.method.server_state(), counters))
 
     def summary(self) -> None:
@@ -250,13 +291,20 @@ class MethodStrategy(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.offset
+        refused: list[Rejection] = []  # updates whose replies are unsound, rejected on arrival
         if self.secure:
             updates = self.secure_updates(server_round)
         else:
             got = self.replies("train", server_round, replies)
-            updates = [self.update(c, got[c]) for c in self.order if c in got]
+            updates = []
+            for c in self.order:
+                if c in got:
+                    update, problem = self.update(c, got[c])
+                    updates.append(update)
+                    if problem:
+                        refused.append(Rejection(c, problem))
         # the server step, as embedded: validation (bad updates dropped, named), then aggregation
-        self.shared, rejected = self.method.server_round(self.shared, updates, server_round)
+        self.shared, rejected = self.server_step(updates, refused, server_round)
         seconds = time.perf_counter() - self.times["t0"]
         self.times["train"] += seconds
         records, line = self.rounds.trained(server_round, updates, rejected, seconds)
@@ -288,13 +336,95 @@ class MethodStrategy(Strategy):
         if out.mean is None:
             self.log(f"  warning: round {server_round}: secure aggregation did not complete (too few of {len(self.sent)} clients left to unmask the sum); A_s is kept")
             return []
+        for c in self.order:
+            problems = metric_problems(out.metrics.get(c, {}))
+            if problems:  # its masked change is in the sum already: it cannot be left out of this round
+                raise FlowerRunError(f"{self.who(c)} replied to round {server_round} train (secure aggregation) with metrics that cannot be recorded: {'; '.join(problems)}")
         return [ClientUpdate(client=c, shared=out.mean, num_examples=1, state={}, metrics=out.metrics[c]) for c in self.order if c in out.metrics]
 
-    def update(self, client: str, content: RecordDict) -> ClientUpdate:
-        self.bytes["up"] += content["shared"].count_bytes()
-        metrics = {k: v for k, v in content["metrics"].items()}
-        shared = transport.from_record(content["shared"])
-        return ClientUpdate(client=client, shared=shared, num_examples=int(content["info"]["num-examples"]), state={}, metrics=metrics)
+    def node_of(self, client: str) -> int | None:
+        return next((n for n, c in self.sent.items() if c == client), self.roster.node(client))
+
+    def who(self, client: str) -> str:
+        return f"client '{client}' (node {self.node_of(client)})"
+
+    def update(self, client: str, content: RecordDict) -> tuple[ClientUpdate, str]:
+        """The client's update from its train reply (client_node.train), and what is wrong with
+        the reply ('' if nothing): then the update is rejected, named with its client and node,
+        and the round goes on with the others (`server_step`); its sound metrics are recorded."""
+        problems: list[str] = []
+        record = content.get("metrics")
+        metrics = dict(record) if isinstance(record, MetricRecord) else {}
+        if not isinstance(record, MetricRecord):
+            problems.append("the reply has no 'metrics' MetricRecord")
+        problems += metric_problems(metrics)
+        metrics = recordable(metrics)  # what can be recorded of them is, the update rejected or not
+        num_examples = self.claimed_examples(client, content.get("info"), problems)
+        arrays, shared = content.get("shared"), {}
+        if not isinstance(arrays, ArrayRecord):
+            problems.append("the reply has no 'shared' ArrayRecord")
+        else:
+            self.bytes["up"] += arrays.count_bytes()
+            try:
+                shared = transport.from_record(arrays)
+            except Exception as err:  # noqa: BLE001 - whatever the arrays hold, the reply is rejected, not the run
+                problems.append(f"its 'shared' arrays cannot be read as tensors ({type(err).__name__}: {err})")
+        problem = f"(node {self.node_of(client)}) " + "; ".join(problems) if problems else ""
+        return ClientUpdate(client=client, shared={} if problems else shared, num_examples=num_examples if not problems else 0, state={}, metrics=metrics), problem
+
+    def claimed_examples(self, client: str, info, problems: list[str]) -> int:
+        """The reply's num-examples, if it is a count between 1 and the training examples the
+        node reported when it was identified (Roster.sizes); else a problem is noted."""
+        if not isinstance(info, ConfigRecord):
+            problems.append("the reply has no 'info' ConfigRecord")
+            return 0
+        if info.get("client") != client:
+            problems.append(f"the reply says it is from client {info.get('client')!r}")
+        n, limit = info.get("num-examples"), self.roster.sizes.get(client)
+        if not is_count(n):
+            problems.append(f"num-examples = {n!r} is not an integer")
+        elif n < 1 or (limit is not None and n > limit):
+            bound = f"1..{limit}, its {limit} training examples as it reported when it joined" if limit is not None else "a positive integer"
+            problems.append(f"num-examples = {n} is outside {bound}")
+        else:
+            return n
+        return 0
+
+    def server_step(self, updates: list[ClientUpdate], refused: list[Rejection], server_round: int) -> tuple[dict, list[Rejection]]:
+        """`Method.server_round` on the updates whose replies were sound; those refused on arrival
+        are rejected with them, as the server step rejects (and its min_updates counts them)."""
+        if not refused:
+            return self.method.server_round(self.shared, updates, server_round)
+        names = {r.client for r in refused}
+        sound = [u for u in updates if u.client not in names]
+        reasons = "; ".join(f"'{r.client}': {r.reason}" for r in refused)
+        if self.method.communicates and not sound:
+            raise UpdateRejected(f"round cannot complete: 0 acceptable update(s) of {len(updates)}, federation.min_updates = {self.cfg.federation.min_updates} ({reasons})")
+        try:
+            shared, rejected = self.method.server_round(self.shared, sound, server_round)
+        except UpdateRejected as err:
+            raise UpdateRejected(f"{err}; and refused on arrival: {reasons}") from err
+        return shared, refused + rejected
+
+    def scores(self, client: str, content: RecordDict, server_round: int) -> dict[str, float]:
+        """The scores of an evaluate reply (client_node.evaluate): 'global' (and 'personal' for a
+        method with a personal view), every score a number in [0, 1]; else FlowerRunError, as
+        for a client whose evaluation failed (scores have no rejection: nothing is aggregated)."""
+        record, info = content.get("metrics"), content.get("info")
+        problems = []
+        if not isinstance(info, ConfigRecord) or info.get("client") != client:
+            problems.append("the reply has no 'info' ConfigRecord naming its client" if not isinstance(info, ConfigRecord) else f"the reply says it is from client {info.get('client')!r}")
+        if not isinstance(record, MetricRecord):
+            problems.append("the reply has no 'metrics' MetricRecord")
+            record = MetricRecord()
+        scores = dict(record)
+        needed = ["global", "personal"] if self.method.personal else ["global"]
+        problems += [f"it has no '{k}' score" for k in needed if k not in scores]
+        problems += metric_problems(scores, counts=())
+        problems += [f"score '{k}' = {v!r} is not within [0, 1]" for k, v in scores.items() if is_number(v) and not (math.isfinite(v) and 0 <= v <= 1)]
+        if problems:
+            raise FlowerRunError(f"{self.who(client)} replied to round {server_round} evaluate with scores that cannot be recorded: {'; '.join(problems)}; nothing of this round was committed (resume reruns it)")
+        return {k: float(v) for k, v in scores.items()}
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         server_round += self.offset
@@ -311,7 +441,7 @@ class MethodStrategy(Strategy):
         server_round += self.offset  # the round's last step: called by Flower after every round
         got = self.replies("evaluate", server_round, replies)
         if self.order:
-            scores = {c: dict(got[c]["metrics"]) for c in self.order if c in got}
+            scores = {c: self.scores(c, got[c], server_round) for c in self.order if c in got}
             records, text = self.rounds.evaluated(server_round, scores)
             self.metrics.write_many(records)
             self.times["eval"] += time.perf_counter() - self.times["t0"]
@@ -356,7 +486,13 @@ def open_run_dir(cfg: Config, resume: bool) -> tuple[Path, dict[str, dict]]:
         write_text(run_dir / "config.toml", cfg.to_toml())
         return run_dir, {}
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    resumable(run_dir)  # says so if it is not a run directory
+    saved = resumable(run_dir)  # says so if it is not a run directory
+    if config_fingerprint(saved) != config_fingerprint(cfg):
+        raise FlowerRunError(
+            f"{run_dir / 'config.toml'} holds another configuration than this Flower run carries ({setting_differences(saved, cfg)}): "
+            f"a resumed run continues with its own config.toml; submit the run config that `feddat flower app DIR --resume {run_dir}` writes "
+            f"(or run `feddat flower local --resume {run_dir}`), or start a new run under another run.name"
+        )
     clean_partial_writes(run_dir)
     summary = run_dir / "summary.json"
     return run_dir, ({s["method"]: s for s in read_json(summary)["methods"]} if summary.is_file() else {})
@@ -365,17 +501,17 @@ def open_run_dir(cfg: Config, resume: bool) -> tuple[Path, dict[str, dict]]:
 def run_method_on_grid(name: str, cfg: Config, model, roster: Roster, grid: Grid, run_dir: Path, device, log: Log, resume: bool = False) -> dict:
     method = build_method(name, cfg, model, device)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
-    strategy = MethodStrategy(method, cfg, roster, metrics, Checkpoint(run_dir / "checkpoint" / name), log)
+    strategy = MethodStrategy(method, cfg, roster, metrics, Checkpoint(run_dir / "checkpoint" / name, config_fingerprint(cfg)), log)
     committed = strategy.checkpoint.load() if resume else None
     if committed is not None:
         strategy.restore(committed)
         log(f"  [{name}] resuming after round {committed.round}")
     if resume:  # what an interrupted round wrote goes; the round runs again
         metrics.keep(lambda r: r.get("method") != name or int(r.get("round", 0)) <= strategy.offset)
-    started = time.perf_counter()
+    strategy.started = time.perf_counter() - strategy.times["wall"]  # a resumed run's wall time goes on from its checkpoint's, as embedded
     if strategy.offset < cfg.federation.rounds:
         strategy.start(grid, transport.to_record(strategy.shared), num_rounds=cfg.federation.rounds - strategy.offset, timeout=cfg.flower.round_timeout)
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - strategy.started
     shared, t = strategy.shared, strategy.times
     save_shared(run_dir, name, shared, cfg, engine="flower")
     return strategy.rounds.summary(
