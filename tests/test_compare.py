@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -58,10 +59,50 @@ def test_difference_flags_only_what_exceeds_the_seed_noise():
     assert difference({3: 0.50, 4: 0.53, 5: 0.51}, ref)[1] is True  # unpaired seeds: Welch
 
 
-def fake_run(run_dir, method, seed, scores_by_round, personal=False, categories=None):
+def test_t_test_agrees_with_scipy_also_beyond_30_degrees_of_freedom():
+    import numpy as np
+    from scipy import stats
+
+    # the two-sided 95% critical values of Student's t, not the normal's 1.96
+    for df, expected in ((1, 12.706), (30, 2.042), (31, 2.040), (40, 2.021), (60, 2.000)):
+        assert compare.t_critical(df) == pytest.approx(expected, abs=5e-4)
+    rng = np.random.default_rng(0)
+
+    def paired_with_t(n, t):  # per-seed differences whose paired t statistic is exactly t
+        e = rng.normal(size=n)
+        e = (e - e.mean()) / e.std(ddof=1)
+        b = rng.uniform(0.3, 0.5, n)
+        return b + 0.01 * (e + t / np.sqrt(n)), b
+
+    cases = [paired_with_t(n, t) for n, t in ((32, 2.0), (41, 2.01), (61, 1.99), (32, 2.1), (5, 2.5), (5, 3.0), (3, 4.0))]
+    cases += [(rng.normal(0.5, 0.05, n), rng.normal(0.48, 0.05, n)) for n in (4, 10, 25, 40, 80) for _ in range(4)]
+    seen = set()
+    for a, b in cases:
+        a_by_seed, b_by_seed = dict(enumerate(a)), dict(enumerate(b))
+        expected = stats.ttest_rel(a, b).pvalue < 0.05
+        assert difference(a_by_seed, b_by_seed) == (pytest.approx(a.mean() - b.mean()), expected)
+        seen.add(expected)
+        # other seeds on each side: Welch's test
+        welch = stats.ttest_ind(a, b, equal_var=False)
+        assert difference(a_by_seed, {100 + s: v for s, v in b_by_seed.items()})[1] == (welch.pvalue < 0.05), (len(a), welch)
+    assert seen == {True, False}
+    # a paired t of 2.0 over 32 seeds (df 31) is within the noise: p = 0.054
+    a, b = paired_with_t(32, 2.0)
+    assert stats.ttest_rel(a, b).pvalue == pytest.approx(0.0543, abs=1e-3)
+    assert difference(dict(enumerate(a)), dict(enumerate(b)))[1] is False
+    # Welch with 25 seeds a side (df about 48) and t = 2.0: within the noise too
+    x = rng.normal(size=25)
+    x = (x - x.mean()) / x.std(ddof=1)
+    y = np.flip(x) - 2.0 * np.sqrt(2 / 25)
+    assert stats.ttest_ind(x, y, equal_var=False).statistic == pytest.approx(2.0)
+    assert difference(dict(enumerate(x)), {100 + i: v for i, v in enumerate(y)})[1] is False
+
+
+def fake_run(run_dir, method, seed, scores_by_round, personal=False, categories=None, settings=None):
     """A finished `feddat run` directory written by hand: known numbers in, known table out.
-    `categories`: client -> {category: global score} added to the last round's evaluation."""
-    cfg = valid_config(**{"run.seed": seed})
+    `categories`: client -> {category: global score} added to the last round's evaluation;
+    `settings`: {"section.key": value} for its config.toml."""
+    cfg = valid_config(**{"run.seed": seed, "run.methods": [method], **(settings or {})})
     write_text(run_dir / "config.toml", cfg.to_toml())
     lines = []
     for round_, per_client in scores_by_round.items():
@@ -201,3 +242,124 @@ def test_methods_declare_the_private_state_they_train(tiny_backbone, tiny_client
         method = build_method(name, cfg, model, cpu)
         assert method.trainable_parameters(client) == count, name
         assert compare.trainable_parameters(method, client) == count
+
+
+def test_variant_labels_are_names_not_paths_or_table_syntax():
+    for spec in ("../../escape=fedavg", "=fedavg", "a|b=fedavg", ".hidden=fedavg", "a b=fedavg", "x/y=fedavg:train.lr=0.1"):
+        with pytest.raises(ConfigError, match=f"'{re.escape(spec)}': label '.*' is not allowed"):
+            parse_variants([spec])
+    (ok,) = parse_variants(["v1.2_a@b+c-d=fedavg"])
+    assert ok.label == "v1.2_a@b+c-d"
+
+
+def test_overrides_of_what_compare_sets_itself_are_refused():
+    for spec in ("x=fedavg:run.seed=5", "x=fedavg:run.methods=feddat", "x=fedavg:train.lr=0.1:run.out_dir=elsewhere"):
+        with pytest.raises(ConfigError, match=f"'{re.escape(spec)}'.* is set by compare itself"):
+            parse_variants([spec])
+
+
+def snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_refused_compare_leaves_the_comparison_in_out_as_it_was(workspace, tmp_path, monkeypatch):
+    cfg, work = workspace
+    out = tmp_path / "cmp"
+    run_compare(cfg, parse_variants(["fedavg"]), [0], out, workspace=work, log=lambda s: None)
+    # unfinished work of another variant, for this configuration: resumable, to be kept
+    half = out / "runs" / "feddat_nokd" / "seed0"
+    write_text(half / "config.toml", compare.variant_config(cfg, parse_variants(["feddat_nokd"])[0], 0).to_toml())
+    before = snapshot(out)
+    monkeypatch.setattr(compare.running, "train_run", lambda *a, **k: pytest.fail("trained before every check passed"))
+    # a bad override: nothing written, and the error names its spec
+    with pytest.raises(ConfigError) as bad:
+        run_compare(cfg, parse_variants(["fedavg", "feddat_nokd", "x=fedavg:train.lr=abc"]), [0, 1], out, workspace=work, log=lambda s: None)
+    assert snapshot(out) == before
+    assert "variant 'x=fedavg:train.lr=abc': config key 'train.lr'" in str(bad.value)
+    # a finished run trained with another configuration: refused before anything is written or deleted
+    other = valid_config(**{"federation.rounds": 1, "train.lr": 0.5})
+    with pytest.raises(ConfigError) as refused:
+        run_compare(other, parse_variants(["feddat_nokd", "fedavg", "fedprox"]), [0], out, workspace=work, log=lambda s: None)
+    assert snapshot(out) == before
+    assert "holds a finished run with a different configuration (train.lr: 0.01 then, 0.5 now)" in str(refused.value)
+
+
+def test_where_compare_writes_its_runs_does_not_block_their_reuse(workspace, tmp_path, monkeypatch):
+    cfg, work = workspace
+    run_compare(cfg, parse_variants(["fedavg"]), [0], tmp_path / "cmp", workspace=work, log=lambda s: None)
+    monkeypatch.setattr(compare.running, "train_run", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    cfg.run.out_dir, cfg.run.name, cfg.data.cache_dir = str(tmp_path / "elsewhere"), "other", str(tmp_path / "cache")
+    run_compare(cfg, parse_variants(["fedavg"]), [0], tmp_path / "cmp", workspace=work, log=lambda s: None)
+    cfg.run.seed, cfg.train.local_epochs = 0, 2  # what decides the numbers still counts
+    with pytest.raises(ConfigError, match="train.local_epochs: 1 then, 2 now"):
+        run_compare(cfg, parse_variants(["fedavg"]), [0], tmp_path / "cmp", workspace=work, log=lambda s: None)
+
+
+def test_from_refuses_to_average_runs_trained_with_different_settings(tmp_path):
+    rounds = {1: {"x": 0.5}, 2: {"x": 0.6}}
+    fake_run(tmp_path / "two", "fedavg", 0, rounds, settings={"federation.rounds": 2})
+    fake_run(tmp_path / "three", "fedavg", 1, rounds, settings={"federation.rounds": 3})
+    with pytest.raises(ValueError, match=rf"'fedavg' would average runs trained with different settings.*federation.rounds: 2 in {re.escape(str(tmp_path / 'two'))} \(fedavg\), 3 in {re.escape(str(tmp_path / 'three'))}"):
+        compare.report_from_dirs([tmp_path / "two", tmp_path / "three"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # another method may train otherwise (a variant), but not on other data
+    fake_run(tmp_path / "lr", "feddat", 0, rounds, settings={"federation.rounds": 2, "train.lr": 0.05})
+    compare.report_from_dirs([tmp_path / "two", tmp_path / "lr"], tmp_path / "ok")
+    assert "| feddat |" in (tmp_path / "ok" / "table.md").read_text()
+    fake_run(tmp_path / "data", "feddat", 1, rounds, settings={"federation.rounds": 2, "data.train_per_client": 99})
+    with pytest.raises(ValueError, match="different backbones, data or adapter sites.*data.train_per_client: 16 in .*, 99 in"):
+        compare.report_from_dirs([tmp_path / "two", tmp_path / "data"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_from_names_a_summary_that_lacks_what_the_report_reads(tmp_path, capsys):
+    from feddat.cli import main
+
+    fake_run(tmp_path / "r", "fedavg", 0, {1: {"x": 0.5}})
+    summary = tmp_path / "r" / "summary.json"
+    for broken, what in (({"methods": [{"wall_s": 1.0}]}, r"methods\[0\] has no 'method' name"), ({"label": "x", "seed": 0}, "the run has no 'method' name"),
+                         ({"label": "../x", "method": "fedavg", "seed": 0}, "the run's label '../x' is not"), ({"label": "x", "method": "fedavg", "seed": "one"}, "the run's 'seed' is 'one'")):
+        write_json(summary, broken)
+        with pytest.raises(ValueError, match=f"{re.escape(str(summary))}: {what}"):
+            compare.load_run_dirs([tmp_path / "r"])
+    assert main(["compare", "--from", str(tmp_path / "r"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert f"feddat: error: {summary}: the run's 'seed' is 'one'" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cost_table_shows_a_dash_for_what_a_run_did_not_record(tmp_path):
+    fake_run(tmp_path / "r", "fedavg", 0, {1: {"x": 0.5}, 2: {"x": 0.6}}, settings={"train.local_epochs": 3})
+    compare.report_from_dirs([tmp_path / "r"], tmp_path / "out")
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "nan" not in table
+    # local epochs from config.toml; trainable parameters, bytes down and peak memory unrecorded
+    assert "| fedavg | 3 | 2 | — | 100 | 800 B | — | 3.2 KB | 16 | 10.0 | 500 | — |" in table
+
+
+def test_from_never_writes_into_another_comparison(tmp_path, capsys):
+    from feddat.cli import main
+
+    fake_run(tmp_path / "r0", "fedavg", 0, {1: {"x": 0.5}})
+    fake_run(tmp_path / "r1", "fedavg", 1, {1: {"x": 0.7}})
+    bench = valid_config().data.benchmark
+    trained = tmp_path / "runs" / f"compare-{bench}"  # where `feddat compare` writes by default
+    write_json(trained / "compare.json", {"variants": [{"label": "feddat", "method": "feddat", "overrides": {}}], "seeds": [0]})
+    write_text(trained / "table.md", "# the trained comparison\n")
+    before = snapshot(trained)
+    # no --out: a folder of its own
+    assert main(["compare", "--from", str(tmp_path / "r0"), "--run.out_dir", str(tmp_path / "runs")]) == 0
+    mine = tmp_path / "runs" / f"compare-{bench}-from"
+    assert f"comparison written to {mine}/table.md" in capsys.readouterr().out
+    assert json.loads((mine / "compare.json").read_text())["from"] == [str((tmp_path / "r0").resolve())]
+    assert snapshot(trained) == before
+    # --out naming a trained comparison, another report, or a run directory: refused, nothing written
+    for out, message in ((trained, "holds the comparison `feddat compare` trained"), (mine, "holds the report on other finished runs"), (tmp_path / "r0", "is a run directory")):
+        saved = snapshot(out)
+        assert main(["compare", "--from", str(tmp_path / "r0"), str(tmp_path / "r1"), "--out", str(out)]) == 1
+        assert f"{out} {message}" in capsys.readouterr().err
+        assert snapshot(out) == saved
+    # the same runs again: their report is rewritten; training into a report folder is refused
+    assert main(["compare", "--from", str(tmp_path / "r0"), "--out", str(mine)]) == 0
+    with pytest.raises(ValueError, match="holds a report on finished runs"):
+        run_compare(valid_config(), parse_variants(["fedavg"]), [0], mine, log=lambda s: None)

@@ -114,3 +114,26 @@ def test_comparison_report_evaluated_once_draws_bars_not_one_point_curves(tiny_b
     assert seen["images"][0]["alt"].startswith("Every run was evaluated once")
     page_rows = [row for table in seen["tables"] for row in table]
     assert ["feddat", "feddat", "—"] in page_rows and ["fedavg", "fedavg", "—"] in page_rows  # the variants and their overrides
+
+
+def test_report_on_finished_runs_compared_with_from(tmp_path, capsys):
+    """`feddat compare --from` writes its own compare.json: `feddat report` reads that folder back."""
+    from test_compare import fake_run
+
+    rounds = [{1: {"x": 0.1, "y": 0.2}, 2: {"x": 0.3, "y": 0.4}}, {1: {"x": 0.2, "y": 0.2}, 2: {"x": 0.5, "y": 0.3}}]
+    for seed, scores in enumerate(rounds):
+        fake_run(tmp_path / f"feddat{seed}", "feddat", seed, scores, personal=True)
+        fake_run(tmp_path / f"fedavg{seed}", "fedavg", seed, {r: {c: v / 2 for c, v in s.items()} for r, s in scores.items()})
+    dirs = [str(tmp_path / f"{m}{s}") for m in ("feddat", "fedavg") for s in (0, 1)]
+    out = tmp_path / "from"
+    assert main(["compare", "--from", *dirs, "--out", str(out)]) == 0
+    assert main(["report", str(out)]) == 0
+    html = out / "report.html"
+    assert f"report written to {html}" in capsys.readouterr().out
+    screenshot = tmp_path / "from.png"
+    seen = open_page(html, screenshot, tmp_path / "profile")
+    # curves against rounds, compute and bytes; per-client bars, global and personal
+    assert_page_is_sound(seen, screenshot, (out / "table.md").read_text().split("\n## Plots")[0], images=5)
+    page_rows = [row for table in seen["tables"] for row in table]
+    assert ["feddat", "1", str((tmp_path / "feddat1").resolve())] in page_rows  # each run and where it is
+    assert ["fedavg", "fedavg", "—"] in page_rows  # the labels and their overrides

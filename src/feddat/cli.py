@@ -105,8 +105,8 @@ def _compare_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", metavar="LIST", help="training seeds (default: 0,1,2)")
     p.add_argument("--matched", default="", metavar="LIST", help="baselines to also run at the reference's compute per round (more local epochs); 'all' for every cheaper baseline")
     p.add_argument("--reference", default="", metavar="LABEL", help="method the differences are measured against (default: feddat)")
-    p.add_argument("--out", metavar="DIR", help="comparison folder (default: runs/compare-<benchmark>)")
-    p.add_argument("--from", dest="from_dirs", nargs="+", metavar="RUN_DIR", help="report on these finished run directories instead of training")
+    p.add_argument("--out", metavar="DIR", help="comparison folder (default: runs/compare-<benchmark>; with --from, runs/compare-<benchmark>-from)")
+    p.add_argument("--from", dest="from_dirs", nargs="+", metavar="RUN_DIR", help="report on these finished run directories instead of training (into a folder of its own: never one that holds another comparison)")
     p.add_argument("--config", metavar="FILE", help="TOML file, as for `feddat run` (run.methods and run.seed are set per run)")
     add_config_flags(p)
     return p
@@ -117,10 +117,11 @@ def command_compare(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     cfg = config_mod.load(args.config, overrides)
-    out = Path(args.out or Path(cfg.run.out_dir) / f"compare-{cfg.data.benchmark}")
     if args.from_dirs:
-        compare.report_from_dirs([Path(d) for d in args.from_dirs], out, args.reference or None)
+        # its own folder (default <run.out_dir>/compare-<benchmark>-from), never a `feddat compare` one
+        out = compare.report_from_dirs([Path(d) for d in args.from_dirs], Path(args.out) if args.out else None, args.reference or None, out_root=Path(cfg.run.out_dir))
     else:
+        out = Path(args.out or Path(cfg.run.out_dir) / f"compare-{cfg.data.benchmark}")
         variants = compare.parse_variants([m for m in args.methods.split(",") if m.strip()])
         compare.check_reference(args.reference or None, [v.label for v in variants])  # before any training
         if args.matched:

@@ -1,7 +1,8 @@
 """`feddat report DIR`: one self-contained HTML page for a run or a comparison.
 
 DIR is a `feddat run` directory (config.toml, metrics.jsonl, results.md, summary.json) or a
-`feddat compare` folder (compare.json, table.md, runs/). The page holds the results tables as
+`feddat compare` folder (compare.json, table.md, runs/; or, written by `feddat compare --from`,
+compare.json naming the run directories it reports on, and table.md). The page holds the results tables as
 the Markdown files have them (results.md / table.md, per category of question included), a
 cost table, the score curves against rounds, compute and bytes, per-client bars, the
 configuration and the environment each run recorded. Pictures are PNGs embedded as data URIs
@@ -123,13 +124,18 @@ def environment_html(environments: dict[str, dict]) -> str:
 
 def run_costs_html(methods: list[dict]) -> str:
     header = ["method", "wall s", "local steps", "ms per local step", "shared params", "bytes up / round", "engine overhead", "compute s", "evaluate s", "state I/O s"]
+
+    def num(s: dict, key: str, spec: str, scale: float = 1) -> str:  # "—" where the summary lacks it
+        value = s.get(key)
+        return format(scale * value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
     rows = []
     for s in methods:
         split = s.get("time_split_s", {})
         rows.append([
-            s["method"], f"{s['wall_s']:.1f}", f"{s['local_steps']:,}", f"{1000 * s['s_per_local_step']:.0f}", f"{s['shared_params']:,}",
-            f"{s['bytes_up_per_round']:,}", f"{100 * s.get('engine_overhead', 0):.2f} %",
-            *(f"{split[k]:.1f}" if k in split else "—" for k in ("compute", "evaluate", "state_io")),
+            s["method"], num(s, "wall_s", ".1f"), num(s, "local_steps", ","), num(s, "s_per_local_step", ".0f", 1000), num(s, "shared_params", ","),
+            num(s, "bytes_up_per_round", ","), f"{100 * s.get('engine_overhead', 0):.2f} %",
+            *(num(split, k, ".1f") for k in ("compute", "evaluate", "state_io")),
         ])
     return html_table(header, rows)
 
@@ -166,32 +172,73 @@ def run_page(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def compare_plan(folder: Path) -> tuple[dict, list]:
+    """compare.json read back and checked (its variants, seeds and, for a report on finished
+    runs, their directories); what is wrong names the file."""
+    from feddat.compare import Variant
+    from feddat.compare.variants import check_label
+
+    path = folder / "compare.json"
+    plan = read_json(path)
+    try:
+        variants = [Variant(check_label(v["label"], str(path)), v["method"], tuple(v["overrides"].items())) for v in plan["variants"]]
+        seeds = [int(s) for s in plan["seeds"]]
+        if "from" in plan:
+            runs = [(r["label"], int(r["seed"]), str(r["dir"])) for r in plan["runs"]]
+            from_dirs = [str(d) for d in plan["from"]]
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ValueError(f"{path} is not a comparison's plan ({type(err).__name__}: {err}); was it edited?") from None
+    if not variants or not seeds:
+        raise ValueError(f"{path} lists no variants or no seeds")
+    plan = {"seeds": seeds, **({"from": from_dirs, "runs": runs} if "from" in plan else {})}
+    return plan, variants
+
+
 def compare_page(folder: Path) -> dict[str, Any]:
-    from feddat.compare import load_compare_run, run_path, summarise, Variant
+    from feddat.compare import load_compare_run, load_run_dirs, run_path, summarise
 
     table = folder / "table.md"
     if not table.is_file():
         raise FileNotFoundError(f"{folder} holds no comparison report: {table} is missing (run `feddat compare` first)")
-    plan = read_json(folder / "compare.json")
-    variants = [Variant(v["label"], v["method"], tuple(v["overrides"].items())) for v in plan["variants"]]
-    finished = [run_path(folder, v, s) for s in plan["seeds"] for v in variants]
-    results = [load_compare_run(d) for d in finished if (d / "summary.json").is_file()]
+    plan, variants = compare_plan(folder)
+    if "from" in plan:  # `feddat compare --from`: the runs stay where they finished
+        reported = {(label, seed) for label, seed, _ in plan["runs"]}
+        try:
+            results = [r for r in load_run_dirs([Path(d) for d in plan["from"]]) if (r.label, r.seed) in reported]
+        except (OSError, ValueError) as err:
+            raise (FileNotFoundError if isinstance(err, FileNotFoundError) else ValueError)(f"{folder} reports on finished runs that cannot be read back: {err}") from None
+        first_config = Path(plan["runs"][0][2]) / "config.toml" if plan["runs"] else None
+        where = f"Report on finished runs (`feddat compare --from`) in {folder.resolve()}"
+    else:
+        finished = [run_path(folder, v, s) for s in plan["seeds"] for v in variants]
+        results = [load_compare_run(d) for d in finished if (d / "summary.json").is_file()]
+        first_config = run_path(folder, variants[0], plan["seeds"][0]) / "config.toml"
+        where = f"Comparison folder {folder.resolve()}"
     if not results:
-        raise FileNotFoundError(f"{folder}/runs holds no finished run")
+        raise FileNotFoundError(f"{folder}/runs holds no finished run" if "from" not in plan else f"{folder}: none of the runs it reports on is there any more")
     _, clients = summarise(results, results[0].label)
     text = table.read_text()
     title, _, body = text.partition("\n")
     scores, _, _ = body.partition("\n## Plots")  # the page embeds the plots themselves
     scores, _, costs = scores.partition("\n## Cost")
     variants_table = html_table(["label", "method", "overrides"], [[v.label, v.method, ", ".join(f"{k} = {val}" for k, val in v.overrides) or "—"] for v in variants])
+    variants_html = "<p>Every run shares this configuration (the first run's config.toml below) except for its seed and its variant's overrides:</p>" + variants_table
+    if "from" in plan:
+        variants_html = (
+            "<p>Runs of one method share every setting but the seed; methods share the backbone, adapter sites, data and privacy settings "
+            "(the first run's config.toml below) and differ in their training settings, as a compare run's overrides record:</p>"
+            + variants_table
+            + "<p>The runs, where they finished:</p>"
+            + html_table(["label", "seed", "run directory"], [[label, seed, d] for label, seed, d in plan["runs"]])
+        )
     return {
         "title": title.lstrip("# ").strip() or f"Comparison {folder.name}",
-        "subtitle": f"Comparison folder {folder.resolve()}; {len(results)} finished runs, seeds {', '.join(map(str, plan['seeds']))}.",
+        "subtitle": f"{where}; {len(results)} finished runs, seeds {', '.join(map(str, plan['seeds']))}.",
         "results_md": scores,
         "cost_html": markdown_html(costs),
         "plots": embedded_plots(results, clients),
-        "config": (run_path(folder, variants[0], plan["seeds"][0]) / "config.toml").read_text() if (run_path(folder, variants[0], plan["seeds"][0]) / "config.toml").is_file() else "",
-        "variants_html": "<p>Every run shares this configuration (the first run's config.toml below) except for its seed and its variant's overrides:</p>" + variants_table,
+        "config": first_config.read_text() if first_config is not None and first_config.is_file() else "",
+        "variants_html": variants_html,
         "environments": {f"{r.label} seed {r.seed}": r.summary["environment"] for r in results if "environment" in r.summary},
     }
 

@@ -14,14 +14,15 @@ from typing import Any, Callable
 import torch
 
 from feddat.compare.runs import load_compare_run, run_path
-from feddat.compare.tables import write_report
-from feddat.compare.variants import Variant, default_reference, passes_per_step, variant_config
+from feddat.compare.tables import MANIFEST, check_out_folder, write_report
+from feddat.compare.variants import Variant, check_label, check_reference, default_reference, passes_per_step, variant_config
 from feddat.config import Config, ConfigError
 from feddat.runtime import environment, write_json, write_text
 
 
-# Keys that change what a run shows or logs while it trains, never what it computes.
-WATCHING = ("run.progress", "tracking.")
+# Keys that change what a run shows or logs while it trains, or where its outputs go (compare
+# puts each run in OUT/runs/<label>/seed<N> whatever they say), never what it computes.
+WATCHING = ("run.progress", "tracking.", "run.out_dir", "run.name", "data.cache_dir")
 
 
 class PeakMemory:
@@ -100,7 +101,17 @@ class Workspace:
 
 
 def run_status(run_dir: Path, cfg: Config) -> str:
-    """'done', 'partial' or 'new'; a finished run trained with another configuration is an error."""
+    """'done', 'partial' or 'new'; a finished run trained with another configuration is an error,
+    an unfinished one is deleted (nothing to keep)."""
+    status = check_run(run_dir, cfg)
+    if status == "stale":
+        shutil.rmtree(run_dir)
+        return "new"
+    return status
+
+
+def check_run(run_dir: Path, cfg: Config) -> str:
+    """run_status without touching anything: 'stale' is unfinished work for another configuration."""
     if not run_dir.exists():
         return "new"
     stored = run_dir / "config.toml"
@@ -110,10 +121,7 @@ def run_status(run_dir: Path, cfg: Config) -> str:
         if not same:
             raise ConfigError(f"{run_dir} holds a finished run with a different configuration ({'; '.join(diffs[:3])}); delete it or compare into another --out")
         return "done"
-    if not same:
-        shutil.rmtree(run_dir)  # unfinished work for another configuration: nothing to keep
-        return "new"
-    return "partial"
+    return "partial" if same else "stale"
 
 
 def config_differences(stored_toml: str, cfg: Config) -> list[str]:
@@ -178,12 +186,21 @@ def run_compare(cfg: Config, variants: list[Variant], seeds: list[int], out_dir:
     """Train what is missing, then write the report. Returns the report folder.
 
     `workspace` lets a caller (a test, a notebook) hand over a backbone and clients already built."""
+    # Everything is checked before anything is written: the folder, every variant's
+    # configuration, every finished run; a refusal leaves the comparison in out_dir as it was.
+    check_out_folder(out_dir)
+    for v in variants:
+        check_label(v.label, f"compare: variant '{v.spec}'")
+    check_reference(reference, [v.label for v in variants])
+    plan = [(v, s, variant_config(cfg, v, s)) for s in seeds for v in variants]  # seed by seed: an interrupted compare has every method for the seeds it finished
+    statuses = [check_run(run_path(out_dir, v, s), c) for v, s, c in plan]
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "compare.json", {"variants": [{"label": v.label, "method": v.method, "overrides": dict(v.overrides)} for v in variants], "seeds": seeds})
+    write_json(out_dir / MANIFEST, {"variants": [{"label": v.label, "method": v.method, "overrides": dict(v.overrides)} for v in variants], "seeds": seeds})
+    for i, ((v, s, _), status) in enumerate(zip(plan, statuses)):
+        if status == "stale":  # unfinished work for another configuration: nothing to keep
+            shutil.rmtree(run_path(out_dir, v, s))
+            statuses[i] = "new"
     work = workspace or Workspace(cfg, log)
-    # Seed by seed: an interrupted compare then has every method for the seeds it finished.
-    plan = [(v, s, variant_config(cfg, v, s)) for s in seeds for v in variants]
-    statuses = [run_status(run_path(out_dir, v, s), c) for v, s, c in plan]
     log(f"compare: {statuses.count('done')} finished runs reused, {len(plan) - statuses.count('done')} to train, in {out_dir}")
     for (v, s, c), status in zip(plan, statuses):
         if status == "done":

@@ -12,7 +12,7 @@ from feddat.compare.runs import RunResult, client_scores, compute_by_round, curv
 from feddat.compare.statistics import difference, mean_std, nanmean
 from feddat.compare.variants import check_reference, default_reference
 from feddat.reporting import category_means, final_scores
-from feddat.runtime import write_text
+from feddat.runtime import read_json, write_json, write_text
 
 
 @dataclass
@@ -115,6 +115,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def number(x: float, spec: str = ",.0f", scale: float = 1) -> str:
+    """A number for the cost table; "—" where no run recorded it (NaN), as pct/human_bytes."""
+    return "—" if x != x else format(scale * x, spec)
+
+
 def markdown_costs(costs: list[dict[str, Any]]) -> str:
     lines = [
         "| method | local epochs | passes per step | trainable params (per client) | shared params | bytes up / round | bytes down / round | total bytes | compute (backbone passes) | wall s | ms per local step | peak memory MiB |",
@@ -122,9 +127,9 @@ def markdown_costs(costs: list[dict[str, Any]]) -> str:
     ]
     for c in costs:
         lines.append(
-            f"| {c['label']} | {c['local_epochs']:.0f} | {c['passes_per_step']:.0f} | {c['trainable_params']:,.0f} | {c['shared_params']:,.0f} | "
-            f"{human_bytes(c['bytes_up_per_round'])} | {human_bytes(c['bytes_down_per_round'])} | {human_bytes(c['total_bytes'])} | {c['compute_passes']:,.0f} | "
-            f"{c['wall_s']:.1f} | {1000 * c['s_per_local_step']:.0f} | {c['peak_memory_mb']:.0f} |"
+            f"| {c['label']} | {number(c['local_epochs'], '.0f')} | {number(c['passes_per_step'], '.0f')} | {number(c['trainable_params'])} | {number(c['shared_params'])} | "
+            f"{human_bytes(c['bytes_up_per_round'])} | {human_bytes(c['bytes_down_per_round'])} | {human_bytes(c['total_bytes'])} | {number(c['compute_passes'])} | "
+            f"{number(c['wall_s'], '.1f')} | {number(c['s_per_local_step'], '.0f', 1000)} | {number(c['peak_memory_mb'], '.0f')} |"
         )
     return "\n".join(lines)
 
@@ -186,10 +191,68 @@ def write_report(results: list[RunResult], out_dir: Path, reference: str, title:
     write_csv(out_dir / "costs.csv", costs)
 
 
-def report_from_dirs(dirs: list[Path], out_dir: Path, reference: str | None = None, labels: list[str] | None = None) -> Path:
-    """The report for runs that already finished (`feddat compare --from DIR ...`)."""
+MANIFEST = "compare.json"  # what a comparison folder compares: the plan `feddat report` reads
+
+
+def from_manifest(dirs: list[Path], results: list[RunResult]) -> dict[str, Any]:
+    """compare.json of a report on finished runs: the run directories (`from`), each run
+    reported, and the labels as variants (with the overrides a compare run recorded)."""
+    variants = {r.label: {"label": r.label, "method": r.method, "overrides": r.summary.get("overrides", {}) if "label" in r.summary else {}} for r in results}
+    return {
+        "from": [str(Path(d).resolve()) for d in dirs],
+        "variants": list(variants.values()),
+        "seeds": sorted({r.seed for r in results}),
+        "runs": [{"label": r.label, "method": r.method, "seed": r.seed, "dir": str(Path(r.run_dir).resolve())} for r in results],
+    }
+
+
+def check_out_folder(out_dir: Path, from_dirs: list[str] | None = None) -> None:
+    """Refuse to write a comparison where its tables would replace another's or mix with it.
+
+    `from_dirs` None: `feddat compare` trains into `out_dir` (its own comparison, or a new or
+    empty folder); else a report on those finished run directories (resolved paths) goes there,
+    which only a new or empty folder, or the report on the same runs, may receive."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder")
+    if (out_dir / "summary.json").exists() or (out_dir / "config.toml").exists():
+        raise ValueError(f"{out_dir} is a run directory; write the comparison to another --out")
+    manifest = out_dir / MANIFEST
+    plan = read_json(manifest) if manifest.is_file() else None
+    theirs = plan.get("from") if isinstance(plan, dict) else None
+    if from_dirs is None:
+        if theirs is not None:
+            raise ValueError(f"{out_dir} holds a report on finished runs (`feddat compare --from`, {manifest}), not a comparison to train into; choose another --out or delete it")
+        return
+    if plan is None:
+        if any(out_dir.iterdir()):
+            raise ValueError(f"{out_dir} is not empty and holds no report on finished runs; a report there would replace or mix with what it holds; choose another --out")
+        return
+    if theirs is None:
+        raise ValueError(f"{out_dir} holds the comparison `feddat compare` trained ({manifest}); a report on other runs would replace its tables; choose another --out")
+    if sorted(theirs) != sorted(from_dirs):
+        raise ValueError(f"{out_dir} holds the report on other finished runs ({', '.join(theirs)}); choose another --out or delete it")
+
+
+def report_from_dirs(dirs: list[Path], out_dir: Path | None = None, reference: str | None = None, labels: list[str] | None = None, out_root: Path = Path("runs")) -> Path:
+    """The report for runs that already finished (`feddat compare --from DIR ...`), with its own
+    compare.json, so that `feddat report` reads it back. `out_dir` None: its own folder,
+    `out_root`/compare-<benchmark>-from, never a `feddat compare` folder. Returns the folder."""
+    dirs = [Path(d) for d in dirs]
     results = load_run_dirs(dirs)
     if labels:
         results = [r for r in results if r.label in labels]
-    write_report(results, out_dir, reference or default_reference([r.label for r in results]), title="finished runs")
+    if not results:
+        raise ValueError("nothing to report: no finished runs" + (f" labelled {', '.join(labels)}" if labels else ""))
+    cfg = results[0].config
+    if out_dir is None:
+        out_dir = Path(out_root) / f"compare-{cfg.data.benchmark}-from"
+    manifest = from_manifest(dirs, results)
+    check_out_folder(out_dir, manifest["from"])
+    reference = reference or default_reference([r.label for r in results])
+    check_reference(reference, [r.label for r in results])  # before anything is written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / MANIFEST, manifest)  # first, once every check passed: the folder is this report's
+    write_report(results, out_dir, reference, title=f"{cfg.data.benchmark} benchmark, {cfg.backbone.name}, finished runs")
     return out_dir

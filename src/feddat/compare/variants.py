@@ -7,6 +7,7 @@ per round equal the reference's (FedDAT spends more backbone passes per minibatc
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,13 @@ class Variant:
     label: str
     method: str
     overrides: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def spec(self) -> str:
+        """How --methods names this variant: its preset or method name, else label=method:key=value..."""
+        if PRESETS.get(self.label) == self or (self.label == self.method and not self.overrides):
+            return self.label
+        return f"{self.label}={self.method}" + "".join(f":{k}={v}" for k, v in self.overrides)
 
 
 PRESETS = {
@@ -38,6 +46,21 @@ GROUPS["all"] = [m for g in ("feddat_family", "peft_kinds", "adapter_fl", "serve
 
 # Overrides may change how a method trains, never the backbone or data that all runs share.
 SHAREABLE = ("run.", "train.", "federation.", "feddat.", "peft.", "baselines.", "server.")
+# ... nor what compare sets per run (seed, method), where the runs go, or what the shared
+# workspace (one backbone, one set of clients, on one device) fixes for every run.
+NOT_OVERRIDABLE = ("run.seed", "run.methods", "run.out_dir", "run.name", "run.device", "run.threads", "run.prefix_cache_mb")
+
+# A label names a folder (runs/<label>) and a table row: no path separators, no '|', not hidden.
+LABEL = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9_.@+-]*")
+
+
+def check_label(label: str, where: str) -> str:
+    if not LABEL.fullmatch(label):
+        raise ConfigError(
+            f"{where}: label '{label}' is not allowed; a label is letters, digits and _ . @ + - "
+            "(not starting with '.'), as it names a folder and a table row"
+        )
+    return label
 
 
 def parse_variant(item: str) -> list[Variant]:
@@ -55,11 +78,14 @@ def parse_variant(item: str) -> list[Variant]:
         method, *pairs = rest.split(":")
         if method not in METHODS:
             raise ConfigError(f"compare: '{item}' names unknown method '{method}'; methods: {', '.join(METHODS)}")
+        check_label(label.strip(), f"compare: '{item}'")
         overrides = []
         for pair in pairs:
             key, eq, value = pair.partition("=")
             if not eq or not key.startswith(SHAREABLE):
                 raise ConfigError(f"compare: override '{pair}' in '{item}' must be key=value with a key under {', '.join(SHAREABLE)}")
+            if key in NOT_OVERRIDABLE:
+                raise ConfigError(f"compare: override '{pair}' in '{item}': {key} is set by compare itself (--seeds, the method, --out, the shared backbone and device), not per variant")
             overrides.append((key, value))
         return [Variant(label.strip(), method, tuple(overrides))]
     choices = [*GROUPS, *PRESETS, *METHODS]
@@ -79,7 +105,10 @@ def parse_variants(items: list[str]) -> list[Variant]:
 def variant_config(cfg: Config, variant: Variant, seed: int) -> Config:
     """The run's configuration: the comparison's, the variant's overrides, this seed."""
     overrides = {**dict(variant.overrides), "run.seed": seed, "run.methods": variant.method}
-    return config_mod.load(None, {**flat_config(cfg), **overrides})
+    try:
+        return config_mod.load(None, {**flat_config(cfg), **overrides})
+    except ConfigError as err:
+        raise ConfigError(f"compare: variant '{variant.spec}': {err}") from None
 
 
 def flat_config(cfg: Config) -> dict[str, Any]:
