@@ -131,6 +131,15 @@ def test_report_from_finished_runs_has_mean_std_last3_and_costs(tmp_path):
     costs = list(csv.DictReader(open(out / "costs.csv")))
     assert float(costs[0]["total_bytes"]) == pytest.approx(3 * 1600)  # 3 rounds x (800 up + 800 down)
     assert {p.name for p in (out / "plots").iterdir()} == {"curve_round.png", "curve_compute.png", "curve_bytes.png", "clients_global.png", "clients_personal.png"}
+    # plots over runs evaluated once have no curves: the earlier curves go, a file of the user's stays
+    from feddat.compare.plots import write_plots
+    from feddat.compare.runs import load_run_dirs
+
+    (out / "plots" / "notes.png").write_bytes(b"mine")
+    for seed in (0, 1):
+        fake_run(tmp_path / f"once{seed}", "feddat", seed, {3: {"x": 0.5, "y": 0.3}})
+    write_plots(load_run_dirs([tmp_path / "once0", tmp_path / "once1"]), out / "plots", ["x", "y"])
+    assert {p.name for p in (out / "plots").iterdir()} == {"scores_once.png", "clients_global.png", "notes.png"}
 
 
 def test_report_breaks_scores_down_by_category_of_question(tmp_path):

@@ -232,7 +232,7 @@ def test_good_evaluation_replies_are_recorded_as_sent(cfg, model, tmp_path):
     strategy.aggregate_evaluate(1, [eval_reply(m, {n: c for c, n in NODES.items()}[m.metadata.dst_node_id]) for m in msgs])
     got = records(tmp_path / "run")
     assert [(r["client"], r["global"], r["personal"]) for r in got] == [(c, 0.5, 0.75) for c in NODES]
-    assert any("mean global 0.500  personal 0.750" in line for line in log), log
+    assert any("mean global 50.0%  personal 75.0%" in line for line in log), log
 
 
 # ---- 4. a resumed run's wall time goes on from its checkpoint's ----------------------------

@@ -46,7 +46,13 @@ def write_plots(results: list[RunResult], plot_dir: Path, clients: list[str]) ->
         path = client_bars(plt, results, clients, view, colours, plot_dir / f"clients_{view}.png")
         if path:
             paths.append(path)
+    for stale in PLOTS - {p.name for p in paths}:  # an earlier report's, of another shape
+        (plot_dir / stale).unlink(missing_ok=True)
     return paths
+
+
+# Every plot `write_plots` may write (and so may remove when a later report has no such plot).
+PLOTS = {"scores_once.png", "curve_round.png", "curve_compute.png", "curve_bytes.png", "clients_global.png", "clients_personal.png"}
 
 
 def scores_once(plt, results: list[RunResult], labels: list[str], colours, path: Path) -> Path:

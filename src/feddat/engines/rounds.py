@@ -101,9 +101,9 @@ class Rounds:
     def evaluated(self, round_: int, scores: dict[str, dict[str, float]]) -> tuple[list[dict], str]:
         """The round's eval records, and the scores for its log line ('mean global …')."""
         records = [self.record(round_, client, "eval", s) for client, s in scores.items()]
-        text = f"mean global {mean(s['global'] for s in scores.values()):.3f}"
+        text = f"mean global {100 * mean(s['global'] for s in scores.values()):.1f}%"  # in % as the tables
         if self.method.personal:
-            text += f"  personal {mean(s['personal'] for s in scores.values()):.3f}"
+            text += f"  personal {100 * mean(s['personal'] for s in scores.values()):.1f}%"
         return records, text
 
     def time_left(self, round_: int, first_round: int, elapsed_s: float) -> str:
