@@ -50,3 +50,33 @@ def test_a_public_dataset_folder_missing_under_data_root_is_named(tmp_path, caps
     argv = ["run", "--backbone.name", "vilt", "--backbone.path", str(tmp_path / "no-such-vilt"), "--data.source", "public", "--data.root", str(tmp_path / "data"), "--run.out_dir", str(tmp_path / "runs")]
     assert main(argv) == 1
     assert f"vqa_abstract: {tmp_path / 'data' / 'vqa_abstract'} does not exist" in capsys.readouterr().err
+
+
+def readme_commands() -> list[str]:
+    """Every `.venv/bin/feddat …` or `feddat …` line of the README's bash blocks (continuations joined)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    lines = (line.strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.replace("\\\n", " ").splitlines())
+    return [line for line in lines if line.startswith((".venv/bin/feddat ", "feddat ")) and "--help" not in line]
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_every_feddat_command_in_the_readme_parses_and_its_settings_validate(command):
+    """A command pasted from the README is accepted: its options exist for that subcommand, and
+    the settings it gives make a valid configuration (files it names are the reader's own)."""
+    import shlex
+
+    from feddat import config as config_mod
+    from feddat.cli import build_parser, parse
+
+    words = shlex.split(command, comments=True)[1:]  # the program name goes, and the shell's part
+    argv = words[: next((i for i, w in enumerate(words) if w in ("&", "&&", "|", ";", ">", "2>&1")), len(words))]
+    args = parse(build_parser(), argv)
+    config_mod.load(None, {k: v for k, v in vars(args).items() if "." in k and v is not None})
+
+
+def test_the_readme_shows_the_main_commands():
+    subcommands = {c.split()[1] for c in readme_commands()}
+    assert {"run", "compare", "data", "pretrain", "flower", "predict", "export", "report"} <= subcommands
