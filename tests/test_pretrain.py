@@ -356,3 +356,162 @@ def test_a_hugging_face_text_encoder_and_vision_tower_compose_a_foundation(tmp_p
         assert model(feats, ids, mask).shape == (2, 32)
     card = json.loads((Path(recipe.out) / CARD_FILE).read_text())
     assert card["vision_tower"]["feature_dim"] == 96 and card["text_encoder"]["hidden"] == 32
+
+
+# ---------------------------------------------------------------------------
+# Resume on changed data, partial writes, log means; bad cards, encoders, captions
+# ---------------------------------------------------------------------------
+
+
+def interrupted(recipe: PretrainConfig, monkeypatch, at: int) -> Path:
+    """Run `recipe` until step `at` fails (after the commits before it); its output folder."""
+    from feddat.pretrain import train
+
+    real_step = train.train_step
+
+    def dies(setup, opt, step, p):
+        if step == at:
+            raise KeyboardInterrupt
+        return real_step(setup, opt, step, p)
+
+    monkeypatch.setattr(train, "train_step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train.pretrain(recipe, log=lambda _: None)
+    monkeypatch.setattr(train, "train_step", real_step)
+    return Path(recipe.out)
+
+
+def test_resume_refuses_a_corpus_or_encoder_that_changed_since_the_run_started(tmp_path, monkeypatch, capsys):
+    from feddat.cli import main
+    from feddat.data.clients import DataError
+    from feddat.pretrain.train import pretrain
+
+    root = write_pairs(tmp_path / "pairs", n=24)
+    recipe = tiny_recipe(tmp_path, corpus="folder", root=str(root), steps=4, save_every=2, log_every=2, eval_size=0)
+    out = interrupted(recipe, monkeypatch, at=3)
+    progress_path = out / "state" / "progress.json"
+    progress = json.loads(progress_path.read_text())
+    assert progress["step"] == 2 and progress["data"]["corpus"]["kind"] == "folder"
+
+    # the same file names, other pictures: refused before anything is encoded or trained
+    original = (root / "img" / "0.png").read_bytes()
+    (root / "img" / "0.png").write_bytes((root / "img" / "1.png").read_bytes())
+    with pytest.raises(DataError, match=rf"{progress_path}: the data changed.*captions or images under {root}"):
+        pretrain(recipe, resume=True, log=lambda _: None)
+    assert main(["pretrain", "--resume", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the data changed" in err and "Traceback" not in err
+    (root / "img" / "0.png").write_bytes(original)
+
+    # another vocabulary: named as changed data, not as tensors of the wrong shape
+    captions = (root / "captions.jsonl").read_text()
+    (root / "captions.jsonl").write_text(captions.replace('"caption": "', '"caption": "zebra giraffe ', 1))
+    with pytest.raises(DataError, match=r"the data changed.*captions or images"):
+        pretrain(recipe, resume=True, log=lambda _: None)
+    (root / "captions.jsonl").write_text(captions)
+
+    # base weights other than the run's (as another copy of the encoder would give)
+    edited = dict(progress, data={**progress["data"], "text_encoder": "0" * 64})
+    progress_path.write_text(json.dumps(edited))
+    with pytest.raises(DataError, match=r"the data changed.*text encoder's weights \(000000000000… then"):
+        pretrain(recipe, resume=True, log=lambda _: None)
+
+    # a progress.json from before fingerprints: resumed, with a warning that it cannot check
+    progress_path.write_text(json.dumps({k: v for k, v in progress.items() if k != "data"}))
+    lines = []
+    pretrain(recipe, resume=True, log=lines.append)
+    assert any("cannot check" in line for line in lines) and (out / TENSORS_FILE).is_file()
+
+
+def test_resume_cleans_partial_writes_and_logs_the_means_an_uninterrupted_run_logs(trained, tmp_path, monkeypatch):
+    """log_every 3 does not divide save_every 4: the steps logged after a commit are averaged
+    with the ones before it, as without the interruption; temporary files a kill left go."""
+    from feddat.cli import main
+    from feddat.pretrain.train import pretrain
+
+    recipe, _ = trained
+    kw = dict(cache_dir=recipe.cache_dir, steps=12, log_every=3, save_every=4, eval_size=0)
+    whole = tiny_recipe(tmp_path, out=str(tmp_path / "whole"), **kw)
+    pretrain(whole, log=lambda _: None)
+    out = interrupted(tiny_recipe(tmp_path, out=str(tmp_path / "cut"), **kw), monkeypatch, at=6)  # committed at 4, logged at 3 and 6
+    assert json.loads((out / "state" / "progress.json").read_text())["step"] == 4
+    stray = [out / ".foundation.safetensors.0123456789ab.tmp", out / "state" / ".state-0000008.safetensors.a1b2c3d4e5f6.tmp", out / "state" / ".progress.json.ffffffffffff.tmp"]
+    for path in stray:
+        path.write_bytes(b"half a file")
+    (out / ".keep").write_text("not ours")
+    assert main(["pretrain", "--resume", str(out)]) == 0
+    assert not any(path.exists() for path in stray) and (out / ".keep").exists()
+    assert (out / TENSORS_FILE).read_bytes() == (Path(whole.out) / TENSORS_FILE).read_bytes()
+    strip = lambda folder: [{k: v for k, v in r.items() if k != "s_per_step"} for r in json.loads((folder / CARD_FILE).read_text())["losses"]]  # noqa: E731
+    assert [r["step"] for r in strip(out)] == [3, 6, 9, 12]
+    assert strip(out) == strip(Path(whole.out))
+
+
+def test_card_with_missing_or_mistyped_keys_is_refused_naming_card_and_key(trained, tmp_path):
+    _, out = trained
+
+    def edited(name: str, edit) -> Path:
+        dst = tmp_path / name
+        shutil.copytree(out, dst, ignore=shutil.ignore_patterns("state"))
+        card = json.loads((dst / CARD_FILE).read_text())
+        edit(card)
+        (dst / CARD_FILE).write_text(json.dumps(card))
+        return dst
+
+    cases = {
+        "tune": (lambda c: c.pop("tune"), r"key 'tune' is missing"),
+        "image_size": (lambda c: c.pop("image_size"), r"key 'image_size' is missing"),
+        "text_encoder": (lambda c: c.update(text_encoder="minilm"), r"'text_encoder' must be an object"),
+        "vision_tower.feature_dim": (lambda c: c["vision_tower"].update(feature_dim="928"), r"'vision_tower.feature_dim' must be a positive integer"),
+        "lora.rank": (lambda c: c["lora"].pop("rank"), r"key 'lora.rank' is missing"),
+        "tune-kind": (lambda c: c.update(tune="qlora"), r"'tune' must be 'lora' or 'full'"),
+    }
+    for name, (edit, message) in cases.items():
+        folder = edited(name, edit)
+        with pytest.raises(CheckpointError, match=rf"{folder / CARD_FILE}: {message}"):
+            Foundation(str(folder), image_size=SIDE, max_text_len=16)
+
+
+def test_encoder_folders_of_the_wrong_kind_or_missing_are_named(tmp_path, monkeypatch):
+    """A CLIP folder's vision model is the tower; a text model as vision tower, or a folder that
+    is not there, is refused naming it (not with Hugging Face's hub or forward-pass messages)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    from feddat.backbones.foundation import cell_features, load_text_encoder, load_vision_tower
+    from feddat.backbones.minivl import minilm_path
+
+    torch.manual_seed(0)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8, projection_dim=8)
+    text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, projection_dim=8)
+    CLIPModel(CLIPConfig(text_config=CLIPTextConfig(**text).to_dict(), vision_config=CLIPVisionConfig(**vision).to_dict(), projection_dim=8)).save_pretrained(tmp_path / "clip")
+    tower, digest = load_vision_tower(str(tmp_path / "clip"))
+    assert cell_features(tower, np.zeros((2, SIDE, SIDE, 3), np.uint8), SIDE).shape == (2, 4, 16 * 4)  # 4 x 4 patches -> 2 x 2 cells of 2 x 2 sub-cells
+    assert len(digest) == 64
+
+    with pytest.raises(CheckpointError, match=rf"vision tower {minilm_path()}: .*model_type 'bert'.* no image_size and patch_size"):
+        load_vision_tower(str(minilm_path()))
+    with pytest.raises(CheckpointError, match=rf"^text encoder folder {tmp_path / 'no' / 'bert'} does not exist$"):
+        load_text_encoder(str(tmp_path / "no" / "bert"))
+    with pytest.raises(CheckpointError, match=r"^vision tower folder \./vit does not exist$"):
+        load_vision_tower("./vit")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"^text encoder folder models/bert does not exist"):
+        load_text_encoder("models/bert")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_vision_tower("~/clip")[1] == digest  # '~' is the home folder, as in a shell
+
+
+def test_captions_without_vocabulary_words_are_a_data_error_naming_them(tmp_path):
+    from feddat.data.clients import DataError
+    from feddat.pretrain.train import pretrain
+
+    root = write_pairs(tmp_path / "pairs", n=20)
+    lines = (root / "captions.jsonl").read_text().splitlines()
+    emoji = lambda line: json.dumps({"image": json.loads(line)["image"], "caption": "\U0001F600 \U0001F436"})  # noqa: E731
+    (root / "captions.jsonl").write_text("\n".join(map(emoji, lines)) + "\n")
+    with pytest.raises(DataError, match=rf"{root / 'captions.jsonl'}: no caption has a word the text encoder 'minilm' knows"):
+        pretrain(tiny_recipe(tmp_path, corpus="folder", root=str(root), out=str(tmp_path / "a"), steps=2, batch_size=4), log=lambda _: None)
+    # only the two held-out pairs have words: every training batch is masked-word prediction with nothing to mask
+    (root / "captions.jsonl").write_text("\n".join([*map(emoji, lines[:-2]), *lines[-2:]]) + "\n")
+    with pytest.raises(DataError, match=rf"pretrain.root {root}: step 1's batch has nothing to learn from.*mlm_fraction 1.0.*'\U0001F600 \U0001F436'"):
+        pretrain(tiny_recipe(tmp_path, corpus="folder", root=str(root), out=str(tmp_path / "b"), steps=2, batch_size=4, mlm_fraction=1.0), log=lambda _: None)

@@ -163,7 +163,8 @@ def command_pretrain(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues a pretraining run with its own recipe; it takes no --config or other options")
         progress = Path(args.resume) / STATE_DIR / "progress.json"
         if not progress.is_file():
-            raise ConfigError(f"{args.resume} holds no pretraining run to resume ({progress} is missing)")
+            hint = "; it was stopped before its first committed step: start it again without --resume" if (Path(args.resume) / STATE_DIR).is_dir() else ""
+            raise ConfigError(f"{args.resume} holds no pretraining run to resume ({progress} is missing){hint}")
         committed = read_json(progress)
         if not isinstance(committed, dict) or not isinstance(committed.get("config"), dict) or "threads" not in committed | committed["config"]:
             raise ConfigError(f"{progress} does not hold a pretraining recipe and thread count (was it edited or written by another version?); it cannot be resumed")

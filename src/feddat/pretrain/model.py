@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,7 +57,9 @@ class PretrainModel(nn.Module):
             from peft import LoraConfig, get_peft_model
 
             # LoRA layers are injected in place: `encoder` itself now runs them.
-            self.peft = [get_peft_model(encoder, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=LORA_TARGETS, lora_dropout=0.0, bias="none"))]
+            with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to act on
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                self.peft = [get_peft_model(encoder, LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=LORA_TARGETS, lora_dropout=0.0, bias="none"))]
             for name, p in encoder.named_parameters():
                 if "LayerNorm" in name or "token_type_embeddings" in name:
                     p.requires_grad_(True)

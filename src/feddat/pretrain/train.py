@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,7 @@ from feddat.backbones.foundation import (
     load_vision_tower,
     save_checkpoint,
 )
+from feddat.data.types import DataError
 from feddat.pretrain import corpus as C
 from feddat.pretrain.data import IGNORE, Batch, Batcher, Corpus, Schedule, Tokens, collate, folder_corpus, synthetic_corpus
 from feddat.pretrain.model import PretrainModel
@@ -73,6 +75,11 @@ def build(p, log: Callable[[str], None] = print) -> Setup:
         pairs = folder_corpus(p.root, tower, tower_key, p.image_size, cache_dir, log)
         tokens = Tokens(tokenizer, None, p.max_caption_len)
         tokens.set_vocab({i for c in pairs.captions for i in tokenizer(c, truncation=True, max_length=p.max_caption_len)["input_ids"]} - set(tokenizer.all_special_ids))
+        if not tokens.vocab_ids:
+            from feddat.pretrain.folder import captions_file
+
+            raise DataError(f"{captions_file(Path(p.root))}: no caption has a word the text encoder '{p.text_encoder}' knows (every token is [UNK] or a special token): "
+                            "there is no word to mask, and matching would only compare [UNK]s; write the captions in the text encoder's language and script")
         held = min(p.eval_size, len(pairs) // 10)  # the last pairs, never trained on
         corpus = pairs.subset(range(len(pairs) - held)) if held >= 2 else pairs
         heldout = {"held-out pairs": pairs.subset(range(len(pairs) - held, len(pairs)))} if held >= 2 else {}
@@ -151,12 +158,26 @@ def train_step(setup: Setup, opt: torch.optim.Optimizer, step: int, p) -> dict[s
         group["lr"] = learning_rate(step, p)
     with autocast(p):
         parts = losses(model, setup.corpus.features[batch.index], batch)
+        if "mlm" not in parts and "itm" not in parts:
+            raise DataError(nothing_to_learn(setup, batch, step, p))
         loss = parts.get("mlm", 0.0) + p.itm_weight * parts.get("itm", 0.0)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(list(model.trainable().values()), 1.0)
     opt.step()
     return {"loss": float(loss.detach())} | {k: float(v.detach()) for k, v in parts.items()}
+
+
+def nothing_to_learn(setup: Setup, batch: Batch, step: int, p) -> str:
+    """Why step `step` has no loss: every example is masked-word prediction (mlm_fraction 1)
+    and none of their captions has a word of the vocabulary to mask."""
+    corpus = setup.corpus
+    where = f"pretrain.root {p.root}" if corpus.captions is not None else f"the {corpus.description.get('kind', '')} corpus"
+    captions = list(dict.fromkeys(corpus.captions[int(i)] for i in batch.index)) if corpus.captions is not None else []
+    shown = ", ".join(repr(c[:60]) for c in captions[:3]) + (f" and {len(captions) - 3} more" if len(captions) > 3 else "")
+    return (f"{where}: step {step + 1}'s batch has nothing to learn from: no matching examples (pretrain.mlm_fraction {p.mlm_fraction}) and its captions"
+            f"{' ' + shown if shown else ''} have no word in the vocabulary of the text encoder '{p.text_encoder}' (only [UNK] or special tokens) to mask; "
+            "fix or drop those captions, or lower pretrain.mlm_fraction")
 
 
 # ---------------------------------------------------------------------------
@@ -255,10 +276,41 @@ class StateError(ValueError):
     """A pretraining run state that cannot be resumed (names the file and what is wrong)."""
 
 
-def save_state(out: Path, setup: Setup, opt: torch.optim.Optimizer, step: int, p, wall: float, threads: int) -> None:
+def data_fingerprint(setup: Setup) -> dict:
+    """What the run trains on besides its recipe: the corpus and held-out sets (a folder corpus's
+    sha256 covers captions.jsonl and every image) and the base weights' digests."""
+    described = {"corpus": setup.corpus.description, "heldout": {k: v.description for k, v in setup.heldout.items()},
+                 "text_encoder": setup.text_digest, "vision_tower": setup.vision_digest}
+    return json.loads(json.dumps(described))  # as progress.json holds it
+
+
+def check_data(progress: dict, now: dict, where: Path) -> None:
+    """Refuse to resume on data other than the run started with (DataError naming what changed)."""
+    then = progress.get("data")
+    if not isinstance(then, dict):
+        return  # written before progress.json recorded the data (see pretrain()): cannot check
+    changed = []
+    for key, what in (("corpus", "the corpus"), ("heldout", "the held-out sets"), ("text_encoder", "the text encoder's weights"), ("vision_tower", "the vision tower's weights")):
+        if key == "heldout" and changed:
+            continue  # drawn from the same data: said already
+        if key in now and then.get(key) != now[key]:
+            was, is_ = then.get(key), now[key]
+            if key == "corpus" and isinstance(was, dict) and was.get("kind") == "folder" == is_.get("kind"):
+                what = f"the captions or images under {is_.get('root')} (sha256 {str(was.get('sha256'))[:12]}… then, {str(is_.get('sha256'))[:12]}… now)"
+            elif isinstance(was, str) and isinstance(is_, str):
+                what += f" ({was[:12]}… then, {is_[:12]}… now)"
+            changed.append(what)
+    if changed:
+        raise DataError(f"{where}: the data changed since this run's last committed step: {'; '.join(changed)}. "
+                        "A resumed run must continue on the data it started with: restore them, or start a new run with another --pretrain.out")
+
+
+def save_state(out: Path, setup: Setup, opt: torch.optim.Optimizer, step: int, p, wall: float, threads: int, window: list[dict] | None = None) -> None:
     """Trainable tensors and AdamW moments by name in a file of this step's own, then
     progress.json naming it (the commit point): a crash between the two leaves the previous
-    step's pair intact, never tensors of one step beside the progress of another."""
+    step's pair intact, never tensors of one step beside the progress of another. progress.json
+    also holds the data's fingerprint (a resume on other data is refused) and the step records
+    not yet averaged into a log line (a resume logs the same means as an uninterrupted run)."""
     names = {id(v): k for k, v in setup.model.trainable().items()}
     tensors = {f"param.{k}": v for k, v in setup.model.trainable().items()}
     for group in opt.param_groups:
@@ -272,7 +324,8 @@ def save_state(out: Path, setup: Setup, opt: torch.optim.Optimizer, step: int, p
     state_dir = out / STATE_DIR
     name = f"state-{step:07d}.safetensors"
     save_tensors(state_dir / name, tensors, metadata={"step": str(step)})
-    write_json(state_dir / "progress.json", {"step": step, "wall_s": wall, "tensors": name, "threads": threads, "config": dataclasses.asdict(p)})
+    write_json(state_dir / "progress.json", {"step": step, "wall_s": wall, "tensors": name, "threads": threads, "config": dataclasses.asdict(p),
+                                             "data": data_fingerprint(setup), "window": list(window or [])})
     for old in state_dir.glob("state*.safetensors"):
         if old.name != name:
             old.unlink()
@@ -283,6 +336,7 @@ def load_state(out: Path, setup: Setup, opt: torch.optim.Optimizer) -> tuple[int
     from feddat.peft.model import check_state
 
     progress = read_json(out / STATE_DIR / "progress.json")
+    check_data(progress, data_fingerprint(setup), out / STATE_DIR / "progress.json")
     path = out / STATE_DIR / progress.get("tensors", "state.safetensors")
     try:
         tensors = load_tensors(path)
@@ -352,6 +406,28 @@ def read_log(path: Path, up_to: int) -> list[dict]:
     return records
 
 
+def committed_window(progress: dict) -> list[dict]:
+    """The step records after the last log line up to the committed step (none in a
+    progress.json written before it kept them: that resume's first log line averages fewer steps)."""
+    window = progress.get("window")
+    if not isinstance(window, list):
+        return []
+    return [r for r in window if isinstance(r, dict) and all(isinstance(v, (int, float)) for v in r.values())]
+
+
+#: The temporary names of runtime.atomic_path: '.NAME.<12 hex digits>.tmp'.
+PARTIAL_WRITE = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+
+
+def clean_partial_writes(out: Path) -> int:
+    """Delete the temporary files of atomic writes (checkpoint, card, log, run state) that a kill
+    left in the output folder and its state folder: never read, safe to drop."""
+    stray = [f for folder in (out, out / STATE_DIR) if folder.is_dir() for f in folder.iterdir() if PARTIAL_WRITE.fullmatch(f.name) and f.is_file()]
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return len(stray)
+
+
 def pretrain(p, resume: bool = False, log: Callable[[str], None] = print) -> Path:
     """Run pretraining as configured by `p` (config.PretrainConfig); returns the checkpoint folder."""
     from feddat.runtime import write_text
@@ -359,21 +435,38 @@ def pretrain(p, resume: bool = False, log: Callable[[str], None] = print) -> Pat
     out = Path(p.out)
     if not resume and (out / STATE_DIR / "progress.json").exists():
         raise FileExistsError(f"{out} holds a pretraining run already: continue it with `feddat pretrain --resume {out}` or choose another --pretrain.out")
+    dropped = clean_partial_writes(out)
+    if dropped:
+        log(f"feddat pretrain: removed {dropped} half-written temporary file(s) an interrupted run left in {out}")
     threads = p.threads if p.threads > 0 else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     set_threads(threads)
     p = dataclasses.replace(p, precision=resolved_precision(p.precision))  # the recipe records what ran
+    progress: dict = {}
+    if resume:
+        progress = read_json(out / STATE_DIR / "progress.json")
+        if not isinstance(progress, dict):
+            raise StateError(f"{out / STATE_DIR / 'progress.json'} is not a pretraining run's progress (was it edited?); it cannot be resumed")
+        if not isinstance(progress.get("data"), dict):
+            log(f"feddat pretrain: {out / STATE_DIR / 'progress.json'} predates data fingerprints: cannot check that the corpus and encoders are the ones the run started with")
+        elif p.corpus == "folder":  # before the images are encoded: a changed folder is refused at once
+            from feddat.pretrain.folder import read_pairs
+
+            then = progress["data"].get("corpus")
+            if isinstance(then, dict) and then.get("kind") == "folder":
+                check_data(progress, {"corpus": {**then, "sha256": read_pairs(Path(p.root))[3]}}, out / STATE_DIR / "progress.json")
     setup = build(p, log)
     opt = optimiser(setup.model, p)
-    start, spent = 0, 0.0
+    start, spent, window = 0, 0.0, []
     if resume:
         start, spent = load_state(out, setup, opt)
+        window = committed_window(progress) if progress.get("step") == start else []
         log(f"feddat pretrain: resuming {out} at step {start}/{p.steps}")
     n_train = sum(v.numel() for v in setup.model.trainable().values())
     log(f"feddat pretrain: {p.tune} ({n_train:,} trainable), {p.steps} steps of {p.batch_size}, {threads} thread(s), {p.precision}")
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / LOG_FILE
     write_text(log_path, "".join(json.dumps(r) + "\n" for r in read_log(log_path, start)))  # drop what was logged after the committed step
-    t0, window = time.time(), []
+    t0 = time.time()
     for step in range(start, p.steps):
         record = train_step(setup, opt, step, p)
         window.append(record)
@@ -386,7 +479,7 @@ def pretrain(p, resume: bool = False, log: Callable[[str], None] = print) -> Pat
                 f.write(json.dumps({"step": step + 1, **mean, "s_per_step": round(rate, 3)}) + "\n")
             window = []
         if (step + 1) % p.save_every == 0 and step + 1 < p.steps:
-            save_state(out, setup, opt, step + 1, p, spent + time.time() - t0, threads)
+            save_state(out, setup, opt, step + 1, p, spent + time.time() - t0, threads, window)
         if p.eval_every and (step + 1) % p.eval_every == 0 and step + 1 < p.steps and setup.heldout:
             log(format_eval(evaluate(setup, p)))
     train_wall = spent + time.time() - t0
