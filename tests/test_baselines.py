@@ -246,6 +246,27 @@ def test_scaffold_server_moves_c_by_the_fraction_times_the_mean_delta(tiny_backb
     assert all(torch.allclose(v, torch.full_like(v, 0.5 * 2.0)) for k, v in out.items() if k.startswith("control."))
 
 
+def test_scaffold_and_feddyn_use_the_accepted_updates_over_the_federations_clients(tiny_backbone):
+    """|S|/N is what was aggregated over N (Karimireddy et al. Alg. 1: c += Σ_S Δc_i / N; Acar et
+    al. Alg. 1: h -= α/m Σ_P (θ_k − θ)), not federation.fraction: 0.5 of 5 clients samples 3."""
+    from feddat.engines.rounds import Rounds
+
+    cfg, model, method = make(tiny_backbone, "scaffold", **{"federation.fraction": 0.5})
+    Rounds(method, cfg, num_clients=5)  # what an engine builds: it tells the method N
+    assert method.num_clients == 5
+    shared = method.init_shared()
+    ups = [ClientUpdate(n, {**method.model_part(shared), **{k: torch.full_like(v, 1.0) for k, v in shared.items() if k.startswith("control.")}}, 10, {}) for n in "abc"]
+    out = method.aggregate(shared, ups)
+    assert all(torch.allclose(v, torch.full_like(v, 3 / 5)) for k, v in out.items() if k.startswith("control."))
+    cfg, model, method = make(tiny_backbone, "feddyn", **{"federation.fraction": 0.5})
+    Rounds(method, cfg, num_clients=5)
+    alpha = cfg.baselines.feddyn_alpha
+    shared = constant_like(method.init_shared(), 0.0)
+    out = method.aggregate(shared, [ClientUpdate(n, constant_like(shared, 1.0), 5, {}) for n in "abc"])
+    # h = −α·(3/5)·1;  θ = 1 − h/α = 1.6
+    assert all(torch.allclose(v, torch.full_like(v, 1.6)) for v in out.values())
+
+
 def test_feddyn_client_keeps_its_gradient_correction_and_follows_it(tiny_backbone, tiny_clients):
     cfg, model, method = make(tiny_backbone, "feddyn", **{"train.local_epochs": 2})
     cfg.baselines.feddyn_alpha = 0.5
@@ -355,6 +376,19 @@ def test_fedrep_alternates_head_then_adapter(tiny_backbone, tiny_clients, monkey
     assert phases == ["head"] * 4 + ["adapter"] * 2  # 2 head epochs then 1 adapter epoch, 2 batches each
     assert update.metrics["head_steps"] == 4 and update.metrics["steps"] == 2
     assert update.metrics["passes"] == 2 * 2 + 16 / 8  # adapter steps, plus one forward over the 16 examples
+
+
+def test_fedrep_update_does_not_depend_on_what_the_process_drew_before(tiny_backbone, tiny_clients):
+    """ViLT samples image patches from torch's RNG: the representation pass is seeded too."""
+    cfg, model, method = make(tiny_backbone, "fedrep")
+    client = tiny_clients[0]
+    shared, state = method.init_shared(), method.init_client_state(client)
+    updates = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        updates.append(method.client_update(shared, state, client, round_=1))
+    assert all(torch.equal(updates[0].shared[k], updates[1].shared[k]) for k in shared)
+    assert all(torch.equal(updates[0].state[k], updates[1].state[k]) for k in updates[0].state)
 
 
 def test_head_only_trains_the_head_on_the_bare_backbone_and_shares_nothing(tiny_backbone, tiny_clients, tmp_path, monkeypatch):

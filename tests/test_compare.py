@@ -40,12 +40,16 @@ def test_variants_expand_groups_presets_and_custom_overrides():
 
 def test_compute_matched_baselines_get_proportionally_more_local_epochs():
     cfg = valid_config(**{"train.local_epochs": 2})
-    variants = parse_variants(["feddat", "fedavg", "moon"])
+    variants = parse_variants(["feddat", "fedavg", "moon", "fedrep"])
     if hasattr(cfg.feddat, "schedule"):
         cfg.feddat.schedule = "reference"  # 3 forward + 2 backward passes per minibatch
     matched = {v.label: v for v in matched_variants(variants, ["all"], "feddat", cfg)}
     assert dict(matched["fedavg@feddat"].overrides)["train.local_epochs"] == "5"  # 2 epochs x 5/2
     assert dict(matched["moon@feddat"].overrides)["train.local_epochs"] == "3"  # 2 x 5/4 = 2.5, rounded up
+    # FedRep also runs one forward pass over its data per round (its representations): (10 - 1)/2 = 4.5 -> 5
+    assert dict(matched["fedrep@feddat"].overrides)["train.local_epochs"] == "5"
+    cfg.train.local_epochs = 1  # 5 per round for FedDAT; FedRep: (5 - 1)/2 = 2 epochs, not round(5/2) = 3
+    assert dict({v.label: v for v in matched_variants(variants, ["fedrep"], "feddat", cfg)}["fedrep@feddat"].overrides)["train.local_epochs"] == "2"
     with pytest.raises(ConfigError, match="reference 'feddat'"):
         matched_variants(parse_variants(["fedavg"]), ["fedavg"], "feddat", cfg)
 

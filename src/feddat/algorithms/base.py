@@ -76,6 +76,7 @@ class Method:
     pooled = False
     communicates = True  # clients send A_s to the server each round
     loss_metric = "loss"  # the metric of an update that is its training loss (`train_loss`)
+    num_clients: int | None = None  # the federation's N, set by the engine's rounds (engines/rounds.py)
 
     def __init__(self, cfg: Config, model: AdaptedModel, device: torch.device):
         self.cfg = cfg
@@ -88,11 +89,23 @@ class Method:
     def adapter_sets(self) -> tuple[str, ...]:
         return ("shared",)
 
+    def participation(self, accepted: int) -> float:
+        """|S|/N of the server rules that need it (SCAFFOLD's c, FedDyn's h): the updates the
+        server step accepted over the federation's clients; federation.fraction where no engine
+        said N (a method driven by hand)."""
+        return accepted / self.num_clients if self.num_clients else self.cfg.federation.fraction
+
     @classmethod
     def passes_per_step(cls, cfg: Config) -> tuple[int, int]:
         """(forward, backward) backbone passes per local minibatch under `cfg`, in units of
         FedAvg's batch: the unit of compute in which `feddat compare` matches methods."""
         return (1, 1)
+
+    @classmethod
+    def passes_per_round(cls, cfg: Config) -> float:
+        """Backbone forward passes a client spends per round besides its local steps, in passes
+        over its training data (FedRep's representation pass before its head epochs: 1)."""
+        return 0.0
 
     def trainable_state(self) -> tuple[str, ...]:
         """The prefixes (before the first '.') of the private state entries a client trains,

@@ -9,7 +9,8 @@ The server keeps h (zero at first; server state, it never travels):
 
     h ← h − α·(|S|/N)·mean_k (w_k − θ),   θ ← mean_k w_k − h / α,
 
-with |S|/N the participating fraction (federation.fraction) and the mean weighted as in FedAvg.
+with |S|/N the accepted updates over the federation's clients (Method.participation) and the
+mean weighted as in FedAvg.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class FedDyn(ServerState, AdapterClient):
         if not updates:
             return shared
         mean = super().aggregate(shared, updates)
-        alpha, fraction = self.cfg.baselines.feddyn_alpha, self.cfg.federation.fraction
+        alpha, fraction = self.cfg.baselines.feddyn_alpha, self.participation(len(updates))
         out = {}
         for key, theta in shared.items():
             h = self.server_tensor(f"h.{key}", theta) - alpha * fraction * (mean[key].double() - theta.double())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from feddat.algorithms.base import ClientUpdate, Method, Tensors, shuffled
+from feddat.config import Config
 from feddat.data.clients import ClientData, Split
 from feddat.losses import task_loss
 from feddat.runtime import generator
@@ -19,6 +20,10 @@ from feddat.runtime import generator
 
 class FedRep(Method):
     name = "fedrep"
+
+    @classmethod
+    def passes_per_round(cls, cfg: Config) -> float:
+        return 1.0 if cfg.baselines.fedrep_head_epochs else 0.0  # the representations, once per round
 
     @torch.no_grad()
     def representations(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,6 +40,7 @@ class FedRep(Method):
         epochs = self.cfg.baselines.fedrep_head_epochs
         if epochs == 0:
             return 0, 0.0
+        self.seed_forward(self.name, "representations", round_, client.name)  # ViLT draws patches from torch's RNG
         reps, targets = self.representations(client.train)
         opt = self.optimizer(list(head.parameters()), self.local_steps(client.train, epochs))
         g = generator(self.cfg.run.seed, self.name, "head", round_, client.name)

@@ -9,7 +9,7 @@ of A_s is corrected, g ← g − c_i + c, before the optimiser step. After the l
 which is the paper's option II, c_i − c + (x − y)/(Kη), written without the learning rate:
 under SGD the two are the same number, and this form stays meaningful under AdamW. The
 client uploads y_i and Δc_i = c_i⁺ − c_i; the server sets x ← weighted mean of y_i and
-c ← c + (|S|/N)·mean Δc_i, with |S|/N the participating fraction (federation.fraction).
+c ← c + (|S|/N)·mean Δc_i, i.e. Σ_S Δc_i / N over the accepted updates (Method.participation).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Scaffold(AdapterClient):
             return shared
         mean = super().aggregate(shared, updates)  # checks every update; weighted mean of all keys
         out = {k: v for k, v in mean.items() if not k.startswith(CONTROL + ".")}
-        fraction = self.cfg.federation.fraction
+        fraction = self.participation(len(updates))
         for key in shared:
             if key.startswith(CONTROL + "."):
                 delta = sum(u.shared[key].double() for u in updates) / len(updates)

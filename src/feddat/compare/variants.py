@@ -125,6 +125,14 @@ def check_reference(reference: str | None, labels: list[str]) -> None:
         raise ValueError(f"--reference '{reference}' is not one of the compared methods: {', '.join(dict.fromkeys(labels))}")
 
 
+def round_cost(method: str, cfg: Config, epochs: int) -> float:
+    """Backbone passes per round per client, in passes over its training data: the local
+    epochs' minibatch passes and what the method spends besides (FedRep's representations)."""
+    from feddat.algorithms import METHODS
+
+    return sum(passes_per_step(method, cfg)) * epochs + METHODS[method].passes_per_round(cfg)
+
+
 def passes_per_step(method: str, cfg: Config) -> tuple[int, int]:
     """(forward, backward) backbone passes per local minibatch: the unit of compute here.
 
@@ -142,7 +150,7 @@ def matched_variants(variants: list[Variant], names: list[str], reference: str, 
     if reference not in by_label:
         raise ConfigError(f"compare: --matched needs the reference '{reference}' among the methods")
     ref_cfg = variant_config(cfg, by_label[reference], 0)
-    ref_cost = sum(passes_per_step(by_label[reference].method, ref_cfg)) * ref_cfg.train.local_epochs
+    ref_cost = round_cost(by_label[reference].method, ref_cfg, ref_cfg.train.local_epochs)
     if names == ["all"]:
         names = [v.label for v in variants if not v.method.startswith("feddat") and v.method not in ("head_only", "local", "centralised")]
     out = []
@@ -151,7 +159,8 @@ def matched_variants(variants: list[Variant], names: list[str], reference: str, 
             raise ConfigError(f"compare: --matched '{name}' is not among the methods being compared")
         v = by_label[name]
         vcfg = variant_config(cfg, v, 0)
-        epochs = max(1, math.floor(ref_cost / sum(passes_per_step(v.method, vcfg)) + 0.5))
+        extra = round_cost(v.method, vcfg, 0)
+        epochs = max(1, math.floor((ref_cost - extra) / sum(passes_per_step(v.method, vcfg)) + 0.5))
         if epochs != vcfg.train.local_epochs:
             out.append(Variant(f"{name}@{reference}", v.method, (*v.overrides, ("train.local_epochs", str(epochs)))))
     return out

@@ -55,6 +55,7 @@ class Rounds:
 
     def __init__(self, method: Method, cfg: Config, num_clients: int, log: Callable[[str], None] = print):
         self.method, self.cfg, self.num_clients, self.log = method, cfg, num_clients, log
+        method.num_clients = num_clients  # the N of server rules such as SCAFFOLD's (Method.participation)
         self.name = method.name
         fed = cfg.federation
         # Clients per round: the same in every round (a fixed fraction of a fixed list).
