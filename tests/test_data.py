@@ -134,3 +134,63 @@ def test_describe_skips_bad_records_under_the_skip_policy(tmp_path, capsys):
     assert main([*args, "--data.on_bad_record", "skip"]) == 0
     out, err = capsys.readouterr()
     assert "2 clients" in out and "warning: skipped 1 bad record(s)" in err and "north/train.jsonl:3" in err
+
+
+# ---- how images are read -------------------------------------------------------------------
+
+
+def test_a_16_bit_greyscale_png_keeps_its_grey_levels(tmp_path):
+    """PIL's convert('RGB') clips 16-bit values at 255: every mid-grey would come out white."""
+    from feddat.data.folder import load_image
+
+    for value, expected in ((32768, 128), (1000, 3), (65535, 255)):
+        path = tmp_path / f"grey{value}.png"
+        Image.fromarray(np.full((8, 8), value, np.uint16)).save(path)
+        assert Image.open(path).mode.startswith("I")  # written as 16-bit
+        assert np.all(load_image(path, 4) == expected), value
+
+
+def test_your_own_photos_are_read_upright_the_public_ones_as_stored(tiny_backbone, tmp_path):
+    """A phone photo's EXIF orientation 6 (turn 90° clockwise to show): folder data and
+    `feddat predict` read it as shown; the public datasets as stored, as their reference
+    pipelines read them."""
+    from feddat.data.folder import load_image
+    from feddat.data.folder import read_split as read_folder_split
+
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = 255  # white left half as stored; shown turned, it is the top half
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    Image.fromarray(stored).save(folder / "photo.png", exif=exif)
+    as_stored, upright = load_image(folder / "photo.png", 8), load_image(folder / "photo.png", 8, upright=True)
+    assert as_stored[:, :3].mean() > 200 and as_stored[:, 5:].mean() < 50  # left half white
+    assert upright[:3].mean() > 200 and upright[5:].mean() < 50  # top half white
+    (folder / "train.jsonl").write_text(json.dumps({"image": "photo.png", "question": "what is on top?", "answer": "white"}) + "\n")
+    read = read_folder_split(folder / "train.jsonl")
+    from feddat.data.folder import IMAGE_SIDE
+
+    assert np.array_equal(read.images[0], load_image(folder / "photo.png", IMAGE_SIDE, upright=True))
+
+
+def test_client_folders_whose_names_differ_only_in_case_are_refused(tmp_path):
+    from feddat.data.folder import client_folders
+
+    for name in ("North", "north"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(DataError, match="client folders 'North' and 'north' differ only in case"):
+        client_folders(tmp_path)
+
+
+def test_two_client_names_never_share_a_state_file(tmp_path):
+    import torch
+
+    from feddat.engines.state import ClientStateStore
+
+    store = ClientStateStore(tmp_path)
+    names = ["north east", "north_east", "客户", "顾客", "flat"]
+    for i, name in enumerate(names):
+        store.save(name, {"w": torch.full((1,), float(i))}, round_=1)
+    assert [float(store.load(name)["w"]) for name in names] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert store.path("flat", 1).name == "flat.r00001.safetensors"  # a safe name stays the file's name

@@ -246,7 +246,7 @@ class Predictor:
 
         def one(item) -> np.ndarray:
             if isinstance(item, (str, Path)):
-                return load_image(Path(item), self.side)
+                return load_image(Path(item), self.side, upright=True)  # a photo as it is shown
             if isinstance(item, Image.Image):
                 return np.asarray(item.convert("RGB").resize((self.side, self.side), Image.BICUBIC), dtype=np.uint8)
             return np.asarray(item, dtype=np.uint8)

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from feddat.data import faults
 from feddat.data.types import DataError, RawSplit
@@ -21,18 +21,37 @@ from feddat.data.types import DataError, RawSplit
 IMAGE_SIDE = 128
 
 
-def load_image(path: Path, side: int = IMAGE_SIDE) -> np.ndarray:
-    """An RGB uint8 array of side x side, or a DataError naming the file."""
+# How images are read (a part of every cache key over read images: a change of it re-reads them).
+# v2: 16-bit greyscale scaled to 8 bits (not clipped to white); your own photos turned upright.
+IMAGE_READING = "v2"
+
+
+def load_image(path: Path, side: int = IMAGE_SIDE, upright: bool = False) -> np.ndarray:
+    """An RGB uint8 array of side x side, or a DataError naming the file. `upright`: turned as
+    its EXIF orientation says (a phone photo as it is shown; your own data, not the public
+    datasets, which their reference pipelines read as stored)."""
     if not path.is_file():
         raise DataError(f"image file {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later in a batch
-            return np.asarray(img.convert("RGB").resize((side, side), Image.BICUBIC), dtype=np.uint8)
+            shown = ImageOps.exif_transpose(img) if upright else img
+            return np.asarray(eight_bit(shown).convert("RGB").resize((side, side), Image.BICUBIC), dtype=np.uint8)
     except Image.DecompressionBombError as err:  # a corrupt size field claiming billions of pixels
         raise DataError(f"image file {path} is corrupt or too large to decode: {err}") from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(f"image file {path} is corrupt or not an image: {err}") from err
+
+
+def eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit greyscale ('I;16…', or 'I' holding 16-bit values) scaled to 8 bits: PIL's convert
+    clips such values at 255, so every mid-grey would come out white."""
+    if not (img.mode.startswith("I;16") or img.mode == "I"):
+        return img
+    values = np.asarray(img).astype(np.int64)
+    if img.mode == "I" and values.max(initial=0) <= 255:
+        return img.convert("L")
+    return Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8), mode="L")
 
 
 def parse_record(line: bytes, where: str, fields: tuple[str, ...]) -> dict:
@@ -56,7 +75,7 @@ def read_record(line: bytes, path: Path, number: int) -> tuple[dict, np.ndarray]
     where = f"{path}:{number}"
     record = parse_record(line, where, ("image", "question", "answer"))
     try:
-        return record, load_image(path.parent / record["image"])
+        return record, load_image(path.parent / record["image"], upright=True)
     except DataError as err:
         raise DataError(f"{where}: {err}") from err
 
@@ -65,7 +84,7 @@ def read_split(path: Path) -> RawSplit:
     if not path.is_file():
         raise DataError(f"annotation file {path} does not exist")
     images, questions, answers = [], [], []
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(IMAGE_READING.encode())
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             digest.update(line)
@@ -91,4 +110,9 @@ def client_folders(root: str | Path) -> list[Path]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"data.root {root} holds no client folders (expected ROOT/<client>/train.jsonl)")
+    seen: dict[str, Path] = {}
+    for folder in folders:  # on a case-insensitive disk (macOS, Windows) their files would be one
+        other = seen.setdefault(folder.name.casefold(), folder)
+        if other is not folder:
+            raise DataError(f"data.root {root}: client folders '{other.name}' and '{folder.name}' differ only in case; rename one (their state files would collide on a case-insensitive disk)")
     return folders

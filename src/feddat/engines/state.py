@@ -8,6 +8,7 @@ killed in the middle of a round continues from exactly the state that round star
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,13 @@ class ClientStateStore:
         self._written: dict[str, int] = {}  # client -> round last written, for pruning
 
     def _stem(self, client: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", client)
+        """The client's file name stem: its name where that is a safe file name, else the name
+        made safe plus a digest of it, so that two names never share a file ('north east' and
+        'north_east', or two names in another script)."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", client)
+        if safe == client and not client.startswith("."):
+            return client
+        return f"{safe}-{hashlib.sha256(client.encode()).hexdigest()[:12]}"
 
     def path(self, client: str, round_: int | None = None) -> Path:
         suffix = "" if round_ is None else f".r{round_:05d}"

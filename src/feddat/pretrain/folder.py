@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 
 from feddat.data.types import DataError
-from feddat.data.folder import parse_record
+from feddat.data.folder import IMAGE_READING, parse_record
 
 CAPTIONS_FILE = "captions.jsonl"
 
@@ -28,7 +28,7 @@ def read_pairs(root: Path) -> tuple[list[Path], list[str], list[str], str]:
     """(image paths, captions, where each record is "file:line", sha256 of the file and every image)."""
     path = captions_file(root)
     paths, captions, wheres = [], [], []
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(IMAGE_READING.encode())  # how the images are read is part of the data
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             digest.update(line)
@@ -57,7 +57,7 @@ def load_pair_images(paths: list[Path], wheres: list[str], side: int):
     images = []
     for path, where in zip(paths, wheres):
         try:
-            images.append(load_image(path, side))
+            images.append(load_image(path, side, upright=True))
         except DataError as err:
             raise DataError(f"{where}: {err}") from err
     return np.stack(images)

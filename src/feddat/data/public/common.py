@@ -190,7 +190,9 @@ def content_key(dataset: str, split: str, records: list[Record], image_side: int
     """Identifies the sampled content for the feature cache: images (path, size, mtime) and text."""
     import hashlib
 
-    digest = hashlib.sha256(f"{dataset}|{split}|{image_side}".encode())
+    from feddat.data.folder import IMAGE_READING
+
+    digest = hashlib.sha256(f"{dataset}|{split}|{image_side}|{IMAGE_READING}".encode())
     for r in records:
         for path in r.images:
             stat = path.stat() if path.is_file() else None
