@@ -194,3 +194,19 @@ def test_two_client_names_never_share_a_state_file(tmp_path):
         store.save(name, {"w": torch.full((1,), float(i))}, round_=1)
     assert [float(store.load(name)["w"]) for name in names] == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert store.path("flat", 1).name == "flat.r00001.safetensors"  # a safe name stays the file's name
+
+
+def test_questions_longer_than_max_text_len_are_cut_with_a_warning(tiny_backbone):
+    from feddat.data.clients import QuestionsCut, encode_split
+
+    raw = raw_split(4, seed=0)
+    raw.questions[2] = "what colour is the object " + "that is beside the other one " * 4 + "?"
+    assert tiny_backbone.too_long(raw.questions) == [2]
+    with pytest.warns(QuestionsCut, match=r"1 of 4 questions of .* are longer than backbone.max_text_len = 12 tokens and are cut \(e.g. 'what colour is the object that is"):
+        split = encode_split(raw, tiny_backbone, ["red", "blue", "green"], None, drop_unknown=False)
+    assert split.input_ids.shape[1] == tiny_backbone.max_text_len
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QuestionsCut)  # questions that fit: no warning
+        encode_split(raw_split(4, seed=0), tiny_backbone, ["red", "blue", "green"], None, drop_unknown=False)

@@ -95,6 +95,14 @@ class Backbone(nn.Module, ABC):
     def tokenize(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Questions -> (input_ids, attention_mask), both (N, max_text_len)."""
 
+    def too_long(self, questions: list[str]) -> list[int]:
+        """Indices of the questions with more than max_text_len tokens: `tokenize` cuts them."""
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is None:
+            return []
+        lengths = [len(ids) for ids in tokenizer(list(questions), truncation=False)["input_ids"]]
+        return [i for i, n in enumerate(lengths) if n > self.max_text_len]
+
     @abstractmethod
     def embed(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, trim: bool = True) -> tuple[torch.Tensor, BlockInputs]:
         """-> (the hidden states entering the first block (B, L, hidden_size), the block inputs).

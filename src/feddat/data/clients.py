@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,9 +108,26 @@ def encode_split(raw: RawSplit, backbone: Encoder, vocab: list[str], cache_dir: 
         second = RawSplit(raw.images2, raw.questions, raw.answers, key=f"{raw.key}|image2")
         features = torch.stack([features, cached_features(second, backbone, cache_dir)], dim=1)
     ids, mask = backbone.tokenize(raw.questions)
+    warn_if_cut(raw, backbone)
     groups = None if raw.groups is None else [g for g, k in zip(raw.groups, keep.tolist()) if k]
     accuracy = None if raw.eval_answers is None else accuracy_table(raw.eval_answers, vocab)[keep]
     return Split(features[keep], ids[keep], mask[keep], targets[keep], groups, accuracy)
+
+
+class QuestionsCut(UserWarning):
+    """Questions longer than backbone.max_text_len tokens, cut to it."""
+
+
+def warn_if_cut(raw: RawSplit, backbone: Encoder) -> None:
+    """One warning per split whose questions do not fit backbone.max_text_len (they are cut)."""
+    cut = backbone.too_long(raw.questions)
+    if cut:
+        warnings.warn(
+            f"{len(cut)} of {len(raw.questions)} questions of {raw.key[:80]} are longer than backbone.max_text_len = {backbone.max_text_len} tokens "
+            f"and are cut (e.g. {raw.questions[cut[0]][:80]!r}); raise --backbone.max_text_len to keep them whole",
+            QuestionsCut,
+            stacklevel=2,
+        )
 
 
 def cached_features(raw: RawSplit, backbone: Encoder, cache_dir: Path | None, batch: int = 64) -> torch.Tensor:

@@ -126,6 +126,10 @@ class Encoder(Protocol):
         """Questions -> (input_ids, attention_mask), both (N, max_text_len)."""
         ...
 
+    def too_long(self, questions: list[str]) -> list[int]:
+        """Indices of the questions that `tokenize` cuts to max_text_len tokens."""
+        ...
+
 
 class Batch(NamedTuple):
     """One minibatch on the training device. A tuple too: `batch[:3]` is the model's input and
