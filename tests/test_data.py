@@ -210,3 +210,15 @@ def test_questions_longer_than_max_text_len_are_cut_with_a_warning(tiny_backbone
     with warnings.catch_warnings():
         warnings.simplefilter("error", QuestionsCut)  # questions that fit: no warning
         encode_split(raw_split(4, seed=0), tiny_backbone, ["red", "blue", "green"], None, drop_unknown=False)
+
+
+def test_folder_images_are_read_at_the_backbones_image_size(tmp_path):
+    """As public data: a ViLT at 384 px gets your photos at 384, not at 128 and scaled up again."""
+    from feddat.data.sources import raw_clients
+
+    write_folder(tmp_path)
+    for side in (48, 96):
+        cfg = tiny_config(**{"data.benchmark": "folder", "data.root": str(tmp_path), "backbone.image_size": side})
+        clients = raw_clients(cfg)
+        assert {c.train.images.shape[1:] for c in clients} == {(side, side, 3)}
+    assert len({c.train.key for c in raw_clients(cfg)} & {c.train.key for c in raw_clients(tiny_config(**{"data.benchmark": "folder", "data.root": str(tmp_path), "backbone.image_size": 48}))}) == 0

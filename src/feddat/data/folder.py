@@ -70,28 +70,29 @@ def parse_record(line: bytes, where: str, fields: tuple[str, ...]) -> dict:
     return record
 
 
-def read_record(line: bytes, path: Path, number: int) -> tuple[dict, np.ndarray]:
+def read_record(line: bytes, path: Path, number: int, side: int = IMAGE_SIDE) -> tuple[dict, np.ndarray]:
     """One line of a client's jsonl and its image; any fault names the file and line."""
     where = f"{path}:{number}"
     record = parse_record(line, where, ("image", "question", "answer"))
     try:
-        return record, load_image(path.parent / record["image"], upright=True)
+        return record, load_image(path.parent / record["image"], side, upright=True)
     except DataError as err:
         raise DataError(f"{where}: {err}") from err
 
 
-def read_split(path: Path) -> RawSplit:
+def read_split(path: Path, side: int = IMAGE_SIDE) -> RawSplit:
+    """A client's split with its images at side x side (the backbone's image_size)."""
     if not path.is_file():
         raise DataError(f"annotation file {path} does not exist")
     images, questions, answers = [], [], []
-    digest = hashlib.sha256(IMAGE_READING.encode())
+    digest = hashlib.sha256(f"{IMAGE_READING}|{side}".encode())
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             digest.update(line)
             if not line.strip():
                 continue
             try:
-                record, image = read_record(line, path, number)
+                record, image = read_record(line, path, number, side)
             except DataError as err:
                 faults.current().bad(err)  # raises under the default policy; else the line is skipped
                 continue
@@ -99,7 +100,7 @@ def read_split(path: Path) -> RawSplit:
             digest.update((path.parent / record["image"]).read_bytes())
             questions.append(record["question"])
             answers.append(record["answer"].strip().lower())
-    array = np.stack(images) if images else np.zeros((0, IMAGE_SIDE, IMAGE_SIDE, 3), np.uint8)
+    array = np.stack(images) if images else np.zeros((0, side, side, 3), np.uint8)
     return RawSplit(array, questions, answers, key=f"folder:{digest.hexdigest()}")
 
 

@@ -57,17 +57,17 @@ def synthetic_sources(d) -> list[Source]:
     return [source(spec) for spec in client_specs(d.benchmark)]
 
 
-def folder_sources(d) -> list[Source]:
+def folder_sources(d, image_side: int) -> list[Source]:
     from feddat.data.folder import client_folders, read_split
 
     # Your own files are used whole: the per-client sizes apply to generated and public data only.
-    return [Source(folder.name, lambda split, n, folder=folder: read_split(folder / f"{split}.jsonl")) for folder in client_folders(d.root)]
+    return [Source(folder.name, lambda split, n, folder=folder: read_split(folder / f"{split}.jsonl", image_side)) for folder in client_folders(d.root)]
 
 
 def benchmark_sources(cfg, with_images: bool = True) -> list[Source]:
     d = cfg.data
     if d.benchmark == "folder":
-        return folder_sources(d)
+        return folder_sources(d, image_side=cfg.backbone.image_size)  # read at the tower's size, as public data
     if d.source == "public":
         from feddat.data.public import public_sources
 
