@@ -117,3 +117,117 @@ def test_partition_settings_that_would_be_ignored_are_refused():
         load(None, {"data.partition": "iid"})
     with pytest.raises(ConfigError, match="data.train_per_client must be positive, got 0"):
         load(None, {"data.train_per_client": 0})  # 0 = all only for finite (public, folder) data
+
+
+# ---- clients without training data, impossible sizes, empty test splits -----------------------
+
+
+def clients_answering(**answers):
+    clients = [RawClient(name, raw_split(0, 0), raw_split(0, 0)) for name in answers]
+    for client, given in zip(clients, answers.values()):
+        client.train.answers = list(given)
+    return clients
+
+
+def test_a_client_without_training_data_is_left_out_of_js_and_tv_and_named():
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import variation
+
+    from feddat.data.describe import report
+
+    full = clients_answering(a=["cat"] * 3 + ["dog"], b=["dog"] * 2 + ["fish"] * 2 + ["cat"], c=["bird"] * 6)
+    empty = clients_answering(a=["cat"] * 3 + ["dog"], b=["dog"] * 2 + ["fish"] * 2 + ["cat"], c=["bird"] * 6, d=[])
+    # the standard definitions, over a, b, c: JS base 2 over all pairs, TV to the pooled distribution
+    p = np.array([[3, 1, 0, 0], [1, 2, 2, 0], [0, 0, 0, 6]]) / np.array([[4], [5], [6]])  # cat, dog, fish, bird
+    pooled = np.array([4, 3, 2, 6]) / 15
+    js = np.mean([jensenshannon(p[i], p[j], base=2) ** 2 for i, j in [(0, 1), (0, 2), (1, 2)]])
+    tv = np.mean(0.5 * np.abs(p - pooled).sum(1))
+    for clients in (full, empty):
+        h = heterogeneity(clients)
+        assert h["mean_pairwise_js"] == pytest.approx(js) and h["mean_tv_to_pooled"] == pytest.approx(tv)
+    assert heterogeneity(empty)["size_cv"] == pytest.approx(variation([4, 5, 6, 0]))  # population std (ddof=0), d's 0 counts
+    stats = summary(empty)
+    assert [r["effective_answers"] for r in stats["clients"]][3] is None and stats["heterogeneity"]["left_out"] == ["d"]
+    text = report(stats)
+    assert "| d | vqa | 0 | 0 | 0 | — |" in text and "warning: client 'd' has no training examples" in text
+    assert "over the 3 of 4 clients with training examples" in text and "population std / mean over all 4 clients" in text
+    # the reviewer's case: every answer "x", one client empty: nothing is heterogeneous
+    same = heterogeneity(clients_answering(a=["x", "x"], b=["x"], c=[]))
+    assert same["mean_pairwise_js"] == 0 and same["mean_tv_to_pooled"] == 0 and same["left_out"] == ["c"]
+    # no two clients with data: no pair to average over, not "identical"
+    lone = heterogeneity(clients_answering(a=["x"], b=[]))
+    assert lone["mean_pairwise_js"] is None and lone["mean_tv_to_pooled"] == 0
+    nothing = heterogeneity(clients_answering(a=[], b=[]))
+    assert nothing["mean_pairwise_js"] is nothing["mean_tv_to_pooled"] is nothing["size_cv"] is None and nothing["left_out"] == ["a", "b"]
+
+
+def test_describe_command_marks_a_client_without_training_data(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    for client, train in (("a", ["x", "y"]), ("b", ["x"]), ("c", [])):
+        (tmp_path / "data" / client / "img").mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "data" / client / "img" / "0.png")
+        for split, answers in (("train", train), ("test", ["x"])):
+            lines = [json.dumps({"image": "img/0.png", "question": "q", "answer": a}) for a in answers]
+            (tmp_path / "data" / client / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
+    js = tmp_path / "c.json"
+    assert main(["data", "describe", "--data.benchmark", "folder", "--data.root", str(tmp_path / "data"), "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "| c | vqa | 0 | 1 | 0 | — |" in out and "warning: client 'c' has no training examples" in out
+    assert "Jensen-Shannon divergence 0.311" in out  # a = {x, y} against b = {x} only: JS = H(3/4, 1/4) - 1/2 = 1.5 - 0.75 log2(3)
+    stats = json.loads(js.read_text())
+    assert stats["clients"][2]["effective_answers"] is None and stats["heterogeneity"]["left_out"] == ["c"]
+    assert stats["heterogeneity"]["mean_pairwise_js"] == pytest.approx(1.5 - 0.75 * np.log2(3))
+
+
+@pytest.mark.parametrize("scheme", ["dirichlet", "quantity"])
+def test_an_impossible_minimum_is_refused_before_any_draw(scheme):
+    from feddat.data import partition as P
+
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    with pytest.raises(DataError) as err:
+        if scheme == "dirichlet":
+            P.dirichlet(LABELS, TEST_LABELS, 50, 0.5, rng, 100)
+        else:
+            P.quantity(len(LABELS), len(TEST_LABELS), 50, 0.5, rng, 100)
+    assert rng.bit_generator.state == before  # not a single redraw
+    message = str(err.value)
+    assert "cannot give each of 50 clients 100 of 1000 training examples" in message and "50 x 100 = 5000" in message
+    assert "whatever data.alpha" in message and "raise data.alpha" not in message
+    assert "lower data.min_per_client to 20 or less, or pool more training data (data.train_per_client)" in message
+    with pytest.raises(DataError, match="cannot give each of 8 clients 1 of 5 training examples: .*; lower data.num_clients to 5 or less, or pool"):
+        partition(scheme, LABELS[:5], TEST_LABELS, k=8, alpha=0.5, seed=0, min_train=1)
+    with pytest.raises(DataError, match="needs at least one test example for each of 8 clients, but the pooled test split has 5; lower data.num_clients to 5 or less"):
+        partition(scheme, LABELS, TEST_LABELS[:5], k=8, alpha=0.5, seed=0, min_train=5)
+
+
+def digest(part):
+    import hashlib
+
+    return hashlib.sha256(np.concatenate([*part.train, *part.test]).astype(np.int64).tobytes()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("scheme, unchanged", [("dirichlet", {4: "1fd8c93ea130", 5: "f373e093f674"}), ("quantity", {1: "dc7cb31c7415", 3: "425acfab635b"})])
+def test_only_draws_that_leave_a_client_without_test_data_change(scheme, unchanged):
+    """Seeds whose draw was complete before give the very same indices (digests from the old code)."""
+    for seed in range(6):
+        part = partition(scheme, LABELS, TEST_LABELS[:24], k=8, alpha=0.3, seed=seed, min_train=5)
+        assert min(len(t) for t in part.test) >= 1 and min(len(t) for t in part.train) >= 5
+        assert covers_exactly(part.train, len(LABELS)) and covers_exactly(part.test, 24)
+        if seed in unchanged:
+            assert digest(part) == unchanged[seed]
+
+
+def test_the_final_error_names_the_split_that_fell_short():
+    with pytest.raises(DataError) as err:  # min 0: every training split will do; 8 test examples for 8 very skewed clients will not
+        partition("quantity", LABELS, TEST_LABELS[:8], k=8, alpha=0.05, seed=0, min_train=0)
+    assert "of 1000 draws, all 1000 left a client with no test example" in str(err.value)
+    assert "raise data.alpha, raise data.test_per_client, or lower data.num_clients" in str(err.value)
+    with pytest.raises(DataError) as err:
+        partition("dirichlet", LABELS, TEST_LABELS[:10], k=10, alpha=0.05, seed=0, min_train=60)
+    message = str(err.value)
+    assert "cannot give each of 10 clients 60 of 1000 training examples and one of 10 test examples: of 1000 draws, " in message
+    assert "left a client with fewer than 60 training examples and the other" in message and "lower data.min_per_client" in message

@@ -4,7 +4,11 @@ Heterogeneity of the clients' training-answer distributions p_1..p_K:
 - JS: the mean Jensen-Shannon divergence (base 2, in [0, 1]) over all pairs of clients;
   0 when every client has the same answer distribution, 1 when no two share an answer;
 - TV: the mean total-variation distance of each client's distribution from the pooled one;
-- size CV: coefficient of variation of the clients' training-set sizes (quantity skew).
+- size CV: coefficient of variation of the clients' training-set sizes (quantity skew), with the
+  population standard deviation (ddof=0): the clients are the whole federation, not a sample.
+A client with no training example has no answer distribution: it is left out of JS and TV (and
+named in a warning), its effective number of answers is None ("—"), but its size 0 counts in
+the CV. A mean over no clients (or, for JS, over no pair of them) is None too.
 """
 
 from __future__ import annotations
@@ -40,16 +44,19 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return float(_entropy(m) - (_entropy(p) + _entropy(q)) / 2)
 
 
-def heterogeneity(clients: list[RawClient]) -> dict[str, float]:
+def heterogeneity(clients: list[RawClient]) -> dict:
+    """JS, TV and size CV (see the module's docstring); `left_out`: the clients with no training example."""
     _, shares = distributions(clients)
-    k = len(clients)
-    pairs = [js_divergence(shares[i], shares[j]) for i in range(k) for j in range(i + 1, k)]
     sizes = np.array([len(c.train) for c in clients], dtype=float)
-    pooled = (shares * sizes[:, None]).sum(0) / max(sizes.sum(), 1)
+    held = sizes > 0  # an empty client's all-zero row is no distribution: it would count as disjoint from every other
+    p = shares[held]
+    pairs = [js_divergence(p[i], p[j]) for i in range(len(p)) for j in range(i + 1, len(p))]
+    pooled = (p * sizes[held, None]).sum(0) / max(sizes.sum(), 1)
     return {
-        "mean_pairwise_js": float(np.mean(pairs)) if pairs else 0.0,
-        "mean_tv_to_pooled": float(np.mean(0.5 * np.abs(shares - pooled).sum(1))),
-        "size_cv": float(sizes.std() / sizes.mean()) if sizes.mean() > 0 else 0.0,
+        "mean_pairwise_js": float(np.mean(pairs)) if pairs else None,
+        "mean_tv_to_pooled": float(np.mean(0.5 * np.abs(p - pooled).sum(1))) if len(p) else None,
+        "size_cv": float(sizes.std(ddof=0) / sizes.mean()) if sizes.mean() > 0 else None,  # population std: the clients are all there are
+        "left_out": [c.name for c, h in zip(clients, held) if not h],
     }
 
 
@@ -66,24 +73,38 @@ def summary(clients: list[RawClient], top: int = 5) -> dict:
             "train": len(client.train),
             "test": len(client.test),
             "answers": len(counts),
-            "effective_answers": float(2 ** _entropy(p)),  # perplexity: how many answers it really uses
+            "effective_answers": float(2 ** _entropy(p)) if len(client.train) else None,  # perplexity: how many answers it really uses
             "top": [[a, n / total] for a, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]],
         })
-    return {"clients": rows, "heterogeneity": heterogeneity(clients)}
+    h = heterogeneity(clients)
+    warnings = [
+        f"warning: client '{name}' has no training examples: it is left out of the Jensen-Shannon and total-variation means, "
+        "and its effective number of answers is undefined (—)"
+        for name in h["left_out"]
+    ]
+    return {"clients": rows, "heterogeneity": h, "warnings": warnings}
 
 
 def report(stats: dict) -> str:
     lines = ["| client | task | train | test | answers | effective | most frequent training answers |", "|---|---|---|---|---|---|---|"]
     for r in stats["clients"]:
         top = ", ".join(f"{a} {100 * s:.0f}%" for a, s in r["top"])
-        lines.append(f"| {r['client']} | {r['task']} | {r['train']} | {r['test']} | {r['answers']} | {r['effective_answers']:.1f} | {top} |")
+        lines.append(f"| {r['client']} | {r['task']} | {r['train']} | {r['test']} | {r['answers']} | {_number(r['effective_answers'], '.1f')} | {top} |")
     h = stats["heterogeneity"]
+    k, left_out = len(stats["clients"]), h.get("left_out", [])
+    over = f" (both over the {k - len(left_out)} of {k} clients with training examples)" if left_out else ""
     lines += [
         "",
-        f"heterogeneity: mean pairwise Jensen-Shannon divergence {h['mean_pairwise_js']:.3f} (0 = identical answer distributions, 1 = disjoint); "
-        f"mean total variation to the pooled distribution {h['mean_tv_to_pooled']:.3f}; training-size CV {h['size_cv']:.2f}",
+        f"heterogeneity: mean pairwise Jensen-Shannon divergence {_number(h['mean_pairwise_js'], '.3f')} (0 = identical answer distributions, 1 = disjoint); "
+        f"mean total variation to the pooled distribution {_number(h['mean_tv_to_pooled'], '.3f')}{over}; "
+        f"training-size CV {_number(h['size_cv'], '.2f')} (population std / mean over all {k} clients)",
+        *stats.get("warnings", []),
     ]
     return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
 
 
 def heatmap(clients: list[RawClient], path: str | Path, top: int = 30, title: str = "") -> Path:
