@@ -107,6 +107,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def is_int(value: Any) -> bool:
+    """An integer as a count in a file is one (JSON's true is an int to Python, not to us)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def derive_seed(*parts: Any) -> int:
     """A stable 63-bit seed from any parts (Python's hash() of str is salted per process)."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
@@ -141,6 +150,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def clean_partial_writes(folder: Path) -> int:
+    """Delete the temporaries of `atomic_path` ('.NAME.<hex>.tmp') that a kill left anywhere
+    under `folder`: never read, safe to drop. Returns how many."""
+    stray = list(Path(folder).rglob(".*.tmp"))
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return len(stray)
 
 
 def fsync(path: Path) -> None:

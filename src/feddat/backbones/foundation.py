@@ -28,6 +28,7 @@ from torch import nn
 
 from feddat.backbones.base import Backbone, BlockInputs, mean_pool, trim_padding
 from feddat.backbones.minivl import bert_block_inputs, bert_embed
+from feddat.runtime import is_int, is_number
 
 FORMAT = "feddat-foundation"
 FORMAT_VERSION = 1
@@ -360,32 +361,24 @@ def read_card(folder: str | Path) -> dict:
     return card
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 _is_str = lambda value: isinstance(value, str) and bool(value)  # noqa: E731
 #: What loading a checkpoint reads from its card: key -> (test, what it must be).
 CARD_KEYS = {
     "sha256": (_is_str, "the tensors' sha256 (a string)"),
-    "image_size": (lambda v: _is_int(v) and v > 0, "a positive integer (pixels)"),
+    "image_size": (lambda v: is_int(v) and v > 0, "a positive integer (pixels)"),
     "tune": (lambda v: v in ("lora", "full"), "'lora' or 'full'"),
     "text_encoder": (dict, "an object with 'source' and 'sha256'"),
     "vision_tower": (dict, "an object with 'source', 'sha256' and 'feature_dim'"),
 }
 CARD_PARTS = {
     "text_encoder": {"source": (_is_str, "a string"), "sha256": (_is_str, "a string")},
-    "vision_tower": {"source": (_is_str, "a string"), "sha256": (_is_str, "a string"), "feature_dim": (lambda v: _is_int(v) and v > 0, "a positive integer")},
-    "lora": {"rank": (lambda v: _is_int(v) and v > 0, "a positive integer"), "alpha": (_is_number, "a number"),
+    "vision_tower": {"source": (_is_str, "a string"), "sha256": (_is_str, "a string"), "feature_dim": (lambda v: is_int(v) and v > 0, "a positive integer")},
+    "lora": {"rank": (lambda v: is_int(v) and v > 0, "a positive integer"), "alpha": (is_number, "a number"),
              "targets": (lambda v: _is_str(v) or (isinstance(v, list) and all(isinstance(t, str) for t in v)), "a regular expression or a list of module names")},
 }
 CARD_OPTIONAL = {
     "tensors": (lambda v: _is_str(v) and Path(v).name == v, "a file name in the checkpoint folder"),
-    "image_position": (_is_int, "an integer"),
+    "image_position": (is_int, "an integer"),
     "pool": (lambda v: v in POOLS, " or ".join(repr(p) for p in POOLS)),
 }
 

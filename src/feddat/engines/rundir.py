@@ -33,7 +33,7 @@ PLACE_AND_PACE = ("run.methods", "run.out_dir", "run.name", "run.device", "run.t
 def decisive_settings(cfg: Config) -> dict:
     """Every setting of `cfg` that decides a method's numbers, as {'section.key': value}."""
     flat = {f"{section}.{key}": value for section, values in cfg.to_dict().items() for key, value in values.items()}
-    return {k: v for k, v in sorted(flat.items()) if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in PLACE_AND_PACE)}
+    return {k: v for k, v in sorted(flat.items()) if not k.startswith(PLACE_AND_PACE)}
 
 
 def config_fingerprint(cfg: Config) -> str:
@@ -69,14 +69,6 @@ def resumable(run_dir: Path) -> Config:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.toml")
     return config_mod.load(path, {})
-
-
-def clean_partial_writes(run_dir: Path) -> int:
-    """Temporary files of atomic writes that a kill interrupted: never read, safe to drop."""
-    stray = list(run_dir.rglob(".*.tmp"))
-    for path in stray:
-        path.unlink(missing_ok=True)
-    return len(stray)
 
 
 class MetricsLog:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Callable
 
 from feddat.config import Config
-from feddat.engines.rundir import clean_partial_writes, config_fingerprint, make_run_dir, resumable, write_report  # noqa: F401  (resumable: imported from here by the CLI)
+from feddat.engines.rundir import config_fingerprint, make_run_dir, resumable, write_report  # noqa: F401  (resumable: imported from here by the CLI)
 from feddat.engines.state import Checkpoint
-from feddat.runtime import environment, pick_device, read_json, set_threads, uses_bf16, write_json, write_text
+from feddat.runtime import clean_partial_writes, environment, pick_device, read_json, set_threads, uses_bf16, write_json, write_text
 
 
 def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, flush=True), resume: Path | None = None) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from feddat.runtime import load_tensors, read_json, save_tensors, write_json
+from feddat.runtime import is_int, load_tensors, read_json, save_tensors, write_json
 
 VERSION = re.compile(r"\.r(\d+)\.safetensors$")
 
@@ -141,7 +141,7 @@ class Checkpoint:
             return None
         info = read_json(path)
         round_ = info.get("round") if isinstance(info, dict) else None
-        if not isinstance(round_, int) or isinstance(round_, bool) or round_ < 1 or not isinstance(info.get("tensors"), str) or not isinstance(info.get("counters", {}), dict):
+        if not is_int(round_) or round_ < 1 or not isinstance(info.get("tensors"), str) or not isinstance(info.get("counters", {}), dict):
             raise ValueError(f"{path} does not hold a committed round (a round >= 1, a tensors file name, counters); was it edited? The run cannot be resumed from it")
         stored = info.get("config_sha256")
         if self.config and stored is not None and stored != self.config:

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -38,7 +37,7 @@ from feddat.data.types import DataError
 from feddat.pretrain import corpus as C
 from feddat.pretrain.data import IGNORE, Batch, Batcher, Corpus, Schedule, Tokens, collate, folder_corpus, synthetic_corpus
 from feddat.pretrain.model import PretrainModel
-from feddat.runtime import derive_seed, environment, load_tensors, read_json, save_tensors, set_threads, uses_bf16, write_json
+from feddat.runtime import clean_partial_writes, derive_seed, environment, load_tensors, read_json, save_tensors, set_threads, uses_bf16, write_json
 
 STATE_DIR = "state"
 LOG_FILE = "log.jsonl"
@@ -413,19 +412,6 @@ def committed_window(progress: dict) -> list[dict]:
     if not isinstance(window, list):
         return []
     return [r for r in window if isinstance(r, dict) and all(isinstance(v, (int, float)) for v in r.values())]
-
-
-#: The temporary names of runtime.atomic_path: '.NAME.<12 hex digits>.tmp'.
-PARTIAL_WRITE = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
-
-
-def clean_partial_writes(out: Path) -> int:
-    """Delete the temporary files of atomic writes (checkpoint, card, log, run state) that a kill
-    left in the output folder and its state folder: never read, safe to drop."""
-    stray = [f for folder in (out, out / STATE_DIR) if folder.is_dir() for f in folder.iterdir() if PARTIAL_WRITE.fullmatch(f.name) and f.is_file()]
-    for path in stray:
-        path.unlink(missing_ok=True)
-    return len(stray)
 
 
 def pretrain(p, resume: bool = False, log: Callable[[str], None] = print) -> Path:

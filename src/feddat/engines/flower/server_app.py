@@ -33,9 +33,9 @@ from feddat.config import Config
 from feddat.engines.flower import secure, transport
 from feddat.engines.flower.partitions import build_model, client_names
 from feddat.engines.rounds import RESERVED_METRICS, Rounds
-from feddat.engines.rundir import MetricsLog, clean_partial_writes, config_fingerprint, make_run_dir, resumable, save_shared, setting_differences, write_report
+from feddat.engines.rundir import MetricsLog, config_fingerprint, make_run_dir, resumable, save_shared, setting_differences, write_report
 from feddat.engines.state import Checkpoint, Progress
-from feddat.runtime import environment, pick_device, read_json, set_threads, write_json, write_text
+from feddat.runtime import clean_partial_writes, environment, is_int, is_number, pick_device, read_json, set_threads, write_json, write_text
 
 app = ServerApp()
 Log = Callable[[str], None]
@@ -47,22 +47,13 @@ class FlowerRunError(RuntimeError):
     """The run cannot go on; the message names the client and node."""
 
 
-def is_count(value) -> bool:
-    """An int of a record (bool is an int to Python, not to a count)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def metric_problems(metrics: dict, counts: tuple[str, ...] = ("steps",)) -> list[str]:
     """What is wrong with a client's metrics as metrics.jsonl would record them: names the
     records use for themselves (Rounds.record), values that are not single numbers, `counts`
     (Rounds.trained adds up 'steps') that are not non-negative integers."""
     problems = [f"metric '{k}' is named like a field of the metrics records ({', '.join(RESERVED_METRICS)})" for k in metrics if k in RESERVED_METRICS]
     problems += [f"metric '{k}' = {v!r} is not a number" for k, v in metrics.items() if not is_number(v)]
-    problems += [f"metric '{k}' = {metrics[k]!r} is not a non-negative integer" for k in counts if k in metrics and is_number(metrics[k]) and not (is_count(metrics[k]) and metrics[k] >= 0)]
+    problems += [f"metric '{k}' = {metrics[k]!r} is not a non-negative integer" for k in counts if k in metrics and is_number(metrics[k]) and not (is_int(metrics[k]) and metrics[k] >= 0)]
     return problems
 
 
@@ -194,7 +185,7 @@ def identity(content: RecordDict, node: int) -> tuple[str, int]:
     client, num_train = info.get("client"), info.get("num-train")
     if not isinstance(client, str) or not client:
         raise FlowerRunError(f"SuperNode {node} answered the identify query without its client's name ('info' has client = {client!r})")
-    if not is_count(num_train) or num_train < 1:
+    if not is_int(num_train) or num_train < 1:
         raise FlowerRunError(f"SuperNode {node} (client '{client}') answered the identify query with num-train = {num_train!r}, not a positive integer (its number of training examples)")
     return client, num_train
 
@@ -381,7 +372,7 @@ class MethodStrategy(Strategy):
         if info.get("client") != client:
             problems.append(f"the reply says it is from client {info.get('client')!r}")
         n, limit = info.get("num-examples"), self.roster.sizes.get(client)
-        if not is_count(n):
+        if not is_int(n):
             problems.append(f"num-examples = {n!r} is not an integer")
         elif n < 1 or (limit is not None and n > limit):
             bound = f"1..{limit}, its {limit} training examples as it reported when it joined" if limit is not None else "a positive integer"
