@@ -114,8 +114,8 @@ def test_feddat_on_lora_moves_shared_and_client_sets_in_their_own_steps(tiny_bac
     steps = []
     make_optimizer = method.optimizer
 
-    def spying(params, *step_count):
-        opt = make_optimizer(params, *step_count)
+    def spying(params, *step_count, **schedule):
+        opt = make_optimizer(params, *step_count, **schedule)
         opt.register_step_post_hook(lambda *_: steps.append({n: view.adapter_state(n) for n in ("shared", "frozen", "client")}))
         return opt
 
@@ -358,8 +358,8 @@ def test_fedrep_alternates_head_then_adapter(tiny_backbone, tiny_clients, monkey
     make_optimizer = method.optimizer
     holder = {}
 
-    def spying(params, *step_count):
-        opt = make_optimizer(params, *step_count)
+    def spying(params, *step_count, **schedule):
+        opt = make_optimizer(params, *step_count, **schedule)
         opt.register_step_post_hook(lambda *_: snaps.append((model.adapter_state("shared"), {k: v.detach().clone() for k, v in holder["head"].state_dict().items()})))
         return opt
 

@@ -55,9 +55,9 @@ def test_each_step_moves_only_its_own_parameters(tiny_backbone, tiny_clients, mo
                 return name
         return "head"
 
-    def spying_optimizer(params, *step_count):
+    def spying_optimizer(params, *step_count, **schedule):
         params = list(params)
-        opt = make_optimizer(params, *step_count)
+        opt = make_optimizer(params, *step_count, **schedule)
         role = role_of(params)
         opt.register_step_post_hook(lambda *_: steps.append((role, snapshot(model, head))))
         return opt
@@ -249,7 +249,7 @@ def test_branch_site_is_refused_where_it_cannot_apply(tiny_backbone):
 def test_reference_lr_schedule_warms_up_then_decays_linearly():
     """transformers' get_polynomial_decay_schedule_with_warmup(power=1, lr_end=0) with
     num_warmup_steps = int(0.1 * total), as the reference code builds it for every local update."""
-    from feddat.algorithms.base import reference_lr_factor
+    from feddat.algorithms.base import warmup_decay_factor as reference_lr_factor
 
     factors = [reference_lr_factor(step, 20, 0.1) for step in range(21)]
     assert factors[:4] == [0.0, 0.5, 1.0, 17 / 18]
@@ -264,7 +264,7 @@ def test_reference_lr_schedule_is_rebuilt_for_every_local_update(tiny_backbone, 
     seen: list[float] = []
     hook = register_optimizer_step_pre_hook(lambda opt, *_: seen.append(opt.param_groups[0]["lr"]))
     try:
-        for schedule in ("reference", "constant"):
+        for schedule in ("warmup_decay", "constant"):
             cfg = tiny_config(**{"train.lr_schedule": schedule})
             method = build_method(method_name, cfg, AdaptedModel(tiny_backbone, reduction_factor=4), torch.device("cpu"))
             client = tiny_clients[0]  # 16 examples, batch 8, one epoch: 2 steps

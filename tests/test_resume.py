@@ -243,3 +243,21 @@ def test_an_atomic_write_reaches_the_disk_before_and_after_its_rename(tmp_path, 
     runtime.write_json(tmp_path / "progress.json", {"round": 1})
     assert len(synced) == 3 and synced[0].startswith(str(tmp_path / ".progress.json.")) and synced[1:] == ["rename", str(tmp_path)]
     assert json.loads((tmp_path / "progress.json").read_text()) == {"round": 1}
+
+
+def test_a_key_added_later_keeps_older_checkpoints_resumable():
+    """Checkpoints record the fingerprint of the settings (rundir.config_fingerprint). A key added
+    since then is left out while at its default (it means the old behaviour), so a run started by
+    an older feddat still resumes; set off its default, it counts. The pinned value is the
+    default configuration's fingerprint as checkpoints have recorded it since fingerprints began:
+    a new key that is not listed in rundir.ADDED_SINCE_FINGERPRINTS changes it, and so does a
+    changed default (which must refuse to resume older runs: their numbers came from the old one)."""
+    from feddat.config import Config
+    from feddat.engines.rundir import ADDED_SINCE_FINGERPRINTS, config_fingerprint, decisive_settings
+
+    cfg = Config()
+    assert config_fingerprint(cfg) == "bcaeebf549980b05b159db6d6e3bd693ecad95ec93dc2145da7d4cc0a5be6024"
+    assert not set(ADDED_SINCE_FINGERPRINTS) & set(decisive_settings(cfg))
+    cfg.feddat.optimizer = "single"
+    assert decisive_settings(cfg)["feddat.optimizer"] == "single"
+    assert config_fingerprint(cfg) != config_fingerprint(Config())

@@ -60,6 +60,10 @@ class FedDATConfig:
     schedule: str = _f("fused", "fused (one batched backbone pass for student and teacher, same maths) or reference (three passes, DESIGN §4)")
     branch_site: int = _f(0, "fused schedule: adapter site (0 = lowest) where the teacher branches off the student; below it the teacher reuses the student's A_s stream and has no A_c, which skips its lower passes (a deliberate difference from DESIGN §4, see README 'Speed'); 0 = exact")
     loss_scale: float = _f(1.0, "multiplies both FedDAT losses (CE + α·T²·KL and CE + β·T²·KL); 0.5 is the reference code's ½(CE + KL) (README 'Differences from the reference implementation'); 1 = DESIGN §4")
+    optimizer: str = _f("separate", "separate (DESIGN §4: A_s + H_k and A_c + H_k each move only by their own loss) or single (the released code: one AdamW over A_s, A_c and H_k, gradients zeroed rather than set to None, stepped after each of the two losses, so momentum and weight decay move the adapter the loss did not touch); single runs the reference schedule")
+    client_adapter_rounds: int = _f(0, "rounds (counted from 1) in which A_c trains: 0 = every round (DESIGN §4); 1 = round 1 only, as in the released code, whose evaluation leaves A_c frozen after the first round (from then on the DAT loss moves only H_k)")
+    personal_frozen: str = _f("current", "Â_s of the personal view (evaluation, predict): current (the A_s of the evaluated round, DESIGN §4) or received (the A_s the client received at the start of its last round, as the released code evaluates; kept in the client's state)")
+    client_init: str = _f("per_client", "per_client (each client's A_c drawn from its own seed) or same (one draw for every client, as the released code)")
 
 
 @dataclass
@@ -71,8 +75,11 @@ class TrainConfig:
     batch_size: int = _f(32, "local minibatch size")
     local_epochs: int = _f(1, "local epochs per round")
     eval_batch_size: int = _f(128, "minibatch size for evaluation")
-    lr_schedule: str = _f("constant", "learning rate over a local update: constant (DESIGN) or reference (the reference code's linear warm-up over train.warmup_fraction of the update's steps, then linear decay to 0, rebuilt every round)")
-    warmup_fraction: float = _f(0.1, "lr_schedule = reference: share of a local update's optimiser steps spent warming up (the reference: 0.1)")
+    lr_schedule: str = _f("constant", "learning rate over a local update: constant (DESIGN); official (the released code's: linear warm-up over train.warmup_fraction of a horizon of train.schedule_epochs epochs' minibatches, then linear decay, rebuilt every local update and advanced after every optimiser step, twice per minibatch for FedDAT, however few epochs run); warmup_decay (warm-up over train.warmup_fraction of the local update's own steps, then decay to 0 within it); README 'Learning-rate schedules'")
+    warmup_fraction: float = _f(0.1, "lr_schedule official / warmup_decay: share of the schedule's horizon spent warming up (the released code: 0.1)")
+    schedule_epochs: int = _f(15, "lr_schedule = official: epochs in the schedule's horizon (the released code's --num_epochs default, 15, while 1 local epoch runs)")
+    decay_head_norm: bool = _f(False, "also apply weight decay to the task head's LayerNorm weight (the released code's name filter 'LayerNorm.weight' misses the head's, so it is decayed there); false = no decay on any bias or LayerNorm weight")
+    task_loss: str = _f("auto", "auto (softmax CE on single-answer data, BCE with logits x #answers on soft VQA scores) or bce (BCE x #answers on one-hot or soft targets always, as the released code)")
 
 
 @dataclass
@@ -445,7 +452,21 @@ def validate(cfg: Config) -> None:
     _choice("feddat.kd", cfg.feddat.kd, ("mutual", "one_way", "none"))
     _choice("feddat.teacher", cfg.feddat.teacher, ("dual", "client_only", "frozen_only"))
     _choice("feddat.schedule", cfg.feddat.schedule, ("fused", "reference"))
-    _choice("train.lr_schedule", cfg.train.lr_schedule, ("constant", "reference"))
+    if cfg.train.lr_schedule == "reference":
+        raise ConfigError(
+            "train.lr_schedule = 'reference' was the earlier name of 'warmup_decay' (warm-up and decay to 0 within one local "
+            "update), which is not the released code's schedule; use 'warmup_decay' for that behaviour or 'official' for the "
+            "released code's (README 'Learning-rate schedules')"
+        )
+    _choice("train.lr_schedule", cfg.train.lr_schedule, ("constant", "official", "warmup_decay"))
+    _choice("train.task_loss", cfg.train.task_loss, ("auto", "bce"))
+    _choice("feddat.optimizer", cfg.feddat.optimizer, ("separate", "single"))
+    _choice("feddat.client_init", cfg.feddat.client_init, ("per_client", "same"))
+    _choice("feddat.personal_frozen", cfg.feddat.personal_frozen, ("current", "received"))
+    if cfg.feddat.client_adapter_rounds < 0:
+        raise ConfigError(f"feddat.client_adapter_rounds must be >= 0 (0 = every round), got {cfg.feddat.client_adapter_rounds}")
+    if cfg.feddat.optimizer == "single" and cfg.feddat.branch_site:
+        raise ConfigError("feddat.optimizer = single runs the reference schedule, which has no branch site; set feddat.branch_site = 0")
     if not 0.0 <= cfg.train.warmup_fraction < 1.0:
         raise ConfigError(f"train.warmup_fraction must be in [0, 1), got {cfg.train.warmup_fraction}")
     if cfg.feddat.loss_scale <= 0:
@@ -472,6 +493,7 @@ def validate(cfg: Config) -> None:
     positive = {
         "train.batch_size": cfg.train.batch_size,
         "train.local_epochs": cfg.train.local_epochs,
+        "train.schedule_epochs": cfg.train.schedule_epochs,
         "train.eval_batch_size": cfg.train.eval_batch_size,
         "federation.rounds": cfg.federation.rounds,
         "federation.eval_every": cfg.federation.eval_every,

@@ -14,3 +14,6 @@ class TaskHead(nn.Sequential):
         super().__init__(nn.Linear(images * hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.GELU(), nn.Linear(2 * hidden, num_answers))
         self.num_answers = num_answers
         self.images = images
+        # The released FedDAT code decays every weight not named like "LayerNorm.weight", which
+        # this LayerNorm's is not; train.decay_head_norm reproduces that (Method.optimizer).
+        self[1].weight.head_norm = True

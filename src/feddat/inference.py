@@ -113,6 +113,7 @@ def deployment(cfg: Config, method_name: str, client: dict, view: str, shared: T
     from feddat.algorithms import METHODS
     from feddat.algorithms.ditto import PERSONAL, Ditto
     from feddat.algorithms.feddat import TEACHERS, FedDAT
+    from feddat.algorithms.feddat.method import personal_frozen
     from feddat.algorithms.head_only import HeadOnly
     from feddat.algorithms.local import LocalOnly
     from feddat.algorithms.scaffold import CONTROL, Scaffold
@@ -124,11 +125,11 @@ def deployment(cfg: Config, method_name: str, client: dict, view: str, shared: T
         raise ValueError(f"method '{method_name}' has no personal view (it deploys one model per client: A_s + head); use --view global")
     head = prefixed(state, "head")
     if view == "personal" and issubclass(cls, FedDAT):
-        # The teacher as evaluated: the current A_s as the frozen copy Â_s, with A_c; with
+        # The teacher as evaluated: the current A_s (or the received one, feddat.personal_frozen) as Â_s, with A_c; with
         # feddat.branch_site = k, A_s alone below site k.
         teacher, k = TEACHERS[cfg.feddat.teacher], cfg.feddat.branch_site
         path = {"below": ("shared",), "branch": k} if k else {}
-        available = {"shared": shared, "frozen": shared, "client": prefixed(state, "client")}
+        available = {"shared": shared, "frozen": personal_frozen(cfg, shared, state), "client": prefixed(state, "client")}
         sets = {name: available[name] for name in (*teacher, *path.get("below", ()))}
         return Deployment(cfg, method_name, client, view, sets, teacher, path, head)
     if view == "personal" and issubclass(cls, Ditto):

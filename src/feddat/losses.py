@@ -6,9 +6,13 @@ import torch
 import torch.nn.functional as F
 
 
-def task_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Softmax CE for class indices; for soft VQA scores, BCE with logits scaled by #answers (ViLT)."""
+def task_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "auto") -> torch.Tensor:
+    """`kind` auto: softmax CE for class indices; for soft VQA scores, BCE with logits scaled by
+    #answers (ViLT). `kind` bce: that BCE always, class indices taken as one-hot targets (the
+    released FedDAT code's loss for every task, train.task_loss)."""
     logits = logits.float()
+    if kind == "bce" and not target.is_floating_point():
+        target = F.one_hot(target, logits.shape[-1]).float()
     if target.is_floating_point():
         return F.binary_cross_entropy_with_logits(logits, target) * target.shape[1]
     return F.cross_entropy(logits, target)

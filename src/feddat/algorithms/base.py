@@ -240,22 +240,33 @@ class Method:
     def head_state(head: nn.Module) -> Tensors:
         return {f"head.{k}": v.detach().cpu().clone() for k, v in head.state_dict().items()}
 
-    def optimizer(self, params: list[nn.Parameter], steps: int | None = None) -> torch.optim.Optimizer:
-        """AdamW; no weight decay on biases and LayerNorm weights (every 1-d parameter).
+    def optimizer(self, params: list[nn.Parameter], steps: int | None = None, *, per_epoch: int | None = None, clock: tuple[int, int] = (1, 0)) -> torch.optim.Optimizer:
+        """AdamW; no weight decay on biases and LayerNorm weights (every 1-d parameter; with
+        train.decay_head_norm, the task head's LayerNorm weight is decayed, as the released code's
+        name filter leaves it), and the local update's learning-rate schedule attached.
 
-        `steps`: how many times this local update will step it. With train.lr_schedule =
-        "reference" the learning rate follows the reference code's schedule over those steps
-        (`attach_reference_schedule`); a fresh optimiser per local update rebuilds it every round.
+        `steps`: how many times this local update will step it. `per_epoch`: minibatches in one
+        epoch of the loop it serves (default: steps / train.local_epochs). `clock` = (ticks,
+        offset): under the official schedule the released code's one scheduler advances `ticks`
+        times per minibatch and this optimiser steps at tick `offset` of them (FedDAT's two
+        losses: 2 ticks, A_s's side at 0, A_c's at 1). A fresh optimiser per local update
+        rebuilds the schedule every round, as the released code does.
         """
         t = self.cfg.train
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
+        decay = [p for p in params if p.ndim >= 2 or (t.decay_head_norm and is_head_norm(p))]
+        chosen = {id(p) for p in decay}
+        no_decay = [p for p in params if id(p) not in chosen]
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps)
-        if t.lr_schedule == "reference":
-            if steps is None:
-                raise ValueError(f"method '{self.name}' built an optimiser without its step count; train.lr_schedule = reference needs it")
-            attach_reference_schedule(opt, steps, t.warmup_fraction)
+        if t.lr_schedule != "constant" and steps is None:
+            raise ValueError(f"method '{self.name}' built an optimiser without its step count; train.lr_schedule = {t.lr_schedule} needs it")
+        if t.lr_schedule == "warmup_decay":
+            attach_schedule(opt, lambda n: warmup_decay_factor(n, steps, t.warmup_fraction))
+        elif t.lr_schedule == "official":
+            per_epoch = per_epoch if per_epoch is not None else max(1, steps // t.local_epochs)
+            ticks, offset = clock
+            horizon = per_epoch * t.schedule_epochs
+            attach_schedule(opt, lambda n: warmup_decay_factor(offset + ticks * n, horizon, t.warmup_fraction))
         return opt
 
     def local_steps(self, split: Split, epochs: int | None = None) -> int:
@@ -298,10 +309,14 @@ class Method:
                 after_step(steps)
         return {**{k: v / max(1, steps) for k, v in sums.items()}, "steps": steps}
 
+    def task_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The task loss every method minimises (losses.task_loss, of kind train.task_loss)."""
+        return task_loss(logits, targets, self.cfg.train.task_loss)
+
     def task_step(self, head: nn.Module, opt: torch.optim.Optimizer) -> Callable[[Batch], dict[str, torch.Tensor]]:
         """A `train_steps` step that minimises the task loss alone with `opt`."""
         def step(batch: Batch) -> dict[str, torch.Tensor]:
-            loss = task_loss(self.logits(head, batch), batch.targets)
+            loss = self.task_loss(self.logits(head, batch), batch.targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -368,11 +383,11 @@ def shuffled(n: int, size: int, epochs: int, g: torch.Generator) -> Iterator[tor
             yield order[i : i + size]
 
 
-def reference_lr_factor(step: int, total: int, warmup_fraction: float) -> float:
-    """The reference code's learning-rate factor before its `step`-th optimiser step (from 0) of
-    `total`: transformers' get_polynomial_decay_schedule_with_warmup with power 1 and lr_end 0,
-    num_warmup_steps = int(total * warmup_fraction). Linear from 0 up to 1 over the warm-up,
-    then linear down to 0 at `total`."""
+def warmup_decay_factor(step: int, total: int, warmup_fraction: float) -> float:
+    """The learning-rate factor before scheduler step `step` (from 0) of a horizon of `total`:
+    transformers' get_polynomial_decay_schedule_with_warmup with power 1 and lr_end 0 and
+    num_warmup_steps = int(total * warmup_fraction), as the released code builds it. Linear
+    from 0 up to 1 over the warm-up, then linear down to 0 at `total`, and 0 beyond."""
     warmup = int(total * warmup_fraction)
     if step < warmup:
         return step / max(1, warmup)
@@ -381,9 +396,14 @@ def reference_lr_factor(step: int, total: int, warmup_fraction: float) -> float:
     return (total - step) / (total - warmup)
 
 
-def attach_reference_schedule(opt: torch.optim.Optimizer, total: int, warmup_fraction: float) -> None:
-    """Set `opt`'s learning rate by `reference_lr_factor` before each of its steps: a LambdaLR
+def attach_schedule(opt: torch.optim.Optimizer, factor: Callable[[int], float]) -> None:
+    """Set `opt`'s learning rate to lr · factor(n) before its n-th step (from 0): a LambdaLR
     advanced by a hook after every `opt.step()`, so the callers' loops stay as they are."""
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: reference_lr_factor(step, total, warmup_fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     opt.register_step_post_hook(lambda *_: scheduler.step())
     opt.lr_scheduler = scheduler  # kept alive with the optimiser, and inspectable
+
+
+def is_head_norm(p: torch.Tensor) -> bool:
+    """Whether `p` is a task head's LayerNorm weight (heads.TaskHead marks it)."""
+    return getattr(p, "head_norm", False)

@@ -13,7 +13,6 @@ import torch
 
 from feddat.algorithms.base import ClientStates, ClientUpdate, Method, Tensors
 from feddat.data.clients import ClientData
-from feddat.losses import task_loss
 from feddat.runtime import generator
 
 
@@ -46,7 +45,7 @@ class Centralised(Method):
 
         def step(item):
             client, batch = item
-            loss = task_loss(self.logits(heads[client.name], batch), batch.targets)
+            loss = self.task_loss(self.logits(heads[client.name], batch), batch.targets)
             opt.zero_grad(set_to_none=True)  # heads of other clients get no gradient, so do not move
             loss.backward()
             opt.step()

@@ -19,7 +19,6 @@ from torch import nn
 
 from feddat.algorithms.base import ClientUpdate, Method, Tensors
 from feddat.data.clients import ClientData
-from feddat.losses import task_loss
 
 
 def prefixed(state: Tensors, prefix: str) -> Tensors:
@@ -49,7 +48,7 @@ class AdapterClient(Method):
         return {**ctx, "anchor": [p.detach().clone() for p in params]}
 
     def local_loss(self, head: nn.Module, batch: tuple[torch.Tensor, ...], params: list[nn.Parameter], ctx: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = task_loss(self.logits(head, batch), batch.targets)
+        loss = self.task_loss(self.logits(head, batch), batch.targets)
         return loss, {"ce": loss}
 
     def after_backward(self, params: list[nn.Parameter], ctx: dict[str, Any]) -> None:

@@ -15,7 +15,6 @@ from feddat.algorithms.base import ClientUpdate, Tensors
 from feddat.algorithms.common import AdapterClient, prefixed, squared_distance, with_prefix
 from feddat.data.clients import ClientData
 from feddat.heads import TaskHead
-from feddat.losses import task_loss
 
 PERSONAL = "personal"
 
@@ -55,7 +54,7 @@ class Ditto(AdapterClient):
 
         def step(batch):
             prox = squared_distance(params, anchor)
-            loss = task_loss(self.logits(head, batch), batch.targets) + lam / 2 * prox
+            loss = self.task_loss(self.logits(head, batch), batch.targets) + lam / 2 * prox
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -14,7 +14,6 @@ import torch
 from feddat.algorithms.base import ClientUpdate, Method, Tensors, shuffled
 from feddat.config import Config
 from feddat.data.clients import ClientData, Split
-from feddat.losses import task_loss
 from feddat.runtime import generator
 
 
@@ -42,11 +41,11 @@ class FedRep(Method):
             return 0, 0.0
         self.seed_forward(self.name, "representations", round_, client.name)  # ViLT draws patches from torch's RNG
         reps, targets = self.representations(client.train)
-        opt = self.optimizer(list(head.parameters()), self.local_steps(client.train, epochs))
+        opt = self.optimizer(list(head.parameters()), self.local_steps(client.train, epochs), per_epoch=self.local_steps(client.train, 1))
         g = generator(self.cfg.run.seed, self.name, "head", round_, client.name)
 
         def step(idx):
-            loss = task_loss(self.head_logits(head, reps[idx]), targets[idx])
+            loss = self.task_loss(self.head_logits(head, reps[idx]), targets[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

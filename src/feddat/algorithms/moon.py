@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from feddat.algorithms.common import AdapterClient, prefixed, with_prefix
-from feddat.losses import task_loss
 
 PREV = "prev"
 
@@ -54,7 +53,7 @@ class Moon(AdapterClient):
             with self.model.active(PREV):
                 z_prev = self.represent(batch)
         z = self.represent(batch)  # under the caller's active("shared")
-        ce = task_loss(self.head_logits(head, z), batch.targets)
+        ce = self.task_loss(self.head_logits(head, z), batch.targets)
         con = contrastive(z, z_glob, z_prev, self.cfg.baselines.moon_temperature)
         return ce + self.cfg.baselines.moon_mu * con, {"ce": ce, "contrastive": con}
 

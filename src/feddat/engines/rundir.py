@@ -30,10 +30,24 @@ def save_shared(run_dir: Path, method: str, shared: dict, cfg: Config, **extra: 
 PLACE_AND_PACE = ("run.methods", "run.out_dir", "run.name", "run.device", "run.threads", "run.prefix_cache_mb", "run.progress", "data.cache_dir", "tracking.")
 
 
+# Keys added after checkpoints began to record fingerprints. At its default each means what the
+# code did before the key existed, so it is left out there: a checkpoint written before it
+# still resumes. Set off its default, it counts like any other key.
+ADDED_SINCE_FINGERPRINTS = (
+    "train.schedule_epochs", "train.decay_head_norm", "train.task_loss",
+    "feddat.optimizer", "feddat.client_adapter_rounds", "feddat.client_init", "feddat.personal_frozen",
+)
+
+
 def decisive_settings(cfg: Config) -> dict:
     """Every setting of `cfg` that decides a method's numbers, as {'section.key': value}."""
     flat = {f"{section}.{key}": value for section, values in cfg.to_dict().items() for key, value in values.items()}
-    return {k: v for k, v in sorted(flat.items()) if not k.startswith(PLACE_AND_PACE)}
+    defaults = {f"{section}.{key}": value for section, values in Config().to_dict().items() for key, value in values.items()}
+    return {
+        k: v
+        for k, v in sorted(flat.items())
+        if not k.startswith(PLACE_AND_PACE) and not (k in ADDED_SINCE_FINGERPRINTS and v == defaults[k])
+    }
 
 
 def config_fingerprint(cfg: Config) -> str:

@@ -26,8 +26,10 @@ class FedDAT(Method):
 
     @classmethod
     def schedule(cls, cfg) -> str:
-        """The schedule this method runs under `cfg` (feddat.schedule; see FedDATLoRA)."""
-        return cfg.feddat.schedule
+        """The schedule this method runs under `cfg`: feddat.schedule, except that the released
+        code's single optimiser (feddat.optimizer = single) needs the reference schedule (see
+        step.SingleOptimizer; FedDATLoRA always runs it)."""
+        return "reference" if cfg.feddat.optimizer == "single" else cfg.feddat.schedule
 
     @classmethod
     def passes_per_step(cls, cfg) -> tuple[int, int]:
@@ -46,7 +48,9 @@ class FedDAT(Method):
 
     def init_client_state(self, client: ClientData) -> Tensors:
         state = super().init_client_state(client)
-        torch.manual_seed(derive_seed(self.cfg.run.seed, "client-adapter", client.name))
+        # feddat.client_init = same: one draw for every client, as the released code clones it
+        own = (client.name,) if self.cfg.feddat.client_init == "per_client" else ()
+        torch.manual_seed(derive_seed(self.cfg.run.seed, "client-adapter", *own))
         state.update({f"client.{k}": v for k, v in self.model.new_adapter_state().items()})
         return state
 
@@ -59,13 +63,15 @@ class FedDAT(Method):
 
     def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
         head = self.load_client(shared, state, client)
-        opts = make_optimizers(self, head, self.local_steps(client.train))
+        opts = make_optimizers(self, head, self.local_steps(client.train), round_)
         schedule = SCHEDULES[self.schedule(self.cfg)]
         terms = ("loss_student", "loss_dat", "kd_student", "kd_dat")
         batches = self.batches(client.train, self.name, round_, client.name)
         metrics = self.train_steps(batches, lambda batch: dict(zip(terms, schedule(self, batch, head, opts))), terms)
         new_state = self.head_state(head)
         new_state.update({f"client.{k}": v for k, v in self.model.adapter_state("client").items()})
+        if self.cfg.feddat.personal_frozen == "received":  # the released code's personal view keeps this Â_s
+            new_state.update({f"frozen.{k}": v for k, v in shared.items()})
         return ClientUpdate(
             client=client.name,
             shared=self.model.adapter_state("shared"),
@@ -76,7 +82,15 @@ class FedDAT(Method):
 
     def evaluate(self, shared: Tensors, state: Tensors, client: ClientData) -> dict[str, float]:
         head = self.load_client(shared, state, client)
+        self.model.load_adapter("frozen", personal_frozen(self.cfg, shared, state))
         return {
             **self.view_scores("global", client.test, head, ("shared",)),
             **self.view_scores("personal", client.test, head, self.teacher, **self.teacher_path),
         }
+
+
+def personal_frozen(cfg, shared: Tensors, state: Tensors) -> Tensors:
+    """Â_s of the personal view: the current A_s (DESIGN §4), or with feddat.personal_frozen =
+    received the A_s the client last received (in its state; the current one before it trained)."""
+    kept = {k[7:]: v for k, v in state.items() if k.startswith("frozen.")}
+    return kept if cfg.feddat.personal_frozen == "received" and kept else shared

@@ -21,9 +21,11 @@ from feddat.losses import distill, task_loss
 
 @dataclass
 class Optimizers:
+    """The optimisers of one local update, by the part each moves (DESIGN §4: separate)."""
+
     shared: torch.optim.Optimizer
     student_head: torch.optim.Optimizer
-    client: torch.optim.Optimizer | None  # None when the teacher has no client adapter
+    client: torch.optim.Optimizer | None  # None when the teacher has no client adapter, or A_c does not train this round
     teacher_head: torch.optim.Optimizer
 
     def zero_grad(self, *names: str) -> None:
@@ -37,36 +39,70 @@ class Optimizers:
                 getattr(self, name).step()
 
 
-def make_optimizers(m, head: torch.nn.Module, steps: int) -> Optimizers:
-    """DESIGN §4's two optimisers (A_s+H_k, A_c+H_k; the official code has one), each split by parameter.
+@dataclass
+class SingleOptimizer:
+    """The released code's one AdamW over A_s, A_c and H_k (feddat.optimizer = single), with the
+    interface of `Optimizers`: whichever parts a call names, the one optimiser zeroes or steps
+    them all. Gradients are zeroed, not set to None (torch 1.10's `zero_grad()`), so from its
+    second step on AdamW moves every parameter it holds, by momentum and weight decay where the
+    current loss left a zero gradient. Only the reference schedule can run it: the fused one
+    steps the head before the adapters' gradients exist."""
+
+    opt: torch.optim.Optimizer
+
+    def zero_grad(self, *names: str) -> None:
+        self.opt.zero_grad(set_to_none=False)
+
+    def step(self, *names: str) -> None:
+        self.opt.step()
+
+
+def client_adapter_trains(f, round_: int) -> bool:
+    """Whether A_c trains in `round_` (from 1): every round, or the first feddat.client_adapter_rounds."""
+    return f.client_adapter_rounds == 0 or round_ <= f.client_adapter_rounds
+
+
+def make_optimizers(m, head: torch.nn.Module, steps: int, round_: int) -> Optimizers | SingleOptimizer:
+    """DESIGN §4's two optimisers (A_s+H_k, A_c+H_k), each split by parameter; or, with
+    feddat.optimizer = single, the released code's one over everything.
 
     AdamW is elementwise, so stepping A_s and H_k with separate instances is identical to
     one instance over both; the split lets the fused step update the head before the
     adapters' gradients exist. Each optimiser moves only what its own loss touched, and each
-    steps once per minibatch: `steps` times in the local update.
+    steps once per minibatch: `steps` times in the local update. Under the official lr schedule
+    the released code's scheduler ticks twice per minibatch (after each loss's step): the
+    student side steps at the first tick, the DAT side at the second.
     """
     head_params = list(head.parameters())
-    client = m.model.adapter_parameters("client") if "client" in m.teacher else []
+    trains_client = "client" in m.teacher and client_adapter_trains(m.cfg.feddat, round_)
+    client = m.model.adapter_parameters("client") if trains_client else []
+    if m.cfg.feddat.optimizer == "single":
+        params = [*m.model.adapter_parameters("shared"), *client, *head_params]
+        for p in params:  # as the released code's fresh model: no gradient before the first loss
+            p.grad = None
+        # stepped twice per minibatch: each step is one tick of the released code's scheduler
+        return SingleOptimizer(m.optimizer(params, 2 * steps, per_epoch=max(1, steps // m.cfg.train.local_epochs)))
     return Optimizers(
-        shared=m.optimizer(m.model.adapter_parameters("shared"), steps),
-        student_head=m.optimizer(head_params, steps),
-        client=m.optimizer(client, steps) if client else None,
-        teacher_head=m.optimizer(head_params, steps),
+        shared=m.optimizer(m.model.adapter_parameters("shared"), steps, clock=(2, 0)),
+        student_head=m.optimizer(head_params, steps, clock=(2, 0)),
+        client=m.optimizer(client, steps, clock=(2, 1)) if client else None,
+        teacher_head=m.optimizer(head_params, steps, clock=(2, 1)),
     )
 
 
-def student_loss(f, z_s: torch.Tensor, z_dat: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def student_loss(f, z_s: torch.Tensor, z_dat: torch.Tensor, y: torch.Tensor, kind: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, kd): CE + α·T²·KL(DAT ‖ student) (kd is zero when switched off), times
-    feddat.loss_scale (0.5: the reference code's ½(CE + KL)). `f`: the [feddat] settings."""
+    feddat.loss_scale (0.5: the reference code's ½(CE + KL)). `f`: the [feddat] settings;
+    `kind`: train.task_loss."""
     kd = distill(z_s, z_dat, f.temperature) if f.kd != "none" else z_s.new_zeros(())
-    return f.loss_scale * (task_loss(z_s, y) + f.alpha * kd), kd
+    return f.loss_scale * (task_loss(z_s, y, kind) + f.alpha * kd), kd
 
 
-def dat_loss(f, z_dat: torch.Tensor, z_s: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def dat_loss(f, z_dat: torch.Tensor, z_s: torch.Tensor, y: torch.Tensor, kind: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, kd): CE + β·T²·KL(student ‖ DAT), the student's logits taken before its update,
     times feddat.loss_scale."""
     kd = distill(z_dat, z_s, f.temperature) if f.kd == "mutual" else z_dat.new_zeros(())
-    return f.loss_scale * (task_loss(z_dat, y) + f.beta * kd), kd
+    return f.loss_scale * (task_loss(z_dat, y, kind) + f.beta * kd), kd
 
 
 def reference_step(m, batch, head, opts: Optimizers):
@@ -78,14 +114,14 @@ def reference_step(m, batch, head, opts: Optimizers):
     # 2. student step: A_s and H_k
     with m.model.active("shared"):
         z_s = m.logits(head, batch)
-    loss_s, kd_s = student_loss(f, z_s, z_dat, y)
+    loss_s, kd_s = student_loss(f, z_s, z_dat, y, m.cfg.train.task_loss)
     opts.zero_grad("shared", "student_head")
     loss_s.backward()
     opts.step("shared", "student_head")
     # 3. DAT step: A_c and H_k, distilled from the student's logits before its update
     with m.model.active(*m.teacher):
         z_dat = m.logits(head, batch)
-    loss_d, kd_d = dat_loss(f, z_dat, z_s, y)
+    loss_d, kd_d = dat_loss(f, z_dat, z_s, y, m.cfg.train.task_loss)
     opts.zero_grad("client", "teacher_head")
     loss_d.backward()
     opts.step("client", "teacher_head")
@@ -113,13 +149,13 @@ def fused_step(m, batch, head, opts: Optimizers):
         z_dat = m.head_logits(head, pooled_dat)
     # 2. student loss: step H_k now; A_s waits for the backbone's backward below
     z_s = m.head_logits(head, pooled_s)
-    loss_s, kd_s = student_loss(f, z_s, z_dat, y)
+    loss_s, kd_s = student_loss(f, z_s, z_dat, y, m.cfg.train.task_loss)
     opts.zero_grad("student_head")
     loss_s.backward()
     opts.step("student_head")
     # 3. DAT loss with the updated head
     z_dat = m.head_logits(head, pooled_dat)
-    loss_d, kd_d = dat_loss(f, z_dat, z_s, y)
+    loss_d, kd_d = dat_loss(f, z_dat, z_s, y, m.cfg.train.task_loss)
     opts.zero_grad("teacher_head")
     loss_d.backward()
     opts.step("teacher_head")
