@@ -12,7 +12,14 @@ and an unfinished one continues from its last round checkpoint (both by `feddat 
     .venv/bin/python benchmarks/regime_study.py plan                       # the units, in order
     .venv/bin/python benchmarks/regime_study.py run --lanes 2 --threads 1  # train what is missing
     .venv/bin/python benchmarks/regime_study.py run --cells domain-r1b8    # one cell only
-    .venv/bin/python benchmarks/regime_study.py report                     # tables of finished cells
+    .venv/bin/python benchmarks/regime_study.py record                     # keep finished runs in docs/
+    .venv/bin/python benchmarks/regime_study.py report                     # docs/results/regime-study/README.md
+
+`record` copies what a finished run's report needs (summary.json, config.toml, metrics.jsonl,
+clients.json, and which commit trained it) to docs/results/regime-study/<cell>/runs/, where the
+repository keeps it; `run` starts by putting recorded runs back under --root, so a fresh clone
+(or the next session) trains only what no one has recorded. `report` writes the summary tables
+from the recorded runs alone: every mean with its seeds, paired differences with their p-values.
 
 On a GPU: `run --lanes 1 --threads 4 --device cuda` (one process keeps the GPU busy).
 """
@@ -20,8 +27,10 @@ On a GPU: `run --lanes 1 --threads 4 --device cuda` (one process keeps the GPU b
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FEDDAT = [str(Path(sys.executable).parent / "feddat")]
 SEEDS = (0, 1, 2)
+RECORDED = ROOT / "docs" / "results" / "regime-study"
+KEPT = ("summary.json", "config.toml", "metrics.jsonl", "clients.json", "trained_by.json")
 
 # Adam's square-root scaling rule (Malladi et al., NeurIPS 2022): lr ∝ √batch, from the
 # default's 3e-3 at batch 32.
@@ -65,7 +76,8 @@ METHODS: dict[str, tuple[str, float]] = {
     "feddat": ("feddat", 2.0),
     "fedprox": ("fedprox:baselines.fedprox_mu=0.1", 1.05),
     "centralised": ("centralised", 1.0),
-    "fedavg@feddat": ("fedavg:train.local_epochs=2", 2.0),
+    "fedavg@feddat": ("fedavg:train.local_epochs=<matched>", 2.0),
+    "local": ("local", 1.0),
 }
 #: what each regime's cell trains; the R2 ablations change only what FedDAT (and FedAvg) run.
 CELL_METHODS = {
@@ -78,7 +90,7 @@ CELL_METHODS = {
     "r2ref-freeze": ("feddat",),
 }
 #: the order cells are worked on (most decisive first)
-PRIORITY = ("domain-r1b8", "domain-r0", "domain-r2ref", "function-r1b8", "function-r0", "function-r2ref",
+PRIORITY = ("domain-r1b8", "domain-r2ref", "domain-r0", "function-r1b8", "function-r2ref", "function-r0",
             "domain-r2ref-sched", "domain-r2ref-opt", "domain-r2ref-freeze", "domain-r1b4", "function-r1b4",
             "function-r2ref-sched", "function-r2ref-opt", "function-r2ref-freeze")
 
@@ -102,10 +114,26 @@ class Unit:
         return METHODS[self.label][1]
 
 
-def variant(label: str) -> str:
+def variant(label: str, regime: str = "r0") -> str:
+    if label == "fedavg@feddat":
+        return matched_variant(regime)
     spec = METHODS[label][0]
     method, _, rest = spec.partition(":")
     return label if not rest and method == label else f"{label}={spec}"
+
+
+def matched_variant(regime: str) -> str:
+    """FedAvg given FedDAT's backbone passes per round under `regime`, by compare's own rule
+    (`--matched fedavg`: 2 local epochs against the fused step, 3 against the reference one)."""
+    from feddat import config as config_mod
+    from feddat.compare.variants import Variant, matched_variants
+
+    args = list(REGIMES[regime][1])
+    path = args[args.index("--config") + 1] if "--config" in args else None
+    flags = {k[2:]: v for k, v in zip(args[::2], args[1::2]) if k != "--config"}
+    cfg = config_mod.load(ROOT / path if path else None, flags)
+    (matched,) = matched_variants([Variant("feddat", "feddat"), Variant("fedavg", "fedavg")], ["fedavg"], "feddat", cfg) or [Variant("fedavg@feddat", "fedavg")]
+    return matched.spec
 
 
 def out_dir(cell: str, root: Path) -> Path:
@@ -118,29 +146,35 @@ def base_args(cell: str, root: Path, threads: int, device: str) -> list[str]:
             "--run.threads", str(threads), "--run.device", device, "--run.progress", "lines"]
 
 
-#: what decides a cell first: FedDAT against FedAvg+Adapter, FedProx (drift) and the head alone
-CORE = ("head_only", "fedavg", "feddat", "fedprox")
+#: what decides a cell first: FedDAT against FedAvg+Adapter and the head alone, and where drift
+#: is the question (R0, R1), FedProx
+CORE = {"r2": ("head_only", "fedavg", "feddat"), "": ("head_only", "fedavg", "feddat", "fedprox")}
+
+
+def core(regime: str) -> tuple[str, ...]:
+    return CORE["r2"] if regime.startswith("r2") else CORE[""]
 
 
 def units(cells: list[str]) -> list[Unit]:
-    """Cell by cell: the core methods for seeds 0, 1, 2 (seed by seed), then the rest of the table."""
-    out = []
+    """The core methods of every cell (cell by cell, seed by seed), then the rest of each table."""
+    first, rest = [], []
     for c in cells:
-        labels = CELL_METHODS[c.split("-", 1)[1]]
-        for tier in ([m for m in labels if m in CORE], [m for m in labels if m not in CORE]):
-            out += [Unit(c, label, s) for s in SEEDS for label in tier]
-    return out
+        regime = c.split("-", 1)[1]
+        labels = CELL_METHODS[regime]
+        first += [Unit(c, label, s) for s in SEEDS for label in labels if label in core(regime)]
+        rest += [Unit(c, label, s) for s in SEEDS for label in labels if label not in core(regime)]
+    return first + rest
 
 
 def unit_command(u: Unit, root: Path, threads: int, device: str) -> list[str]:
-    return [*FEDDAT, "compare", "--methods", variant(u.label), "--seeds", str(u.seed), *base_args(u.cell, root, threads, device)]
+    return [*FEDDAT, "compare", "--methods", variant(u.label, u.regime), "--seeds", str(u.seed), *base_args(u.cell, root, threads, device)]
 
 
 def report_command(cell: str, root: Path, threads: int, device: str) -> list[str]:
     labels = [m for m in CELL_METHODS[cell.split("-", 1)[1]] if m != "fedavg@feddat"]
     matched = ["--matched", "fedavg"] if "fedavg@feddat" in CELL_METHODS[cell.split("-", 1)[1]] else []
     ref = ["--reference", "feddat"] if "feddat" in labels else []
-    return [*FEDDAT, "compare", "--methods", ",".join(variant(m) for m in labels), *matched, *ref,
+    return [*FEDDAT, "compare", "--methods", ",".join(variant(m, cell.split("-", 1)[1]) for m in labels), *matched, *ref,
             "--seeds", ",".join(map(str, SEEDS)), *base_args(cell, root, threads, device)]
 
 
@@ -148,22 +182,77 @@ def finished(u: Unit, root: Path) -> bool:
     return (out_dir(u.cell, root) / "runs" / u.label / f"seed{u.seed}" / "summary.json").is_file()
 
 
-def running_elsewhere(u: Unit, root: Path) -> bool:
-    """Whether another process (an earlier driver's orphan, a second driver) trains `u` now."""
-    wanted = ["compare", "--methods", variant(u.label), "--seeds", str(u.seed)]
+def training_processes(root: Path) -> list[list[str]]:
+    """The command lines of every `feddat compare` training under `root` on this machine, this
+    driver's or not (an earlier driver's orphans, a second driver)."""
+    found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             argv = cmdline.read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if all(w in argv for w in wanted) and str(out_dir(u.cell, root)) in argv and int(cmdline.parent.name) != os.getpid():
-            if argv[argv.index("--methods") + 1] == variant(u.label) and argv[argv.index("--seeds") + 1] == str(u.seed):
+        if "compare" in argv and "--out" in argv and argv[argv.index("--out") + 1].startswith(str(root)):
+            found.append(argv)
+    return found
+
+
+def running_elsewhere(u: Unit, root: Path) -> bool:
+    """Whether some process trains `u` now."""
+    for argv in training_processes(root):
+        if argv[argv.index("--out") + 1] == str(out_dir(u.cell, root)) and "--methods" in argv and "--seeds" in argv:
+            if argv[argv.index("--methods") + 1] == variant(u.label, u.regime) and argv[argv.index("--seeds") + 1] == str(u.seed):
                 return True
     return False
 
 
+def code_commit() -> str:
+    """The commit of the feddat code this process imports (a snapshot on PYTHONPATH or the checkout)."""
+    import feddat
+
+    where = Path(feddat.__file__).resolve().parent
+    head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no", "--", "."], capture_output=True, text=True).stdout.strip()
+    return head + ("+changes" if dirty else "") if head else "unknown"
+
+
+def write_provenance(u: Unit, root: Path, commit: str) -> None:
+    run = out_dir(u.cell, root) / "runs" / u.label / f"seed{u.seed}"
+    if (run / "summary.json").is_file() and not (run / "trained_by.json").is_file():
+        (run / "trained_by.json").write_text(json.dumps({"commit": commit, "command": unit_command(u, root, 0, "")[1:6]}, indent=1) + "\n")
+
+
+def record(root: Path) -> int:
+    """Copy the report's files of every finished run under `root` to RECORDED; -> runs copied."""
+    copied = 0
+    for summary in sorted(root.glob("*/runs/*/seed*/summary.json")):
+        run = summary.parent
+        cell = run.parents[2].name
+        dest = RECORDED / cell / "runs" / run.parent.name / run.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in KEPT:
+            if (run / name).is_file():
+                shutil.copy2(run / name, dest / name)
+        copied += 1
+    return copied
+
+
+def restore(root: Path) -> int:
+    """Put recorded runs back under `root` where it has none, so that compare reuses them."""
+    restored = 0
+    for summary in sorted(RECORDED.glob("*/runs/*/seed*/summary.json")):
+        run = summary.parent
+        dest = root / run.parents[2].name / "runs" / run.parent.name / run.name
+        if not (dest / "summary.json").is_file():
+            if dest.exists():
+                shutil.rmtree(dest)  # unfinished here, finished elsewhere
+            shutil.copytree(run, dest)
+            restored += 1
+    return restored
+
+
 def run_units(todo: list[Unit], root: Path, lanes: int, threads: int, device: str, logs: Path) -> int:
-    """Train `todo` on `lanes` processes; a unit's output goes to logs/<cell>.<label>.seed<N>.log."""
+    """Train `todo` with at most `lanes` training processes under `root` on this machine (others'
+    included); a unit's output goes to logs/<cell>.<label>.seed<N>.log."""
     logs.mkdir(parents=True, exist_ok=True)
     running: dict[subprocess.Popen, Unit] = {}
     failed = 0
@@ -177,8 +266,9 @@ def run_units(todo: list[Unit], root: Path, lanes: int, threads: int, device: st
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     queue = list(todo)
+    commit = code_commit()
     while queue or running:
-        while queue and len(running) < lanes:
+        while queue and len(running) < lanes and len(training_processes(root)) < lanes:
             u = queue.pop(0)
             if running_elsewhere(u, root):
                 print(f"{time.strftime('%H:%M:%S')} skip  {u.cell} {u.label} seed {u.seed}: another process trains it", flush=True)
@@ -190,6 +280,7 @@ def run_units(todo: list[Unit], root: Path, lanes: int, threads: int, device: st
         for p in [p for p in running if p.poll() is not None]:
             u = running.pop(p)
             ok = p.returncode == 0
+            write_provenance(u, root, commit)
             failed += not ok
             print(f"{time.strftime('%H:%M:%S')} {'done ' if ok else 'FAILED'} {u.cell} {u.label} seed {u.seed}" + ("" if ok else f" (exit {p.returncode})"), flush=True)
     return failed
@@ -197,10 +288,10 @@ def run_units(todo: list[Unit], root: Path, lanes: int, threads: int, device: st
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=("plan", "run", "report"))
+    p.add_argument("action", choices=("plan", "run", "record", "report"))
     p.add_argument("--cells", default=",".join(PRIORITY), help="comma list of twin-regime cells, in the order to work on them")
     p.add_argument("--root", default="runs/study", help="where each cell's compare folder goes")
-    p.add_argument("--lanes", type=int, default=2, help="training processes at once")
+    p.add_argument("--lanes", type=int, default=2, help="training processes at once on this machine (any driver's)")
     p.add_argument("--threads", type=int, default=1, help="threads per process")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
@@ -209,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         twin, _, regime = c.partition("-")
         if twin not in TWINS or regime not in REGIMES:
             p.error(f"unknown cell '{c}': a cell is <twin>-<regime>, twin in {TWINS}, regime in {tuple(REGIMES)}")
-    root = Path(args.root)
+    root = Path(args.root).resolve()
     if args.action == "plan":
         for c in cells:
             print(f"# {c}: {REGIMES[c.split('-', 1)[1]][0]}")
@@ -218,13 +309,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {len(todo)} runs to train, {sum(u.cost for u in todo):.1f} FedAvg-run equivalents")
         return 0
     if args.action == "run":
+        print(f"{restore(root)} recorded runs put back under {root}", flush=True)
         todo = [u for u in units(cells) if not finished(u, root)]
         return 1 if run_units(todo, root, args.lanes, args.threads, args.device, root / "logs") else 0
-    for c in cells:
-        if all(finished(u, root) for u in units([c])):
-            subprocess.run(report_command(c, root, args.threads, args.device), cwd=ROOT, check=True)
-        else:
-            print(f"# {c}: not finished, no report")
+    if args.action == "record":
+        print(f"{record(root)} finished runs recorded in {RECORDED}")
+        return 0
+    from regime_report import write_summary  # beside this file
+
+    print(f"wrote {write_summary(RECORDED, [c for c in PRIORITY if c in cells])}")
     return 0
 
 

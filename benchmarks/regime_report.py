@@ -1,0 +1,146 @@
+"""The regime study's summary (docs/results/regime-study/README.md), written from the recorded
+runs alone by `benchmarks/regime_study.py report`: per cell, every method's final mean global
+score per seed, mean ± std, its paired difference to FedAvg+Adapter with n and the p-value, the
+controls' margins; then FedDAT against FedAvg across the cells."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from scipy import stats
+
+from feddat.compare.runs import client_scores, load_compare_run
+
+ORDER = ("head_only", "local", "centralised", "fedavg", "fedavg@feddat", "fedprox", "feddat")
+NAMES = {
+    "head_only": "head only (control)",
+    "local": "local-only",
+    "centralised": "centralised (control)",
+    "fedavg": "FedAvg+Adapter",
+    "fedavg@feddat": "FedAvg+Adapter, FedDAT's compute",
+    "fedprox": "FedProx (μ 0.1)",
+    "feddat": "FedDAT",
+}
+
+
+def final_means(run_dir: Path) -> tuple[dict[str, float], dict]:
+    """{'global': %, 'personal': %} at the final evaluation, mean over clients; and the summary."""
+    result = load_compare_run(run_dir)
+    views = {}
+    for view in ("global", "personal"):
+        scores = client_scores(result, view)
+        if scores and scores["mean"][0] == scores["mean"][0]:
+            views[view] = 100 * scores["mean"][0]
+    return views, result.summary
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
+    """(mean of a − b over the seeds both have, two-sided p of the paired t-test, n)."""
+    common = sorted(set(a) & set(b))
+    d = [a[s] - b[s] for s in common]
+    if not d:
+        return float("nan"), float("nan"), 0
+    m = sum(d) / len(d)
+    if len(d) < 2 or len(set(d)) == 1:
+        return m, float("nan"), len(d)  # no spread: a t-test says nothing
+    return m, float(stats.ttest_rel([a[s] for s in common], [b[s] for s in common]).pvalue), len(d)
+
+
+def fmt(x: float, spec: str = ".1f", signed: bool = False) -> str:
+    if x != x:
+        return "—"
+    return format(x, ("+" if signed else "") + spec)
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "—"
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{m:.1f} (n = 1)"
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return f"{m:.1f} ± {sd:.1f}"
+
+
+def cell_section(cell: Path, regimes: dict) -> tuple[str, dict]:
+    by_label: dict[str, dict[str, dict[int, float]]] = {}
+    commits, machines = set(), set()
+    for summary in sorted(cell.glob("runs/*/seed*/summary.json")):
+        views, info = final_means(summary.parent)
+        for view, value in views.items():
+            by_label.setdefault(info["label"], {}).setdefault(view, {})[int(info["seed"])] = value
+        env = info.get("environment", {})
+        machines.add(f"{env.get('cpu', '?')}, {env.get('torch_threads', '?')} thread(s), {env.get('device', '?')}")
+        prov = summary.parent / "trained_by.json"
+        commits.add(json.loads(prov.read_text())["commit"][:12] if prov.is_file() else "not recorded")
+    twin, regime = cell.name.split("-", 1)
+    what, overrides = regimes.get(regime, ("", ()))
+    fedavg = by_label.get("fedavg", {}).get("global", {})
+    head = by_label.get("head_only", {}).get("global", {})
+    lines = [f"## {cell.name}: {twin} twin, {what}", ""]
+    lines += [f"Overrides: `{' '.join(overrides) or '(none: the defaults)'}`. Trained by commit(s) {', '.join(sorted(commits))} on {'; '.join(sorted(machines))}.", ""]
+    lines += ["| method | view | seeds | score per seed | mean ± std | − FedAvg+Adapter (paired: mean, p, n) | − head only (paired) |", "|---|---|---|---|---|---|---|"]
+    labels = [l for l in ORDER if l in by_label] + [l for l in by_label if l not in ORDER]
+    for label in labels:
+        for view in ("global", "personal"):
+            seeds = by_label[label].get(view)
+            if not seeds:
+                continue
+            values = [seeds[s] for s in sorted(seeds)]
+            per_seed = ", ".join(f"{s}: {seeds[s]:.1f}" for s in sorted(seeds))
+            d, p, n = paired(seeds, fedavg) if label != "fedavg" else (float("nan"),) * 2 + (0,)
+            h, _, hn = paired(seeds, head) if label != "head_only" else (float("nan"), 0, 0)
+            vs_fedavg = f"{fmt(d, signed=True)}, p = {fmt(p, '.3f')}, n = {n}" if n else ""
+            lines.append(f"| {NAMES.get(label, label)} | {view} | {len(seeds)} | {per_seed} | {mean_sd(values)} | {vs_fedavg} | {fmt(h, signed=True) if hn else ''} |")
+    lines.append("")
+    feddat = by_label.get("feddat", {}).get("global", {})
+    key = {"cell": cell.name, "feddat_vs_fedavg": paired(feddat, fedavg) if feddat and fedavg else None}
+    checks = []
+    for label in ("fedavg", "fedprox", "feddat", "fedavg@feddat", "local", "centralised"):
+        if label in by_label and head:
+            m, _, n = paired(by_label[label]["global"], head)
+            checks.append(f"{NAMES[label]} {fmt(m, signed=True)} (n = {n})")
+    if checks:
+        lines += [f"Adapter methods against the head alone (bar: ≥ +5): {'; '.join(checks)}.", ""]
+    if "centralised" in by_label and "local" in by_label:
+        m, _, n = paired(by_label["centralised"]["global"], by_label["local"]["global"])
+        lines += [f"Centralised against local-only (bar: ≥ +3): {fmt(m, signed=True)} (n = {n}).", ""]
+    return "\n".join(lines), key
+
+
+def write_summary(recorded: Path, cells: list[str]) -> Path:
+    from regime_study import REGIMES  # beside this file
+
+    sections, keys = [], []
+    for name in cells:
+        cell = recorded / name
+        if any(cell.glob("runs/*/seed*/summary.json")):
+            text, key = cell_section(cell, REGIMES)
+            sections.append(text)
+            keys.append(key)
+    head = [
+        "# Where FedDAT leads: the regime study",
+        "",
+        "Written by `.venv/bin/python benchmarks/regime_study.py report` from the runs recorded in this folder",
+        "(`<cell>/runs/<method>/seed<N>/`: each run's config.toml, metrics.jsonl, summary.json and the",
+        "commit that trained it); the README's section \"Where FedDAT leads\" discusses it. Scores are the",
+        "mean over the twin's clients of the final evaluation (%), the global view (A_s + head, the",
+        "deployed model) unless the row says personal. Paired differences pair the runs of one seed",
+        "(same data, same initial A_s, same batch order); p is the two-sided paired t-test",
+        "(scipy.stats.ttest_rel), '—' where fewer than two seeds or no spread leave nothing to test.",
+        "",
+        "## FedDAT against FedAvg+Adapter, by cell",
+        "",
+        "| cell | FedDAT − FedAvg+Adapter (global) | p | n |",
+        "|---|---|---|---|",
+    ]
+    for k in keys:
+        if k["feddat_vs_fedavg"]:
+            m, p, n = k["feddat_vs_fedavg"]
+            head.append(f"| {k['cell']} | {fmt(m, signed=True)} | {fmt(p, '.3f')} | {n} |")
+    head.append("")
+    out = recorded / "README.md"
+    out.write_text("\n".join(head + sections))
+    return out
