@@ -340,3 +340,46 @@ def test_personal_frozen_received_scores_the_teacher_with_the_round_start_a_s(ti
     assert all(torch.equal(sets["frozen"][k], shared0[k]) for k in shared0)
     sets = deployment(current.cfg, "feddat", info, "personal", new_shared, update.state).sets
     assert all(torch.equal(sets["frozen"][k], new_shared[k]) for k in new_shared)
+
+
+# ---- switches that are not the paper's (README "Where FedDAT leads") -----------------------
+
+
+def test_kd_warmup_rounds_trains_round_one_exactly_as_without_kd(tiny_backbone, tiny_clients):
+    client = tiny_clients[0]
+    # one adapted model on the tiny backbone at a time: each wraps the backbone's blocks
+    plain = build("feddat", tiny_backbone, **{"feddat.kd": "none"})
+    shared, state = plain.init_shared(), plain.init_client_state(client)
+    u_plain = plain.client_update(shared, state, client, 1)
+    warm = build("feddat", tiny_backbone, **{"feddat.kd_warmup_rounds": 1})
+    u_warm = warm.client_update(shared, state, client, 1)
+    assert u_warm.metrics["kd_student"] == 0 == u_warm.metrics["kd_dat"]
+    assert all(torch.equal(u_warm.shared[k], u_plain.shared[k]) for k in shared)
+    assert all(torch.equal(u_warm.state[k], u_plain.state[k]) for k in state)
+    u2 = warm.client_update(warm.aggregate(shared, [u_warm]), u_warm.state, client, 2)
+    assert u2.metrics["kd_student"] > 0 and u2.metrics["kd_dat"] > 0
+
+
+@pytest.mark.parametrize("schedule", ["reference", "fused"])
+def test_head_update_student_moves_the_head_only_with_the_students_loss(tiny_backbone, tiny_clients, schedule):
+    method = build("feddat", tiny_backbone, **{"feddat.head_update": "student", "feddat.schedule": schedule})
+    client = tiny_clients[0]
+    shared, state = method.init_shared(), method.init_client_state(client)
+    head = method.load_client(shared, state, client)
+    method.load_client = lambda *a: head  # watch the head the update trains
+    steps: list[tuple[int, dict]] = []
+    hook = register_optimizer_step_post_hook(lambda opt, *_: steps.append((id(opt), {k: v.clone() for k, v in head.state_dict().items()})))
+    try:
+        update = method.client_update(shared, state, client, round_=1)
+    finally:
+        hook.remove()
+    assert len(steps) == 6  # 2 minibatches × (A_s, the student's head, A_c): no DAT head step
+    head_steps = [i for i, (opt, snap) in enumerate(steps) if any(not torch.equal(snap[k], (steps[i - 1][1] if i else prefixed_head(state))[k]) for k in snap)]
+    assert len(head_steps) == 2 and len({steps[i][0] for i in head_steps}) == 1  # one optimiser, once per minibatch
+    assert any(not torch.equal(update.state[k], state[k]) for k in state if k.startswith("client."))  # A_c still trains
+    with pytest.raises(ConfigError, match="head_update = student needs feddat.optimizer = separate"):
+        config_mod.load(None, {"feddat.head_update": "student", "feddat.optimizer": "single"})
+
+
+def prefixed_head(state: dict) -> dict:
+    return {k[5:]: v for k, v in state.items() if k.startswith("head.")}

@@ -62,6 +62,8 @@ class FedDATConfig:
     loss_scale: float = _f(1.0, "multiplies both FedDAT losses (CE + α·T²·KL and CE + β·T²·KL); 0.5 is the reference code's ½(CE + KL) (README 'Differences from the reference implementation'); 1 = DESIGN §4")
     optimizer: str = _f("separate", "separate (DESIGN §4: A_s + H_k and A_c + H_k each move only by their own loss) or single (the released code: one AdamW over A_s, A_c and H_k, gradients zeroed rather than set to None, stepped after each of the two losses, so momentum and weight decay move the adapter the loss did not touch); single runs the reference schedule")
     client_adapter_rounds: int = _f(0, "rounds (counted from 1) in which A_c trains: 0 = every round (DESIGN §4); 1 = round 1 only, as in the released code, whose evaluation leaves A_c frozen after the first round (from then on the DAT loss moves only H_k)")
+    kd_warmup_rounds: int = _f(0, "not the paper's: rounds (from 1) trained without either KD term (as feddat.kd = none), so that A_s does not distil from a teacher that is half an untrained A_c; 0 = KD from round 1 (DESIGN §4)")
+    head_update: str = _f("both", "not the paper's: which losses step the head H_k: both (DESIGN §4: the student's, then the DAT's) or student (only the student's; the DAT loss trains A_c on the head the student left)")
     personal_frozen: str = _f("current", "Â_s of the personal view (evaluation, predict): current (the A_s of the evaluated round, DESIGN §4) or received (the A_s the client received at the start of its last round, as the released code evaluates; kept in the client's state)")
     client_init: str = _f("per_client", "per_client (each client's A_c drawn from its own seed) or same (one draw for every client, as the released code)")
 
@@ -463,6 +465,11 @@ def validate(cfg: Config) -> None:
     _choice("feddat.optimizer", cfg.feddat.optimizer, ("separate", "single"))
     _choice("feddat.client_init", cfg.feddat.client_init, ("per_client", "same"))
     _choice("feddat.personal_frozen", cfg.feddat.personal_frozen, ("current", "received"))
+    _choice("feddat.head_update", cfg.feddat.head_update, ("both", "student"))
+    if cfg.feddat.kd_warmup_rounds < 0:
+        raise ConfigError(f"feddat.kd_warmup_rounds must be >= 0 (0 = KD from round 1), got {cfg.feddat.kd_warmup_rounds}")
+    if cfg.feddat.head_update == "student" and cfg.feddat.optimizer == "single":
+        raise ConfigError("feddat.head_update = student needs feddat.optimizer = separate: the released code's single optimiser steps the head after both losses")
     if cfg.feddat.client_adapter_rounds < 0:
         raise ConfigError(f"feddat.client_adapter_rounds must be >= 0 (0 = every round), got {cfg.feddat.client_adapter_rounds}")
     if cfg.feddat.optimizer == "single" and cfg.feddat.branch_site:

@@ -36,6 +36,7 @@ PLACE_AND_PACE = ("run.methods", "run.out_dir", "run.name", "run.device", "run.t
 ADDED_SINCE_FINGERPRINTS = (
     "train.schedule_epochs", "train.decay_head_norm", "train.task_loss",
     "feddat.optimizer", "feddat.client_adapter_rounds", "feddat.client_init", "feddat.personal_frozen",
+    "feddat.kd_warmup_rounds", "feddat.head_update",
 )
 
 

@@ -6,6 +6,8 @@ from the A_s the server sends.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from feddat.algorithms.base import ClientUpdate, Method, Tensors
@@ -54,6 +56,12 @@ class FedDAT(Method):
         state.update({f"client.{k}": v for k, v in self.model.new_adapter_state().items()})
         return state
 
+    def round_settings(self, round_: int):
+        """The [feddat] settings a local update of `round_` trains with: the run's, without KD
+        in the first feddat.kd_warmup_rounds rounds."""
+        f = self.cfg.feddat
+        return dataclasses.replace(f, kd="none") if round_ <= f.kd_warmup_rounds else f
+
     def load_client(self, shared: Tensors, state: Tensors, client: ClientData):
         """Put A_s, its frozen copy Â_s and A_c into the model; return the head."""
         self.model.load_adapter("shared", shared)
@@ -64,10 +72,10 @@ class FedDAT(Method):
     def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
         head = self.load_client(shared, state, client)
         opts = make_optimizers(self, head, self.local_steps(client.train), round_)
-        schedule = SCHEDULES[self.schedule(self.cfg)]
+        schedule, f = SCHEDULES[self.schedule(self.cfg)], self.round_settings(round_)
         terms = ("loss_student", "loss_dat", "kd_student", "kd_dat")
         batches = self.batches(client.train, self.name, round_, client.name)
-        metrics = self.train_steps(batches, lambda batch: dict(zip(terms, schedule(self, batch, head, opts))), terms)
+        metrics = self.train_steps(batches, lambda batch: dict(zip(terms, schedule(self, batch, head, opts, f))), terms)
         new_state = self.head_state(head)
         new_state.update({f"client.{k}": v for k, v in self.model.adapter_state("client").items()})
         if self.cfg.feddat.personal_frozen == "received":  # the released code's personal view keeps this Â_s

@@ -26,7 +26,7 @@ class Optimizers:
     shared: torch.optim.Optimizer
     student_head: torch.optim.Optimizer
     client: torch.optim.Optimizer | None  # None when the teacher has no client adapter, or A_c does not train this round
-    teacher_head: torch.optim.Optimizer
+    teacher_head: torch.optim.Optimizer | None  # None with feddat.head_update = student
 
     def zero_grad(self, *names: str) -> None:
         for name in names:
@@ -86,7 +86,7 @@ def make_optimizers(m, head: torch.nn.Module, steps: int, round_: int) -> Optimi
         shared=m.optimizer(m.model.adapter_parameters("shared"), steps, clock=(2, 0)),
         student_head=m.optimizer(head_params, steps, clock=(2, 0)),
         client=m.optimizer(client, steps, clock=(2, 1)) if client else None,
-        teacher_head=m.optimizer(head_params, steps, clock=(2, 1)),
+        teacher_head=m.optimizer(head_params, steps, clock=(2, 1)) if m.cfg.feddat.head_update == "both" else None,
     )
 
 
@@ -105,9 +105,10 @@ def dat_loss(f, z_dat: torch.Tensor, z_s: torch.Tensor, y: torch.Tensor, kind: s
     return f.loss_scale * (task_loss(z_dat, y, kind) + f.beta * kd), kd
 
 
-def reference_step(m, batch, head, opts: Optimizers):
-    """DESIGN §4 as written: three forward and two backward passes through the backbone."""
-    f, y = m.cfg.feddat, batch.targets
+def reference_step(m, batch, head, opts: Optimizers, f=None):
+    """DESIGN §4 as written: three forward and two backward passes through the backbone.
+    `f`: the [feddat] settings of this round (FedDAT.round_settings; default the run's)."""
+    f, y = f or m.cfg.feddat, batch.targets
     # 1. the teacher's view of the batch, without gradient
     with torch.no_grad(), m.model.active(*m.teacher):
         z_dat = m.logits(head, batch)
@@ -128,7 +129,7 @@ def reference_step(m, batch, head, opts: Optimizers):
     return loss_s, loss_d, kd_s, kd_d
 
 
-def fused_step(m, batch, head, opts: Optimizers):
+def fused_step(m, batch, head, opts: Optimizers, f=None):
     """The reference's maths with one batched forward and one backward through the backbone.
 
     The DAT passes of steps 1 and 3 see the same Â_s and A_c (only the head moves in
@@ -138,7 +139,7 @@ def fused_step(m, batch, head, opts: Optimizers):
     reference, and the pooled gradients of both losses then go back through the backbone
     together: A_s gets only the student's, A_c only the DAT's.
     """
-    f, y = m.cfg.feddat, batch.targets
+    f, y = f or m.cfg.feddat, batch.targets
     # Below the first adapter both paths are the same: the model runs that part once (with
     # feddat.branch_site = k, everything below site k: a deliberate difference).
     with m.model.routed(("shared",), m.teacher, share_prefix=True, branch=f.branch_site):
