@@ -13,7 +13,7 @@ from scipy import stats
 
 from feddat.compare.runs import client_scores, load_compare_run
 
-ORDER = ("head_only", "local", "centralised", "fedavg", "fedavg@feddat", "fedprox", "feddat")
+ORDER = ("head_only", "local", "centralised", "fedavg", "fedavg@feddat", "fedprox", "fedprox0.01", "feddat")
 NAMES = {
     "head_only": "head only (control)",
     "local": "local-only",
@@ -21,6 +21,7 @@ NAMES = {
     "fedavg": "FedAvg+Adapter",
     "fedavg@feddat": "FedAvg+Adapter, FedDAT's compute",
     "fedprox": "FedProx (μ 0.1)",
+    "fedprox0.01": "FedProx (μ 0.01)",
     "feddat": "FedDAT",
 }
 
@@ -64,10 +65,13 @@ def mean_sd(values: list[float]) -> str:
     return f"{m:.1f} ± {sd:.1f}"
 
 
-def cell_section(cell: Path, regimes: dict) -> tuple[str, dict]:
+def cell_section(cell: Path, regimes: dict, base: dict) -> tuple[str, dict]:
     by_label: dict[str, dict[str, dict[int, float]]] = {}
     commits, machines = set(), set()
-    for summary in sorted(cell.glob("runs/*/seed*/summary.json")):
+    twin, regime = cell.name.split("-", 1)
+    own = {p.parent.name for p in cell.glob("runs/*")}
+    borrowed = [] if regime not in base else [p for p in sorted((cell.parent / f"{twin}-{base[regime]}").glob("runs/*/seed*/summary.json")) if p.parents[1].name not in own]
+    for summary in [*sorted(cell.glob("runs/*/seed*/summary.json")), *borrowed]:
         views, info = final_means(summary.parent)
         for view, value in views.items():
             by_label.setdefault(info["label"], {}).setdefault(view, {})[int(info["seed"])] = value
@@ -75,12 +79,14 @@ def cell_section(cell: Path, regimes: dict) -> tuple[str, dict]:
         machines.add(f"{env.get('cpu', '?')}, {env.get('torch_threads', '?')} thread(s), {env.get('device', '?')}")
         prov = summary.parent / "trained_by.json"
         commits.add(json.loads(prov.read_text())["commit"][:12] if prov.is_file() else "not recorded")
-    twin, regime = cell.name.split("-", 1)
     what, overrides = regimes.get(regime, ("", ()))
     fedavg = by_label.get("fedavg", {}).get("global", {})
     head = by_label.get("head_only", {}).get("global", {})
     lines = [f"## {cell.name}: {twin} twin, {what}", ""]
     lines += [f"Overrides: `{' '.join(overrides) or '(none: the defaults)'}`. Trained by commit(s) {', '.join(sorted(commits))} on {'; '.join(sorted(machines))}.", ""]
+    if borrowed:
+        names = sorted({p.parents[1].name for p in borrowed})
+        lines += [f"{', '.join(names)}: the runs of cell {twin}-{base[regime]} (this cell's overrides do not change them).", ""]
     lines += ["| method | view | seeds | score per seed | mean ± std | − FedAvg+Adapter (paired: mean, p, n) | − head only (paired) |", "|---|---|---|---|---|---|---|"]
     labels = [l for l in ORDER if l in by_label] + [l for l in by_label if l not in ORDER]
     for label in labels:
@@ -98,7 +104,7 @@ def cell_section(cell: Path, regimes: dict) -> tuple[str, dict]:
     feddat = by_label.get("feddat", {}).get("global", {})
     key = {"cell": cell.name, "feddat_vs_fedavg": paired(feddat, fedavg) if feddat and fedavg else None}
     checks = []
-    for label in ("fedavg", "fedprox", "feddat", "fedavg@feddat", "local", "centralised"):
+    for label in ("fedavg", "fedprox", "fedprox0.01", "feddat", "fedavg@feddat", "local", "centralised"):
         if label in by_label and head:
             m, _, n = paired(by_label[label]["global"], head)
             checks.append(f"{NAMES[label]} {fmt(m, signed=True)} (n = {n})")
@@ -111,13 +117,13 @@ def cell_section(cell: Path, regimes: dict) -> tuple[str, dict]:
 
 
 def write_summary(recorded: Path, cells: list[str]) -> Path:
-    from regime_study import REGIMES  # beside this file
+    from regime_study import BASE, REGIMES  # beside this file
 
     sections, keys = [], []
     for name in cells:
         cell = recorded / name
         if any(cell.glob("runs/*/seed*/summary.json")):
-            text, key = cell_section(cell, REGIMES)
+            text, key = cell_section(cell, REGIMES, BASE)
             sections.append(text)
             keys.append(key)
     head = [

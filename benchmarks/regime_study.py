@@ -65,8 +65,15 @@ REGIMES: dict[str, tuple[str, tuple[str, ...]]] = {
                   ("--config", "configs/reference-code.toml", "--feddat.optimizer", "separate")),
     "r2ref-freeze": ("r2ref with A_c trained in every round instead of round 1 only",
                      ("--config", "configs/reference-code.toml", "--feddat.client_adapter_rounds", "0")),
+    "r0-kdwarm": ("r0 with FedDAT's KD off in round 1 (feddat.kd_warmup_rounds = 1; not the paper's)",
+                  ("--feddat.kd_warmup_rounds", "1")),
+    "r0-headstudent": ("r0 with the head stepped by the student's loss only (feddat.head_update = student; not the paper's)",
+                       ("--feddat.head_update", "student")),
 }
 TWINS = ("domain", "function")
+#: cells that train only what their overrides change borrow the rest of their table from this
+#: regime's cell (the same runs: the overrides do not touch the borrowed methods)
+BASE = {"r2ref-opt": "r2ref", "r2ref-freeze": "r2ref", "r0-kdwarm": "r0", "r0-headstudent": "r0"}
 
 #: label -> (compare variant spec, cost in FedAvg runs). FedProx's μ = 0.1: at the default 0.01 the
 #: proximal pull is too weak to tell drift (README "Where FedDAT leads").
@@ -75,6 +82,7 @@ METHODS: dict[str, tuple[str, float]] = {
     "fedavg": ("fedavg", 1.0),
     "feddat": ("feddat", 2.0),
     "fedprox": ("fedprox:baselines.fedprox_mu=0.1", 1.05),
+    "fedprox0.01": ("fedprox:baselines.fedprox_mu=0.01", 1.05),
     "centralised": ("centralised", 1.0),
     "fedavg@feddat": ("fedavg:train.local_epochs=<matched>", 2.0),
     "local": ("local", 1.0),
@@ -88,11 +96,14 @@ CELL_METHODS = {
     "r2ref-sched": ("fedavg", "feddat"),
     "r2ref-opt": ("feddat",),
     "r2ref-freeze": ("feddat",),
+    "r0-kdwarm": ("feddat",),
+    "r0-headstudent": ("feddat",),
 }
 #: the order cells are worked on (most decisive first)
-PRIORITY = ("domain-r1b8", "domain-r2ref", "domain-r0", "function-r1b8", "function-r2ref", "function-r0",
-            "domain-r2ref-sched", "domain-r2ref-opt", "domain-r2ref-freeze", "domain-r1b4", "function-r1b4",
-            "function-r2ref-sched", "function-r2ref-opt", "function-r2ref-freeze")
+PRIORITY = ("domain-r1b8", "domain-r1b4", "domain-r2ref", "domain-r0", "function-r1b8", "function-r1b4", "function-r2ref", "function-r0",
+            "domain-r2ref-sched", "domain-r2ref-opt", "domain-r2ref-freeze", "domain-r0-kdwarm", "domain-r0-headstudent",
+            "function-r2ref-sched", "function-r2ref-opt", "function-r2ref-freeze",
+            "function-r0-kdwarm", "function-r0-headstudent")
 
 
 @dataclass(frozen=True)
