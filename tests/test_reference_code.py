@@ -140,8 +140,11 @@ def test_single_optimizer_moves_the_other_adapter_by_momentum_and_decay(tiny_bac
     def params_of(name):
         return {id(p): p for p in model.adapter_parameters(name)}
 
+    held: list[set[int]] = []
+
     def pre(opt, *_):
         shared, own = params_of("shared"), params_of("client")
+        held.append({id(p) for g in opt.param_groups for p in g["params"]})
         snap = {"shared": {}, "client": {}}
         for group in opt.param_groups:
             for p in group["params"]:
@@ -161,6 +164,9 @@ def test_single_optimizer_moves_the_other_adapter_by_momentum_and_decay(tiny_bac
         for h in hooks:
             h.remove()
     assert len(after) == 8  # 16 examples, batch 4: 4 minibatches, two steps each
+    every = set(params_of("shared")) | set(params_of("client"))
+    assert all(every <= ids and len(ids) > len(every) for ids in held)  # A_s, A_c and the head in one optimiser
+    assert all(before[k][0][part] for k in range(8) for part in ("shared", "client"))
     # step 0 (first student step): A_c has no gradient yet and stays where it was
     assert all(torch.equal(after[0]["client"][i], p) for i, (p, _, _, _) in before[0][0]["client"].items())
     checked = 0
@@ -333,7 +339,12 @@ def test_personal_frozen_received_scores_the_teacher_with_the_round_start_a_s(ti
     current = build("feddat", tiny_backbone)
     design_state = {k: v for k, v in update.state.items() if not k.startswith("frozen.")}
     scores = received.evaluate(new_shared, update.state, client)
+    evaluated = received.model.adapter_state("frozen")  # what the personal view just ran with
+    assert all(torch.equal(evaluated[k], shared0[k]) for k in shared0)
     assert scores["personal"] == current.evaluate(shared0, design_state, client)["personal"]
+    assert all(torch.equal(current.model.adapter_state("frozen")[k], shared0[k]) for k in shared0)
+    current.evaluate(new_shared, update.state, client)  # DESIGN's view ignores a kept copy
+    assert all(torch.equal(current.model.adapter_state("frozen")[k], new_shared[k]) for k in new_shared)
     assert scores["global"] == current.evaluate(new_shared, design_state, client)["global"]
     info = {"name": client.name, "answers": list(client.answers), "images_per_example": 1}
     sets = deployment(received.cfg, "feddat", info, "personal", new_shared, update.state).sets
@@ -383,3 +394,53 @@ def test_head_update_student_moves_the_head_only_with_the_students_loss(tiny_bac
 
 def prefixed_head(state: dict) -> dict:
     return {k[5:]: v for k, v in state.items() if k.startswith("head.")}
+
+
+def test_the_reference_configs_optimiser_and_freeze_together(tiny_backbone, tiny_clients):
+    """As the released code from round 2 on: A_c is out of the single optimiser and stays
+    bit-identical (no gradient either), A_s and the head still move, and A_s moves in every DAT
+    step too (by momentum)."""
+    method = build("feddat", tiny_backbone, **{"feddat.optimizer": "single", "feddat.client_adapter_rounds": 1, "train.batch_size": 4})
+    client = tiny_clients[0]
+    shared, state = method.init_shared(), method.init_client_state(client)
+    u1 = method.client_update(shared, state, client, round_=1)
+    shared1 = method.aggregate(shared, [u1])
+    own = {id(p) for p in method.model.adapter_parameters("client")}
+    held, shots = [], []
+    hooks = [
+        register_optimizer_step_pre_hook(lambda opt, *_: held.append({id(p) for g in opt.param_groups for p in g["params"]})),
+        register_optimizer_step_post_hook(lambda *_: shots.append(method.model.adapter_state("shared"))),
+    ]
+    try:
+        u2 = method.client_update(shared1, u1.state, client, round_=2)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert held and not any(ids & own for ids in held)
+    assert all(p.grad is None for p in method.model.adapter_parameters("client"))
+    assert all(torch.equal(u1.state[k], u2.state[k]) for k in u1.state if k.startswith("client."))
+    assert any(not torch.equal(u1.state[k], u2.state[k]) for k in u1.state if k.startswith("head."))
+    moved = [any(not torch.equal(a[k], b[k]) for k in a) for a, b in zip(shots, shots[1:])]
+    assert all(moved)  # student steps by the gradient, DAT steps by momentum and decay
+
+
+def test_feddat_losses_use_the_configured_task_loss():
+    from feddat.algorithms.feddat.step import dat_loss, student_loss
+
+    f = config_mod.Config().feddat
+    torch.manual_seed(1)
+    z_s, z_dat, y = torch.randn(4, 5), torch.randn(4, 5), torch.tensor([0, 1, 4, 2])
+    for kind in ("auto", "bce"):
+        kd_s = student_loss(f, z_s, z_dat, y, kind)[1]
+        assert student_loss(f, z_s, z_dat, y, kind)[0] == pytest.approx(float(task_loss(z_s, y, kind) + kd_s), rel=1e-6)
+        kd_d = dat_loss(f, z_dat, z_s, y, kind)[1]
+        assert dat_loss(f, z_dat, z_s, y, kind)[0] == pytest.approx(float(task_loss(z_dat, y, kind) + kd_d), rel=1e-6)
+    assert student_loss(f, z_s, z_dat, y, "bce")[0] != pytest.approx(float(student_loss(f, z_s, z_dat, y, "auto")[0]), rel=1e-3)
+
+
+def test_official_schedule_horizon_counts_epochs_not_the_epochs_run(tiny_backbone, tiny_clients):
+    """Two local epochs of 8 minibatches: FedAvg ticks 16 times through the same 120-tick horizon
+    (8 minibatches x 15 epochs), passing the end of warm-up at tick 12, whatever local_epochs is."""
+    method = build("fedavg", tiny_backbone, **{"train.lr_schedule": "official", "train.batch_size": 2, "train.local_epochs": 2})
+    (seen,) = lrs_by_optimizer(method, tiny_clients[0])
+    assert [v for _, v in seen] == pytest.approx(transformers_lrs(method.cfg.train.lr, horizon=120, ticks=16), rel=1e-12)

@@ -43,7 +43,8 @@ class Optimizers:
 class SingleOptimizer:
     """The released code's one AdamW over A_s, A_c and H_k (feddat.optimizer = single), with the
     interface of `Optimizers`: whichever parts a call names, the one optimiser zeroes or steps
-    them all. Gradients are zeroed, not set to None (torch 1.10's `zero_grad()`), so from its
+    them all. Gradients are zeroed, not set to None (`optimizer.zero_grad()` under the torch
+    1.10 and accelerate of its time), so from its
     second step on AdamW moves every parameter it holds, by momentum and weight decay where the
     current loss left a zero gradient. Only the reference schedule can run it: the fused one
     steps the head before the adapters' gradients exist."""
@@ -75,6 +76,12 @@ def make_optimizers(m, head: torch.nn.Module, steps: int, round_: int) -> Optimi
     """
     head_params = list(head.parameters())
     trains_client = "client" in m.teacher and client_adapter_trains(m.cfg.feddat, round_)
+    if "client" in m.teacher:
+        # A frozen A_c (feddat.client_adapter_rounds) takes no gradient: none piles up on the
+        # model's shared parameters from client to client, and its backward is skipped.
+        for p in m.model.adapter_parameters("client"):
+            p.requires_grad_(trains_client)
+            p.grad = None
     client = m.model.adapter_parameters("client") if trains_client else []
     if m.cfg.feddat.optimizer == "single":
         params = [*m.model.adapter_parameters("shared"), *client, *head_params]
