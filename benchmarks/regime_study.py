@@ -226,9 +226,11 @@ def code_commit() -> str:
     return head + ("+changes" if dirty else "") if head else "unknown"
 
 
-def write_provenance(u: Unit, root: Path, commit: str) -> None:
+def write_provenance(u: Unit, root: Path, commit: str, started: float) -> None:
+    """Say which commit trained the run, if this driver's process finished it (not a reuse)."""
     run = out_dir(u.cell, root) / "runs" / u.label / f"seed{u.seed}"
-    if (run / "summary.json").is_file() and not (run / "trained_by.json").is_file():
+    summary = run / "summary.json"
+    if summary.is_file() and summary.stat().st_mtime >= started and not (run / "trained_by.json").is_file():
         (run / "trained_by.json").write_text(json.dumps({"commit": commit, "command": unit_command(u, root, 0, "")[1:6]}, indent=1) + "\n")
 
 
@@ -265,7 +267,7 @@ def run_units(todo: list[Unit], root: Path, lanes: int, threads: int, device: st
     """Train `todo` with at most `lanes` training processes under `root` on this machine (others'
     included); a unit's output goes to logs/<cell>.<label>.seed<N>.log."""
     logs.mkdir(parents=True, exist_ok=True)
-    running: dict[subprocess.Popen, Unit] = {}
+    running: dict[subprocess.Popen, tuple[Unit, float]] = {}
     failed = 0
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -286,12 +288,12 @@ def run_units(todo: list[Unit], root: Path, lanes: int, threads: int, device: st
                 continue
             log = logs / f"{u.cell}.{u.label}.seed{u.seed}.log"
             print(f"{time.strftime('%H:%M:%S')} start {u.cell} {u.label} seed {u.seed}  (log {log})", flush=True)
-            running[subprocess.Popen(unit_command(u, root, threads, device), cwd=ROOT, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT)] = u
+            running[subprocess.Popen(unit_command(u, root, threads, device), cwd=ROOT, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT)] = (u, time.time())
         time.sleep(5)
         for p in [p for p in running if p.poll() is not None]:
-            u = running.pop(p)
+            u, started = running.pop(p)
             ok = p.returncode == 0
-            write_provenance(u, root, commit)
+            write_provenance(u, root, commit, started)
             failed += not ok
             print(f"{time.strftime('%H:%M:%S')} {'done ' if ok else 'FAILED'} {u.cell} {u.label} seed {u.seed}" + ("" if ok else f" (exit {p.returncode})"), flush=True)
     return failed
