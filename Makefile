@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: setup demo test contracts bench gpu-check clean
+.PHONY: setup demo test contracts bench gpu-check study clean
 
 # pip byte-compiles every file it installs (torch's and transformers' thousands: about 55 s of
 # the install on 2 cores); without it Python compiles only the modules a run imports, once, on
@@ -47,6 +47,15 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step.py
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_flower.py
+
+# The regime study (README "Where FedDAT leads"): trains what no one has recorded yet, resumable
+# (kill it and run it again), then records the finished runs in docs/results/regime-study and
+# writes its summary there. Hours on 2 CPU cores; on a GPU: make study STUDY="--lanes 1 --threads 4 --device cuda".
+STUDY ?= --lanes 2 --threads 1
+study: $(RUNTIME)
+	$(BIN)/python benchmarks/regime_study.py run $(STUDY)
+	$(BIN)/python benchmarks/regime_study.py record
+	$(BIN)/python benchmarks/regime_study.py report
 
 # The CUDA + bf16 path, PASS/FAIL per check (benchmarks/gpu_check.py); without CUDA it says so and exits 0.
 gpu-check: $(STAMP)
