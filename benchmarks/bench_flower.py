@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -166,6 +167,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs per engine on the same daemons; the median is printed")
     args = parser.parse_args()
     from feddat.engines.runner import run_experiment
+
+    # SIGTERM unwinds like Ctrl-C: the federation is stopped and the temporary folder removed
+    # (were this process killed outright, the federation's guard would still stop its processes).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     torch.set_num_threads(1)
     with (contextlib.nullcontext(tempfile.mkdtemp(prefix="bench-flower-")) if args.keep else tempfile.TemporaryDirectory(prefix="bench-flower-")) as tmp:

@@ -64,3 +64,23 @@ def raw_split(n: int, seed: int, answers=("red", "blue", "green")) -> RawSplit:
 def tiny_clients(tiny_backbone):
     specs = [("alpha", ("red", "blue", "green")), ("beta", ("one", "two")), ("gamma", ("yes", "no", "maybe", "never"))]
     return [build_client(name, raw_split(16, i, a), raw_split(8, 100 + i, a), tiny_backbone, 100, None) for i, (name, a) in enumerate(specs)]
+
+
+def write_folder_clients(root, clients: dict, sizes: dict, side: int, seed: int = 0):
+    """Clients in the folder format (README, Your own data): <root>/<client>/{train,test}.jsonl
+    and random PNG files of `side` px; `clients`: name -> its answers, `sizes`: split -> count."""
+    import json
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for client, answers in clients.items():
+        (root / client / "img").mkdir(parents=True)
+        for split, n in sizes.items():
+            lines = []
+            for i in range(n):
+                image = f"img/{split}{i}.png"
+                Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / client / image)
+                lines.append(json.dumps({"image": image, "question": f"what is object {i}?", "answer": answers[i % len(answers)]}))
+            (root / client / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root

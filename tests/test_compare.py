@@ -376,3 +376,138 @@ def test_from_never_writes_into_another_comparison(tmp_path, capsys):
     assert main(["compare", "--from", str(tmp_path / "r0"), "--out", str(mine)]) == 0
     with pytest.raises(ValueError, match="holds a report on finished runs"):
         run_compare(valid_config(), parse_variants(["fedavg"]), [0], mine, log=lambda s: None)
+
+
+def test_compare_refuses_the_run_flags_it_sets_for_every_run(tmp_path, capsys, monkeypatch):
+    """--run.seed, --run.methods and --run.name were listed and silently replaced by --seeds,
+    --methods and OUT/runs/<label>/seed<N>: refused, naming the option to use, before anything runs."""
+    from feddat.cli import build_parser, main
+
+    monkeypatch.setattr(compare, "run_compare", lambda *a, **k: pytest.fail("compare ran with a flag it overrides"))
+    out = tmp_path / "cmp"
+    for flag, value, instead in (("--run.seed", "7", "use --seeds 7"), ("--run.methods", "feddat", "use --methods feddat"), ("--run.name", "mine", "with --out")):
+        assert main(["compare", "--methods", "feddat,fedavg", "--seeds", "0,1", flag, value, "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert f"feddat: error: `feddat compare` takes no {flag}" in err and instead in err
+    # --run.out_dir only places the default folder: with --out it would do nothing
+    assert main(["compare", "--methods", "fedavg", "--run.out_dir", str(tmp_path / "elsewhere"), "--out", str(out)]) == 1
+    assert "--run.out_dir only places the default comparison folder" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "elsewhere").exists()
+    help_text = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "compare")[1].format_help()
+    assert "--run.seed" not in help_text and "--run.methods" not in help_text and "--run.name" not in help_text
+    assert "--seeds" in help_text and "--run.device" in help_text
+
+
+def test_from_refuses_training_options_that_would_change_nothing(tmp_path, capsys):
+    from feddat.cli import main
+
+    fake_run(tmp_path / "r0", "fedavg", 0, {1: {"x": 0.5}})
+    for extra in (["--federation.rounds", "5"], ["--seeds", "0,1"], ["--methods", "feddat"], ["--matched", "fedavg"]):
+        assert main(["compare", "--from", str(tmp_path / "r0"), *extra, "--out", str(tmp_path / "o")]) == 1
+        assert f"--from reports on finished runs as they were trained: {extra[0]} would change nothing" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_star_without_enough_seeds_or_spread_and_p_values_match_scipy():
+    from scipy import stats
+
+    from feddat.compare import significance
+
+    # two seeds, the same +6.25 on each: the issue's "+6.2 *" — untested, not starred
+    two = significance({0: 0.5, 1: 0.625}, {0: 0.4375, 1: 0.5625})
+    assert two.mean == pytest.approx(0.0625) and two.p is None and two.significant is None and two.n == (2, 2)
+    # two seeds that agree closely: a paired t with 1 degree of freedom would star it (p = 0.03)
+    a, b = {0: 0.56, 1: 0.57}, {0: 0.50, 1: 0.505}
+    assert stats.ttest_rel([0.56, 0.57], [0.50, 0.505]).pvalue < 0.05
+    assert difference(a, b)[1] is None
+    # three seeds with no spread of the differences, exact or up to float rounding: no t statistic
+    for a3, b3 in (({0: 0.5, 1: 0.625, 2: 0.75}, {0: 0.4375, 1: 0.5625, 2: 0.6875}), ({0: 0.7, 1: 0.8, 2: 0.9}, {0: 0.6, 1: 0.7, 2: 0.8})):
+        d = significance(a3, b3)
+        assert d.p is None and d.significant is None and d.untested == "no spread" and difference(a3, b3)[1] is None
+    # three seeds with spread: scipy's paired t-test; Welch's where the seeds differ, from 3 a side
+    a3, b3 = {0: 0.50, 1: 0.53, 2: 0.51}, {0: 0.40, 1: 0.42, 2: 0.41}
+    d = significance(a3, b3)
+    assert d.test == "paired t" and d.n == (3, 3) and d.p == pytest.approx(stats.ttest_rel(list(a3.values()), list(b3.values())).pvalue) and d.significant
+    welch = significance(a3, {5: 0.40, 6: 0.42, 7: 0.41, 8: 0.43})
+    assert welch.test == "Welch t" and welch.n == (3, 4) and welch.p == pytest.approx(stats.ttest_ind([0.50, 0.53, 0.51], [0.40, 0.42, 0.41, 0.43], equal_var=False).pvalue)
+    assert significance(a3, {5: 0.40, 6: 0.42}).p is None  # 2 seeds on one side
+
+
+def test_table_shows_p_and_n_beside_delta_and_labels_the_evaluations_averaged(tmp_path):
+    # 2 seeds, 2 evaluations, FedDAT +6.25 on both seeds: the issue's table said "+6.2 *" and "last 3 evals"
+    for seed, (dat, avg) in enumerate([(0.5, 0.4375), (0.625, 0.5625)]):
+        fake_run(tmp_path / f"d{seed}", "feddat", seed, {1: {"x": 0.25}, 2: {"x": dat}})
+        fake_run(tmp_path / f"a{seed}", "fedavg", seed, {1: {"x": 0.25}, 2: {"x": avg}})
+    out = tmp_path / "two"
+    compare.report_from_dirs([tmp_path / f"{m}{s}" for m in "da" for s in (0, 1)], out, reference="fedavg")
+    table = (out / "table.md").read_text()
+    assert "| mean | mean, last 2 evals | Δ mean vs fedavg (p, n seeds) |" in table and "last 3 evals" not in table
+    row = next(line for line in table.splitlines() if line.startswith("| feddat |"))
+    assert row.endswith("| +6.2 (n = 2, untested: fewer than 3 seeds) |") and "*" not in row
+    assert "scipy.stats.ttest_rel" in table and "never starred: fewer than 3 seeds" in table
+    mean_row = next(r for r in csv.DictReader(open(out / "table.csv")) if r["label"] == "feddat" and r["client"] == "mean")
+    assert mean_row["exceeds_seed_noise"] == "" and mean_row["p_value"] == "" and mean_row["test_seeds"] == "2/2" and mean_row["last_evals"] == "2"
+    # a third seed with a different gain: tested, p and n printed, starred only if p < 0.05
+    fake_run(tmp_path / "d2", "feddat", 2, {1: {"x": 0.25}, 2: {"x": 0.75}})
+    fake_run(tmp_path / "a2", "fedavg", 2, {1: {"x": 0.25}, 2: {"x": 0.6875 - 0.03125}})
+    out = tmp_path / "three"
+    compare.report_from_dirs([tmp_path / f"{m}{s}" for m in "da" for s in (0, 1, 2)], out, reference="fedavg")
+    row = next(line for line in (out / "table.md").read_text().splitlines() if line.startswith("| feddat |"))
+    from scipy import stats
+
+    p = stats.ttest_rel([0.5, 0.625, 0.75], [0.4375, 0.5625, 0.65625]).pvalue
+    assert row.endswith(f"| +7.3 * (p = {p:.3f}, n = 3) |") and p < 0.05
+
+
+def rendered(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def x_tick_labels(ax) -> list[str]:
+    """The labelled ticks inside the axis (not a view limit labelled for want of any tick)."""
+    lo, hi = sorted(ax.get_xlim())
+    return [t.get_text() for t in ax.get_xticklabels() if lo < t.get_position()[0] < hi and t.get_text()]
+
+
+def test_plots_label_their_axes_fit_their_titles_and_draw_no_error_bars_for_one_seed(tmp_path):
+    from matplotlib.container import BarContainer
+
+    from feddat.compare.plots import figures
+    from feddat.compare.runs import load_run_dirs
+
+    # bytes 1.6 kB to 4.8 kB, and 2.6 MB to 7.8 MB: under a decade, where the symlog axis had
+    # no tick inside it (one label at each view limit, or none)
+    fake_run(tmp_path / "a0", "fedavg", 0, {1: {"x": 0.5}, 2: {"x": 0.6}, 3: {"x": 0.7}})
+    fake_run(tmp_path / "a1", "fedavg", 1, {1: {"x": 0.4}, 2: {"x": 0.6}, 3: {"x": 0.8}})
+    # and 800 kB a round against 800 B: four decades
+    for name, method, per_round in (("mb", "fedavg", 1_300_000), ("big", "fedavg_full", 800_000)):
+        fake_run(tmp_path / name, method, 0, {1: {"x": 0.5}, 2: {"x": 0.6}, 3: {"x": 0.7}})
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        summary["methods"][0]["bytes_up_per_round"] = per_round
+        write_json(tmp_path / name / "summary.json", summary)
+    for dirs in (["a0"], ["mb"], ["a0", "big"]):
+        figs = figures(load_run_dirs([tmp_path / d for d in dirs]), ["x"])
+        for name in ("curve_round.png", "curve_compute.png", "curve_bytes.png"):
+            rendered(figs[name])
+            assert len(x_tick_labels(figs[name].axes[0])) >= 2, (dirs, name, figs[name].axes[0].get_xscale())
+        # one seed: no error bars at all, not bars of length zero
+        bars = figs["clients_global.png"].axes[0]
+        assert all(isinstance(c, BarContainer) for c in bars.containers) and not bars.collections and not bars.lines
+    # two seeds: their spread is drawn
+    bars = figures(load_run_dirs([tmp_path / "a0", tmp_path / "a1"]), ["x"])["clients_global.png"].axes[0]
+    assert any(not isinstance(c, BarContainer) for c in bars.containers)
+    # evaluated once: the title, however many rounds it names, is inside the figure; one seed, no error bars
+    for seed, round_ in enumerate((5, 7, 9)):
+        fake_run(tmp_path / f"once{seed}", "fedavg", seed, {round_: {"x": 0.5, "y": 0.4}})
+    for dirs in (["once0"], ["once0", "once1", "once2"]):
+        fig = figures(load_run_dirs([tmp_path / d for d in dirs]), ["x", "y"])["scores_once.png"]
+        renderer = rendered(fig)
+        (ax,) = fig.axes
+        title, frame = ax.title.get_window_extent(renderer), fig.bbox
+        assert frame.x0 <= title.x0 and title.x1 <= frame.x1 and frame.y0 <= title.y0 and title.y1 <= frame.y1, (title, frame)
+        if len(dirs) == 1:
+            assert all(isinstance(c, BarContainer) for c in ax.containers) and not ax.collections and not ax.lines

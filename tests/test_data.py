@@ -222,3 +222,134 @@ def test_folder_images_are_read_at_the_backbones_image_size(tmp_path):
         clients = raw_clients(cfg)
         assert {c.train.images.shape[1:] for c in clients} == {(side, side, 3)}
     assert len({c.train.key for c in raw_clients(cfg)} & {c.train.key for c in raw_clients(tiny_config(**{"data.benchmark": "folder", "data.root": str(tmp_path), "backbone.image_size": 48}))}) == 0
+
+
+# ---- your own data: per-client caps, the answer vocabulary, field and folder messages ---------
+
+
+def folder_config(root, **overrides):
+    return tiny_config(**{"data.benchmark": "folder", "data.root": str(root), "data.cache_dir": "", **overrides})
+
+
+def test_folder_caps_draw_a_sample_seeded_by_the_data_seed(tmp_path):
+    """data.train_per_client / test_per_client cap your own clients as they cap public data: a
+    sample seeded by data.seed (the same config, the same questions); a cap at or above a client's
+    size changes nothing, not even the feature cache's key."""
+    import hashlib
+
+    from feddat.data.sources import raw_clients
+
+    write_folder(tmp_path, n=6)
+    capped = raw_clients(folder_config(tmp_path, **{"data.train_per_client": 4, "data.test_per_client": 3}))
+    assert [(len(c.train), len(c.test)) for c in capped] == [(4, 3), (4, 3)]
+    assert [c.train.available for c in capped] == [6, 6]  # how many it was drawn from
+    again = raw_clients(folder_config(tmp_path, **{"data.train_per_client": 4, "data.test_per_client": 3}))
+    assert [c.train.questions for c in again] == [c.train.questions for c in capped] and [c.train.key for c in again] == [c.train.key for c in capped]
+    other_seeds = [raw_clients(folder_config(tmp_path, **{"data.train_per_client": 4, "data.seed": s}))[0].train.questions for s in range(1, 6)]
+    assert any(q != capped[0].train.questions for q in other_seeds)
+    assert all(q in [f"what is {i}?" for i in range(6)] for q in capped[0].train.questions)
+    whole, big = (raw_clients(folder_config(tmp_path, **{"data.train_per_client": n, "data.test_per_client": n})) for n in (0, 1024))
+    assert [len(c.train) for c in big] == [6, 6] and [c.train.key for c in big] == [c.train.key for c in whole]
+    assert big[0].train.available is None  # nothing was drawn
+    assert capped[0].train.key != whole[0].train.key
+    # the key of a split read whole is the one earlier versions gave it (feature caches stay valid)
+    path = tmp_path / "north" / "train.jsonl"
+    from conftest import TINY_IMAGE
+
+    digest = hashlib.sha256(f"v2|{TINY_IMAGE}".encode())
+    for line in path.read_bytes().splitlines(keepends=True):
+        digest.update(line)
+        digest.update((path.parent / json.loads(line)["image"]).read_bytes())
+    assert whole[0].train.key == f"folder:{digest.hexdigest()}"
+
+
+def test_a_run_names_its_drawn_sample(tiny_backbone, tmp_path):
+    write_folder(tmp_path, n=6)
+    lines: list[str] = []
+    clients = load_clients(folder_config(tmp_path, **{"data.train_per_client": 4, "data.test_per_client": 0}), tiny_backbone, log=lines.append)
+    assert [(len(c.train), len(c.test)) for c in clients] == [(4, 6), (4, 6)]
+    assert any("north" in line and "4 of its 6 training questions" in line and "data.train_per_client" in line for line in lines)
+
+
+def answers_folder(root, train, test):
+    """One client 'solo' whose training and test questions have these answers."""
+    folder = root / "solo"
+    (folder / "img").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "img" / "0.png")
+    for split, answers in (("train", train), ("test", test)):
+        lines = [json.dumps({"image": "img/0.png", "question": f"q{i}", "answer": a}) for i, a in enumerate(answers)]
+        (folder / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
+
+
+def test_describe_and_run_agree_on_the_answer_vocabulary(tiny_backbone, tmp_path, capsys):
+    """--data.max_answers 2 keeps the 2 most frequent answers: `describe` shows the questions a
+    run trains on, and both say how many fell outside (train: dropped; test: counted wrong)."""
+    from feddat.cli import main
+    from feddat.data.clients import write_client_index
+
+    answers_folder(tmp_path, train=["a"] * 4 + ["b"] * 3 + ["c"] * 2 + ["d"], test=["a", "b", "c", "d"])
+    js = tmp_path / "d.json"
+    assert main(["data", "describe", "--data.benchmark", "folder", "--data.root", str(tmp_path), "--data.max_answers", "2", "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "| solo | vqa | 7 | 4 | 2 |" in out
+    assert "3 training questions" in out and "dropped" in out and "2 test questions" in out and "counted wrong" in out
+    row = json.loads(js.read_text())["clients"][0]
+    assert (row["train"], row["test"], row["answers"], row["train_outside_vocabulary"], row["test_outside_vocabulary"]) == (7, 4, 2, 3, 2)
+    lines: list[str] = []
+    client = load_clients(folder_config(tmp_path, **{"data.max_answers": 2}), tiny_backbone, log=lines.append)[0]
+    assert (len(client.train), len(client.test), client.num_answers) == (7, 4, 2)
+    assert (client.train_outside_vocabulary, client.test_outside_vocabulary) == (3, 2)
+    said = "\n".join(lines)
+    assert "3 training questions" in said and "dropped" in said and "2 test questions" in said and "counted wrong" in said
+    write_client_index(tmp_path, [client])
+    facts = json.loads((tmp_path / "clients.json").read_text())["data"][0]
+    assert facts == {"name": "solo", "train": 7, "test": 4, "train_outside_vocabulary": 3, "test_outside_vocabulary": 2}
+    # nothing outside: no such line
+    lines.clear()
+    load_clients(folder_config(tmp_path), tiny_backbone, log=lines.append)
+    assert not any("outside" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"img": "img/0.png", "question": "q", "answer": "a"}, r"solo/train.jsonl:2: a record needs non-empty string fields 'image', 'question' and 'answer': 'image' is missing \(its fields are 'img', 'question', 'answer'\)"),
+        ({"image": "img/0.png", "question": "q", "answer": 3}, r"solo/train.jsonl:2: .*'answer' is the number 3, not a string"),
+        ({"image": "img/0.png", "question": "  ", "answer": "a"}, r"solo/train.jsonl:2: .*'question' is empty"),
+        ({"image": "img/0.png", "question": None, "answer": ["a"]}, r"'question' is null, not a string; 'answer' is a list, not a string"),
+        (["img/0.png", "q", "a"], r"solo/train.jsonl:2: a record needs .*: the line holds a list, not a JSON object"),
+    ],
+)
+def test_a_bad_record_names_the_field(tmp_path, record, message):
+    from feddat.data.sources import raw_clients
+
+    answers_folder(tmp_path, train=["a", "b"], test=["a"])
+    path = tmp_path / "solo" / "train.jsonl"
+    path.write_text(path.read_text().splitlines()[0] + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=message):
+        raw_clients(folder_config(tmp_path))
+
+
+def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Excel and Notepad save "UTF-8" with a byte-order mark in front of the first line."""
+    from feddat.data.sources import raw_clients
+
+    answers_folder(tmp_path, train=["a", "b"], test=["a"])
+    for split in ("train", "test"):
+        path = tmp_path / "solo" / f"{split}.jsonl"
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    client = raw_clients(folder_config(tmp_path))[0]
+    assert client.train.answers == ["a", "b"] and client.test.answers == ["a"]
+
+
+def test_macos_archive_and_hidden_folders_are_not_clients(tmp_path, capsys):
+    from feddat.data.folder import client_folders
+
+    answers_folder(tmp_path, train=["a"], test=["a"])
+    for junk in ("__MACOSX", ".git", ".ipynb_checkpoints"):
+        (tmp_path / junk / "solo").mkdir(parents=True)
+    assert [f.name for f in client_folders(tmp_path)] == ["solo"]
+    assert [f.name for f in client_folders(tmp_path)] == ["solo"]
+    err = capsys.readouterr().err
+    assert err.count("skipped") == 1  # once, however often the folders are listed
+    assert "__MACOSX" in err and ".git" in err and ".ipynb_checkpoints" in err and str(tmp_path) in err

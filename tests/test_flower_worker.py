@@ -5,10 +5,14 @@ socket named; a failing message leaves the worker up. Also the nodes' round-vers
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +21,8 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
-from test_flower import CLIENTS, data_root, make_config  # noqa: F401  (data_root: a fixture)
-from feddat.engines.flower import client_node, transport, worker
+from test_flower import CLIENTS, data_root, make_config, marked  # noqa: F401  (data_root: a fixture)
+from feddat.engines.flower import client_node, guard, transport, worker
 from feddat.engines.flower.launch import stop_tree, wait_for_socket
 
 RUN_ID = 7
@@ -72,7 +76,10 @@ def test_worker_answers_as_the_clientapp_would_and_stays_private(running_worker,
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     cfg = make_config(tiny_vilt_dir, data_root, tmp_path, "worker")
     reply = worker.ask(path, query(), context_for(cfg, "beta", tmp_path), timeout=120)
-    assert dict(reply.content["info"]) == {"client": "beta", "num-train": 12, "num-test": 6, "num-answers": 2}
+    info = dict(reply.content["info"])
+    index = json.loads(info.pop("index"))  # the client's entries of the run's clients.json (server_app writes it)
+    assert info == {"client": "beta", "num-train": 12, "num-test": 6, "num-answers": 2}
+    assert index["clients"]["name"] == "beta" and sorted(index["clients"]["answers"]) == ["one", "two"] and index["data"]["test"] == 6
 
     # a train message: the worker's update equals the one computed in this process
     from feddat.algorithms import build_method
@@ -143,3 +150,66 @@ def test_a_replayed_round_discards_only_its_own_clients_state_in_a_shared_state_
     beta.save_state(beta_method, beta.load_state(beta_method, 2, training=True), 2)  # beta is a round ahead
     alpha.load_state(alpha.method("feddat"), 2, training=True)  # alpha starts round 2
     assert [r for r, _ in beta.store(beta_method).versions("beta")] == [1, 2]
+
+
+# A launcher as LocalFederation is one, without Flower: it starts its guard, then a daemon in a
+# session of its own that starts another, both marked with the token and deaf to SIGTERM (as
+# a busy Flower process may be).
+LAUNCHER = """
+import os, subprocess, sys, time
+from feddat.engines.flower import guard
+guard.start(sys.argv[1])
+deaf = "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+grandchild = deaf + "time.sleep(600)"
+child = deaf + f"subprocess.Popen([sys.executable, '-c', {grandchild!r}], start_new_session=True); time.sleep(600)"
+subprocess.Popen([sys.executable, "-c", child], env={**os.environ, guard.FEDERATION_ENV: sys.argv[1]}, start_new_session=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_the_guard_stops_the_federation_when_its_launcher_dies(signum):
+    mark = f"guard-{os.getpid()}-{signum}"
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, f"token-{mark}"], env={**os.environ, "FEDDAT_TEST_MARK": mark})
+    try:
+        deadline = time.monotonic() + 120
+        while len(marked(mark)) < 4 and time.monotonic() < deadline:  # launcher, guard, daemon, its child
+            time.sleep(0.1)
+        assert len(marked(mark)) == 4, [p.cmdline() for p in marked(mark)]
+        launcher.send_signal(signum)
+        launcher.wait()
+        killed = time.monotonic()
+        while marked(mark) and time.monotonic() - killed < 20:
+            time.sleep(0.1)
+        assert not marked(mark), [p.cmdline() for p in marked(mark)]
+        assert time.monotonic() - killed < guard.POLL_S + guard.GRACE_S + 5  # SIGKILL after the grace
+    finally:
+        for p in marked(mark):
+            p.kill()
+
+
+def test_sigterm_stops_a_worker_mid_message(running_worker, tiny_vilt_dir, data_root, tmp_path):  # noqa: F811
+    """SIGTERM while the worker trains (a train message of many local epochs): it exits at once
+    (the message fails on the ClientApp's side), instead of taking the signal for a failed
+    message and going on."""
+    import threading
+
+    from feddat.algorithms import build_method
+
+    path, process, log = running_worker
+    here = make_config(tiny_vilt_dir, data_root, tmp_path / "here", "sigterm")
+    node = client_node.Nodes().get(context_for(here, "beta", tmp_path / "here"))
+    shared = build_method("feddat", here, node.model, node.device).init_shared()
+    cfg = make_config(tiny_vilt_dir, data_root, tmp_path / "there", "sigterm", **{"train.local_epochs": 5000})
+    errors = []
+    asking = threading.Thread(target=lambda: errors.append(pytest.raises(worker.WorkerError, worker.ask, path, train_message(shared, 1), context_for(cfg, "beta", tmp_path), 600)))
+    asking.start()
+    # the worker has built beta's data (train and test features cached) and is training
+    cache, deadline = tmp_path / "there" / "cache", time.monotonic() + 600
+    while len(list(cache.glob("*.safetensors"))) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=guard.GRACE_S + 2) == 0, log.read_text()
+    asking.join(timeout=30)
+    assert errors and "stopped while answering" in str(errors[0].value)
+    assert not path.exists() and "feddat worker stopped" in log.read_text()

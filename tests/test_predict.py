@@ -309,3 +309,136 @@ def test_a_failed_export_leaves_the_earlier_export_as_it_was(trained, tmp_path, 
         inference.export(run_dir, "feddat", "count", out, "personal")
     assert listing(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+# ---- images read as evaluation read them; foundation LoRA exports; Flower runs ------------------
+
+FOLDER_CLIENTS = {"alpha": ("red", "blue", "green"), "beta": ("one", "two"), "gamma": ("yes", "no", "maybe")}
+FILE_SIDE = 48  # the image files' side: neither backbone.image_size (TINY_IMAGE) nor 128
+
+
+@pytest.fixture(scope="module")
+def folder_root(tmp_path_factory):
+    """Three clients in the folder format (README), their images 48 px files."""
+    from conftest import write_folder_clients
+
+    return write_folder_clients(tmp_path_factory.mktemp("folder-clients"), FOLDER_CLIENTS, {"train": 8, "test": 6}, FILE_SIDE)
+
+
+def folder_overrides(tiny_vilt_dir, root, out) -> dict:
+    return {
+        "backbone.name": "vilt", "backbone.path": tiny_vilt_dir, "backbone.image_size": TINY_IMAGE, "backbone.max_text_len": 12,
+        "adapter.reduction_factor": 4, "data.benchmark": "folder", "data.root": str(root), "data.cache_dir": str(out / "cache"),
+        "federation.rounds": 1, "federation.eval_every": 1, "train.batch_size": 8, "train.lr": 0.01, "run.methods": "feddat",
+        "run.out_dir": str(out), "run.threads": 1, "run.precision": "fp32", "run.device": "cpu",
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folder_run(tiny_vilt_dir, folder_root, tmp_path_factory):
+    """FedDAT on the folder clients, read at backbone.image_size = 32 (not the default 128)."""
+    out = tmp_path_factory.mktemp("folder-run")
+    cfg = config_mod.load(None, {**folder_overrides(tiny_vilt_dir, folder_root, out), "run.name": "folder"})
+    return run_experiment(cfg, log=lambda s: None), cfg
+
+
+def test_predict_reads_image_files_as_the_runs_evaluation_read_them(folder_run, folder_root):
+    """A folder run at backbone.image_size 32: `predict` on the image files gives the logits of
+    the images the data loader read for evaluation (not the files read at 128 px), so its
+    answers score what metrics.jsonl recorded."""
+    from PIL import Image
+
+    run_dir, cfg = folder_run
+    split = {c.name: c.test for c in raw_clients(cfg)}["alpha"]  # the data loader's images
+    assert split.images.shape[1:3] == (TINY_IMAGE, TINY_IMAGE)
+    model = inference.load(run_dir, "feddat", "alpha", "personal")
+    files = [folder_root / "alpha" / "img" / f"test{q.split()[-1].rstrip('?')}.png" for q in split.questions]  # 'what is object 3?': test3.png
+    evaluated = model.logits(list(split.images), split.questions)
+    assert torch.equal(model.logits(files, split.questions), evaluated)
+    assert torch.equal(model.logits([Image.open(f) for f in files], split.questions), evaluated)  # PIL images: the same
+    answers = [model.answers[i] for i in model.logits(files, split.questions).argmax(-1).tolist()]
+    assert sum(a == b for a, b in zip(answers, split.answers)) / len(answers) == recorded(run_dir, "feddat", "alpha", "personal")
+
+
+@pytest.fixture(scope="module")
+def foundation_lora(tmp_path_factory):
+    """fedavg_lora for one round on the default backbone (foundation: MiniLM with the packaged
+    checkpoint's delta merged, its projector), 5 tiny function clients."""
+    out = tmp_path_factory.mktemp("foundation-lora")
+    cfg = config_mod.load(None, {
+        "backbone.name": "foundation", "peft.lora_rank": 2, "data.benchmark": "function", "data.train_per_client": 4,
+        "data.test_per_client": 4, "data.cache_dir": str(out / "cache"), "federation.rounds": 1, "federation.eval_every": 1,
+        "train.batch_size": 4, "train.lr": 0.01, "run.methods": "fedavg_lora", "run.out_dir": str(out), "run.name": "lora",
+        "run.threads": 1, "run.precision": "fp32",
+    })  # fmt: skip
+    run_dir = run_experiment(cfg, log=lambda s: None)
+    return run_dir, {c.name: c.test for c in raw_clients(cfg)}
+
+
+def test_a_foundation_lora_export_loads_with_peft_onto_the_base_it_was_trained_on(foundation_lora, tmp_path):
+    """The README's loading snippet for a foundation LoRA export: peft onto the encoder that
+    `feddat.lora_base` rebuilds from the checkpoint the export carries gives the evaluated
+    logits; onto plain MiniLM (the base of the pretraining delta), it does not."""
+    from peft import PeftModel
+    from transformers import BertModel
+
+    import feddat
+    from feddat.backbones.minivl import minilm_path
+
+    run_dir, test = foundation_lora
+    split = test["count"]
+    ours = inference.load(run_dir, "fedavg_lora", "count").logits(list(split.images), split.questions)
+    exported = inference.export(run_dir, "fedavg_lora", "count", tmp_path / "lora")
+    info = json.loads((exported / "feddat_model.json").read_text())
+    assert info["lora_base"].startswith("foundation:") and (exported / "foundation-checkpoint" / "card.json").is_file()
+
+    def logits(backbone) -> torch.Tensor:
+        head = feddat.export_head(exported)
+        ids, mask = backbone.tokenize(split.questions)
+        with torch.no_grad():
+            return head(backbone(backbone.encode_images(split.images), ids, mask))
+
+    # the README's snippet
+    backbone, encoder = feddat.lora_base(exported)
+    PeftModel.from_pretrained(encoder, str(exported))  # puts the LoRA into backbone's encoder, in place
+    assert torch.allclose(logits(backbone), ours, atol=1e-5)
+    # the same LoRA on the plain MiniLM that `base_model_name_or_path` used to suggest is another model
+    plain, _ = feddat.lora_base(exported)
+    plain.encoder = PeftModel.from_pretrained(BertModel.from_pretrained(str(minilm_path()), add_pooling_layer=False, attn_implementation="eager"), str(exported)).base_model.model
+    assert not torch.allclose(logits(plain), ours, atol=1e-3)
+    # feddat's own loader uses the exported checkpoint, even where the run's backbone.path is gone
+    assert torch.allclose(inference.load(exported).logits(list(split.images), split.questions), ours, atol=1e-6)
+
+
+def test_a_flower_simulation_serves_predict_and_export_for_every_client(tiny_vilt_dir, folder_root, folder_run, tmp_path, capsys):
+    """`feddat flower simulate --run.name flsim1`: the run directory gets the clients.json the
+    embedded engine writes, and `predict` / `export` find every client's state where its node
+    kept it (RUN_DIR/node-state/<client>); a node's state-dir elsewhere is given with --state-dir."""
+    import shutil
+
+    flags = [a for k, v in folder_overrides(tiny_vilt_dir, folder_root, tmp_path).items() for a in (f"--{k}", str(v))]
+    assert main(["flower", "simulate", *flags, "--run.name", "flsim1"]) == 0
+    run_dir = tmp_path / "flsim1"
+    embedded, _ = folder_run
+    assert json.loads((run_dir / "clients.json").read_text()) == json.loads((embedded / "clients.json").read_text())
+    test = {c.name: c.test for c in raw_clients(config_mod.load(run_dir / "config.toml", {}))}
+    capsys.readouterr()
+    for client in FOLDER_CLIENTS:
+        image = str(folder_root / client / "img" / "test0.png")
+        assert main(["predict", str(run_dir), "--client", client, "--image", image, "--question", "what is object 0?", "--top", "1"]) == 0
+        assert f"client '{client}'" in capsys.readouterr().out
+        model = inference.load(run_dir, "feddat", client, "personal")
+        assert model.deployed.sources["head"].parent == run_dir / "node-state" / client / "feddat"
+        split = test[client]
+        answers = [model.answers[i] for i in model.logits(list(split.images), split.questions).argmax(-1).tolist()]
+        assert sum(a == b for a, b in zip(answers, split.answers)) / len(answers) == recorded(run_dir, "feddat", client, "personal")
+        assert main(["export", str(run_dir), "--client", client, "--view", "personal", "--out", str(tmp_path / f"export-{client}")]) == 0
+    # a deployed node keeps its state under its own state-dir (<state-dir>/<run name>/<method>), on its host
+    host = tmp_path / "host-alpha"
+    host.mkdir()
+    shutil.move(run_dir / "node-state" / "alpha", host / "flsim1")
+    args = ["predict", str(run_dir), "--client", "alpha", "--image", image, "--question", "q", "--top", "1"]
+    assert main(args) == 1
+    assert "--state-dir" in capsys.readouterr().err
+    assert main([*args, "--state-dir", str(host)]) == 0
+    assert main(["export", str(run_dir), "--client", "alpha", "--state-dir", str(host), "--out", str(tmp_path / "export-host")]) == 0

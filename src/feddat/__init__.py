@@ -1,13 +1,13 @@
 """feddat: Federated Dual-Adapter Teacher (arXiv 2308.12305) and its baselines.
 
 The Python API (README 'Python API'): `Config`, `run`, `resume`, `compare_methods`, `load_model`,
-`export`, `report`, `RunResult`. They are imported on first use, so `import feddat` stays
+`export`, `lora_base`, `export_head`, `report`, `RunResult`. They are imported on first use, so `import feddat` stays
 light (no torch until something runs).
 """
 
 __version__ = "0.1.0"
 
-_API = ("Config", "RunResult", "run", "resume", "compare_methods", "load_model", "export", "report", "read_run")
+_API = ("Config", "RunResult", "run", "resume", "compare_methods", "load_model", "export", "lora_base", "export_head", "report", "read_run")
 __all__ = ["__version__", *_API]
 
 

@@ -94,19 +94,37 @@ def compare_methods(cfg: Config | str | Path | None = None, methods: list[str] |
     return compare_mod.run_compare(cfg, compare_mod.parse_variants(names), list(seeds), folder, reference, log)
 
 
-def load_model(path: str | Path, method: str | None = None, client: str | None = None, view: str | None = None, device: str = "auto"):
+def load_model(path: str | Path, method: str | None = None, client: str | None = None, view: str | None = None, device: str = "auto", state_dir: str | Path | None = None):
     """A client's trained model (inference.Predictor) from a run directory (view None: the global
-    view) or an export folder (which holds one model: leave method, client and view out)."""
+    view; state_dir: a Flower SuperNode's state-dir holding the client's state) or an export
+    folder (which holds one model: leave method, client and view out)."""
     from feddat.inference import load
 
-    return load(path, method, client, view, device)
+    return load(path, method, client, view, device, state_dir)
 
 
-def export(run_dir: str | Path, client: str, out: str | Path, method: str | None = None, view: str = "global") -> Path:
+def export(run_dir: str | Path, client: str, out: str | Path, method: str | None = None, view: str = "global", state_dir: str | Path | None = None) -> Path:
     """`feddat export`: one client's model as a folder (peft's adapter format for LoRA methods)."""
     from feddat.inference import export as export_model
 
-    return export_model(run_dir, method, client, out, view)
+    return export_model(run_dir, method, client, out, view, state_dir)
+
+
+def lora_base(export: str | Path):
+    """(backbone, encoder): what a LoRA export's peft adapter goes on, as the run trained and
+    evaluated it (foundation: MiniLM with the exported checkpoint's delta merged, not plain
+    MiniLM). `peft.PeftModel.from_pretrained(encoder, export)` adapts `encoder` in place; README
+    'Using a trained model' has the whole snippet."""
+    from feddat.inference import lora_base as base
+
+    return base(export)
+
+
+def export_head(export: str | Path):
+    """An export's client head (torch module: backbone features -> logits over its answers)."""
+    from feddat.inference import export_head as head
+
+    return head(export)
 
 
 def report(path: str | Path, out: str | Path | None = None) -> Path:

@@ -63,6 +63,7 @@ def _data_parser(sub) -> argparse.ArgumentParser:
 
 def command_data(args: argparse.Namespace) -> int:
     from feddat.data import faults
+    from feddat.data.clients import in_vocabulary
     from feddat.data.describe import heatmap, report, summary
     from feddat.data.sources import raw_clients
     from feddat.runtime import write_json
@@ -77,8 +78,9 @@ def command_data(args: argparse.Namespace) -> int:
         if path and Path(path).is_dir():
             raise ConfigError(f"{option} {path} is a folder; name the file to write")
     with faults.applied(d.on_bad_record, lambda message: print(message, file=sys.stderr)):
-        clients = raw_clients(cfg, with_images=False)  # answers are all it needs
-    stats = summary(clients, top=args.top)
+        # answers are all it needs; cut to the answer vocabulary as a run cuts them
+        clients = [in_vocabulary(c, d.max_answers) for c in raw_clients(cfg, with_images=False)]
+    stats = summary(clients, top=args.top, max_answers=d.max_answers)
     print(("" if d.benchmark == "folder" else f"{d.source} ") + f"{d.benchmark} benchmark, partition {d.partition}" + (f" (alpha {d.alpha})" if d.partition in ("dirichlet", "quantity") else "") + f", {len(clients)} clients, seed {d.seed}\n")
     print(report(stats))
     if args.json:
@@ -100,35 +102,65 @@ def _compare_parser(sub) -> argparse.ArgumentParser:
         "With --from, only report on finished run directories. "
         "Example: feddat compare --methods all --seeds 0,1,2 --matched fedavg,fedprox --data.benchmark function",
     )
-    p.add_argument("--methods", default="all", metavar="LIST", help="comma-separated methods, presets (feddat_nokd, feddat_oneway, feddat_clientonly, feddat_frozenonly), "
+    p.add_argument("--methods", default=None, metavar="LIST", help="comma-separated methods, presets (feddat_nokd, feddat_oneway, feddat_clientonly, feddat_frozenonly), "
                    "groups (all, feddat_family, peft_kinds, adapter_fl, server_opt) or label=method:key=value:key=value (default: all)")
-    p.add_argument("--seeds", default="0,1,2", metavar="LIST", help="training seeds (default: 0,1,2)")
+    p.add_argument("--seeds", default=None, metavar="LIST", help="training seeds (default: 0,1,2)")
     p.add_argument("--matched", default="", metavar="LIST", help="baselines to also run at the reference's compute per round (more local epochs); 'all' for every cheaper baseline")
     p.add_argument("--reference", default="", metavar="LABEL", help="method the differences are measured against (default: feddat)")
     p.add_argument("--out", metavar="DIR", help="comparison folder (default: runs/compare-<benchmark>; with --from, runs/compare-<benchmark>-from)")
     p.add_argument("--from", dest="from_dirs", nargs="+", metavar="RUN_DIR", help="report on these finished run directories instead of training (into a folder of its own: never one that holds another comparison)")
     p.add_argument("--config", metavar="FILE", help="TOML file, as for `feddat run` (run.methods and run.seed are set per run)")
     add_config_flags(p)
+    for action in p._actions:  # parsed, to be refused by name (command_compare), but not offered
+        if action.dest in SET_BY_COMPARE:
+            action.help = argparse.SUPPRESS
+        if action.dest == "run.out_dir":
+            action.help = "parent folder of the default comparison folder, <run.out_dir>/compare-<benchmark>; not with --out (default: 'runs')"
     return p
+
+
+# What compare sets for every run itself, and the option that says it instead: a --run.seed
+# would be silently replaced by each of --seeds, a --run.name by OUT/runs/<label>/seed<N>.
+SET_BY_COMPARE = {"run.seed": "--seeds", "run.methods": "--methods", "run.name": "--out"}
+
+
+def check_compare_flags(args: argparse.Namespace) -> None:
+    """Refuse the configuration flags compare would silently override, naming its own option."""
+    for key, option in SET_BY_COMPARE.items():
+        value = getattr(args, key, None)
+        if value is not None:
+            what = f"use {option} {value}" if key != "run.name" else f"name the comparison folder with {option} (each run goes to OUT/runs/<label>/seed<N>)"
+            raise ValueError(f"`feddat compare` takes no --{key}: it sets {key} for every run itself; {what}")
+    if args.out and getattr(args, "run.out_dir", None) is not None:
+        raise ValueError("--run.out_dir only places the default comparison folder (<run.out_dir>/compare-<benchmark>), which --out replaces; give one of them")
+    if args.from_dirs:  # the runs were trained already: what would train them changes nothing
+        given = [f"--{k}" for k, v in vars(args).items() if "." in k and v is not None and k != "run.out_dir"]
+        given += [option for option, v in (("--config", args.config), ("--methods", args.methods), ("--seeds", args.seeds), ("--matched", args.matched or None)) if v is not None]
+        if given:
+            raise ValueError(f"--from reports on finished runs as they were trained: {', '.join(given)} would change nothing; drop {'it' if len(given) == 1 else 'them'} (--out or --run.out_dir place the report)")
 
 
 def command_compare(args: argparse.Namespace) -> int:
     from feddat import compare
+    from feddat.runtime import check_device
 
+    check_compare_flags(args)
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     cfg = config_mod.load(args.config, overrides)
     if args.from_dirs:
         # its own folder (default <run.out_dir>/compare-<benchmark>-from), never a `feddat compare` one
         out = compare.report_from_dirs([Path(d) for d in args.from_dirs], Path(args.out) if args.out else None, args.reference or None, out_root=Path(cfg.run.out_dir))
     else:
+        check_device(cfg.run.device)  # before the comparison folder is written
         out = Path(args.out or Path(cfg.run.out_dir) / f"compare-{cfg.data.benchmark}")
-        variants = compare.parse_variants([m for m in args.methods.split(",") if m.strip()])
+        variants = compare.parse_variants([m for m in (args.methods or "all").split(",") if m.strip()])
         compare.check_reference(args.reference or None, [v.label for v in variants])  # before any training
         if args.matched:
             reference = args.reference or compare.default_reference([v.label for v in variants])
             variants += compare.matched_variants(variants, [m.strip() for m in args.matched.split(",") if m.strip()], reference, cfg)
+        seeds_text = "0,1,2" if args.seeds is None else args.seeds
         try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            seeds = [int(s) for s in seeds_text.split(",") if s.strip()]
         except ValueError as err:
             raise ConfigError(f"--seeds takes comma-separated integers, got '{args.seeds}'") from err
         if not seeds:
@@ -241,14 +273,18 @@ def command_run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     from feddat.algorithms import check_methods
     from feddat.engines.runner import resumable, run_experiment
+    from feddat.runtime import check_device
 
     if args.resume:
         if overrides or args.config:
             raise ConfigError("--resume continues a run with its own config.toml; it takes no --config or other options")
-        run_experiment(resumable(Path(args.resume)), resume=Path(args.resume))
+        cfg = resumable(Path(args.resume))
+        check_device(cfg.run.device)  # the run's own device may not be on this machine
+        run_experiment(cfg, resume=Path(args.resume))
         return 0
     cfg = config_mod.load(args.config, overrides)
     check_methods(cfg.run.methods)  # config.load cannot: the method registry sits above it
+    check_device(cfg.run.device)
     run_experiment(cfg)
     return 0
 

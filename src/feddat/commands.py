@@ -31,6 +31,7 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client", metavar="NAME", help="the client whose head (and client adapter) to use")
     # default None, not "global": on an export, a --view that is not the export's is refused
     p.add_argument("--view", choices=("global", "personal"), default=None, help="global: A_s + head (the deployed model); personal: FedDAT's A_s + A_c teacher or Ditto's personal adapter (default: global; an export holds one view)")
+    p.add_argument("--state-dir", metavar="DIR", help="a Flower deployment: the client's SuperNode's state-dir (its --node-config state-dir, or a copy), where it kept the client's private state (default: the run directory's state/ or node-state/<client>/, and RUN_DIR.flower/ of `feddat flower local`)")
 
 
 def _predict_parser(sub) -> None:
@@ -53,8 +54,10 @@ def _predict_parser(sub) -> None:
 
 def command_predict(args: argparse.Namespace) -> int:
     from feddat import inference
+    from feddat.runtime import check_device
 
-    predictor = inference.load(args.path, args.method, args.client, args.view, args.device)
+    check_device(args.device, "--device")  # before the model loads
+    predictor = inference.load(args.path, args.method, args.client, args.view, args.device, args.state_dir)
     example = args.image if predictor.images_per_example > 1 else args.image[0]
     if predictor.images_per_example == 1 and len(args.image) > 1:
         raise ValueError(f"client '{predictor.deployed.client['name']}' answers questions about one image; got {len(args.image)} --image")
@@ -74,7 +77,8 @@ def _export_parser(sub) -> None:
         help="write one client's trained model as a self-contained folder (peft's adapter format for LoRA methods)",
         description="Write the deployed model of one client to OUT: feddat_model.json, config.toml, head.safetensors, and the PEFT "
         "module: for LoRA methods peft's adapter_config.json + adapter_model.safetensors (peft.PeftModel.from_pretrained loads it "
-        "onto the backbone's transformers encoder), otherwise adapters.safetensors. `feddat predict OUT` reads it. README 'Using a trained model'.",
+        "onto the backbone's transformers encoder as feddat.lora_base(OUT) rebuilds it; for foundation not plain MiniLM), otherwise "
+        "adapters.safetensors; a foundation export also carries its checkpoint. `feddat predict OUT` reads it. README 'Using a trained model'.",
     )
     p.add_argument("path", metavar="RUN_DIR")
     _model_arguments(p)
@@ -87,7 +91,7 @@ def command_export(args: argparse.Namespace) -> int:
 
     if not args.client:
         raise ValueError("feddat export needs --client: a head belongs to one client")
-    out = inference.export(args.path, args.method, args.client, args.out, args.view)
+    out = inference.export(args.path, args.method, args.client, args.out, args.view, args.state_dir)
     print(f"feddat: exported to {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return 0
 

@@ -18,9 +18,8 @@ from typing import Any
 
 import tomli_w
 
-
-class ConfigError(ValueError):
-    """A configuration value or key the user gave is wrong."""
+# defined in a leaf, so that a check below config (the device, in runtime) raises the same error
+from feddat.errors import ConfigError  # noqa: F401  (re-exported: feddat.config.ConfigError)
 
 
 def _f(default: Any, help: str, path: bool = False, **kwargs: Any) -> Any:
@@ -138,6 +137,7 @@ class FederationConfig:
     fraction: float = _f(1.0, "fraction of clients sampled each round")
     eval_every: int = _f(2, "evaluate every N rounds (the last round always)")
     eval_fraction: float = _f(1.0, "fraction of clients evaluated (the same seeded sample every time; < 1 for thousands of clients)")
+    select_round: str = _f("last", "with data.validation_per_client > 0: the round whose model the test split scores: last, or best (the highest mean global validation score over the evaluated clients; ties: the earliest)")
     weighting: str = _f("data_size", "aggregation weights: data_size (w_k ∝ n_k) or uniform (reference code)")
     aggregation: str = _f("mean", "how the server combines A_s updates: mean (weighted), median or trimmed_mean (coordinate-wise, robust to a few hostile clients)")
     trim_fraction: float = _f(0.1, "trimmed_mean: fraction of the largest and of the smallest values dropped per coordinate")
@@ -151,8 +151,9 @@ class DataConfig:
     benchmark: str = _f("domain", "domain, function, scene, task (the paper's four heterogeneity types), shapes (synthetic, one pool to partition), a single public dataset (source public), or folder (your data under data.root)")
     source: str = _f("synthetic", "synthetic (twins generated offline) or public (the published datasets, downloaded by you under data.root; see README)")
     root: str = _f("", "public source: the folder holding one sub-folder per dataset; folder benchmark: ROOT/<client>/{train,test}.jsonl (see README)", path=True)
-    train_per_client: int = _f(1024, "training questions per client (public data: a seeded sample; 0 = all)")
-    test_per_client: int = _f(200, "held-out questions per client (public data: a seeded sample; 0 = all)")
+    train_per_client: int = _f(1024, "training questions per client (public and folder data: a seeded sample of each client's, all where it has fewer; 0 = all)")
+    test_per_client: int = _f(200, "held-out questions per client (public and folder data: a seeded sample of each client's, all where it has fewer; 0 = all)")
+    validation_per_client: int = _f(0, "validation questions per client, held out of its training questions (a draw seeded by data.seed and the client's name): scored every evaluated round, so that federation.select_round picks a round without the test split, which is then scored once, at the end; 0 = off (the test split is scored every evaluated round)")
     partition: str = _f("natural", "natural (the benchmark's clients), category (one client per question type / category), iid, dirichlet (label skew) or quantity (size skew): the last four pool the benchmark's data and re-split it")
     num_clients: int = _f(0, "iid / dirichlet / quantity: how many clients to split the pooled data over")
     alpha: float = _f(0.5, "Dirichlet concentration of the dirichlet and quantity partitions (small = more skewed)")
@@ -483,6 +484,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"feddat.branch_site must be >= 0, got {cfg.feddat.branch_site}")
     if cfg.feddat.branch_site and cfg.feddat.schedule != "fused":
         raise ConfigError("feddat.branch_site > 0 is a variant of the fused schedule; the reference schedule is DESIGN §4 exactly")
+    _choice("federation.select_round", cfg.federation.select_round, ("last", "best"))
+    if cfg.federation.select_round == "best" and not cfg.data.validation_per_client:
+        raise ConfigError("federation.select_round = best selects by validation scores: set data.validation_per_client > 0 (questions held out of each client's training data)")
     _choice("federation.weighting", cfg.federation.weighting, ("data_size", "uniform"))
     _choice("data.on_bad_record", cfg.data.on_bad_record, ("error", "skip"))
     _choice("federation.aggregation", cfg.federation.aggregation, ("mean", "median", "trimmed_mean"))
@@ -624,6 +628,8 @@ def _validate_data(d: DataConfig) -> None:
         raise ConfigError(f"data.alpha must be positive, got {d.alpha}")
     if d.min_per_client < 0 or d.num_clients < 0:
         raise ConfigError("data.min_per_client and data.num_clients must not be negative")
+    if d.validation_per_client < 0:
+        raise ConfigError(f"data.validation_per_client must not be negative (0 = off), got {d.validation_per_client}")
 
 
 def _validate_pretrain(p: PretrainConfig) -> None:

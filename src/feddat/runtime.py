@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+from feddat.errors import ConfigError
 from safetensors.torch import save_file
 
 
@@ -32,9 +34,22 @@ def home_copy(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to(HOME, copy=True)
 
 
+def check_device(name: str, option: str = "run.device") -> None:
+    """Refuse a device this machine lacks (cuda without a GPU, cuda:N past the count, mps) as a
+    config error: one `feddat: config error:` line, exit 2, before anything loads or is written."""
+    kind, _, index = name.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{option} = {name}, but no CUDA device is visible on this machine; use {option} = auto (a GPU where there is one) or cpu")
+        if index.isdigit() and int(index) >= count:
+            raise ConfigError(f"{option} = {name}, but this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    elif kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"{option} = {name}, but no MPS (Apple GPU) device is available on this machine; use {option} = auto or cpu")
+
+
 def pick_device(name: str = "auto") -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device = cuda but no CUDA device is visible")
+    check_device(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)

@@ -3,7 +3,7 @@
 A comparison is a folder: one run directory per (method variant, seed) under runs/, then the
 report written from whatever finished: table.md and table.csv (scores per client and mean,
 global and personal, final and mean of the last three evaluations, mean ± std over seeds,
-differences to a reference method that exceed the seed noise), costs.csv (parameters, bytes,
+differences to a reference method with their t-test's p-value and seeds), costs.csv (parameters, bytes,
 compute, time, memory) and PNG plots (score against rounds, compute and bytes; per-client
 bars). A run whose summary.json exists is finished and reused; an unfinished one continues
 from its last round checkpoint, so an interrupted compare picks up where it stopped.
@@ -28,7 +28,7 @@ from feddat.compare import running
 from feddat.compare.plots import write_plots
 from feddat.compare.running import PeakMemory, Workspace, config_differences, run_compare, run_status, train_run, trainable_parameters
 from feddat.compare.runs import RunResult, client_scores, compute_by_round, curve, evals_by_round, load_compare_run, load_run_dirs, run_path
-from feddat.compare.statistics import difference, mean_std, nanmean, t_critical
+from feddat.compare.statistics import Difference, difference, mean_std, nanmean, significance, t_critical
 from feddat.compare.tables import Row, cost_rows, report_from_dirs, summarise, write_report
 from feddat.compare.variants import GROUPS, PRESETS, Variant, check_reference, default_reference, flat_config, matched_variants, parse_variant, parse_variants, passes_per_step, variant_config
 
@@ -36,7 +36,7 @@ __all__ = [
     "Variant", "parse_variants", "matched_variants", "run_compare", "report_from_dirs",
     # what the other commands and the tests use
     "GROUPS", "PRESETS", "PeakMemory", "Row", "RunResult", "Workspace", "client_scores", "compute_by_round", "config_differences", "cost_rows",
-    "check_reference", "curve", "default_reference", "difference", "evals_by_round", "flat_config", "load_compare_run", "load_run_dirs", "mean_std", "nanmean",
-    "parse_variant", "passes_per_step", "run_path", "run_status", "running", "summarise", "t_critical", "train_run", "trainable_parameters",
+    "check_reference", "curve", "default_reference", "Difference", "difference", "evals_by_round", "flat_config", "load_compare_run", "load_run_dirs", "mean_std", "nanmean",
+    "parse_variant", "passes_per_step", "run_path", "run_status", "running", "significance", "summarise", "t_critical", "train_run", "trainable_parameters",
     "variant_config", "write_plots", "write_report",
 ]

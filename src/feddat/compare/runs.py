@@ -199,8 +199,17 @@ def curve(result: RunResult, view: str = "global") -> list[dict[str, float]]:
     return points
 
 
+LAST_EVALS = 3  # the table's second score averages a run's last three evaluations (or all, if fewer)
+
+
+def last_evals(result: RunResult) -> int:
+    """How many evaluations client_scores' second score averages: LAST_EVALS, or fewer if the
+    run evaluated fewer times."""
+    return min(LAST_EVALS, len(evals_by_round(result)))
+
+
 def client_scores(result: RunResult, view: str) -> dict[str, tuple[float, float]]:
-    """client (and 'mean') -> (final score, mean of the last three evaluations)."""
+    """client (and 'mean') -> (final score, mean of the last LAST_EVALS evaluations or all)."""
     evals = evals_by_round(result)
     if not evals:
         return {}
@@ -209,7 +218,7 @@ def client_scores(result: RunResult, view: str) -> dict[str, tuple[float, float]
     out = {}
     for c in clients:
         final = evals[rounds[-1]][c].get(view)
-        last3 = nanmean(evals[r].get(c, {}).get(view) for r in rounds[-3:])
+        last3 = nanmean(evals[r].get(c, {}).get(view) for r in rounds[-LAST_EVALS:])
         out[c] = (final, last3)
     out["mean"] = (nanmean(out[c][0] for c in clients), nanmean(out[c][1] for c in clients))
     return out

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from feddat.compare.plots import write_plots
-from feddat.compare.runs import RunResult, client_scores, compute_by_round, curve, load_run_dirs
-from feddat.compare.statistics import difference, mean_std, nanmean
+from feddat.compare.runs import LAST_EVALS, RunResult, client_scores, compute_by_round, curve, last_evals, load_run_dirs
+from feddat.compare.statistics import MIN_SEEDS, Difference, mean_std, nanmean, significance
 from feddat.compare.variants import check_reference, default_reference
 from feddat.reporting import category_means, final_scores
 from feddat.runtime import read_json, write_json, write_text
@@ -23,7 +23,11 @@ class Row:
     seeds: list[int]
     cells: dict[str, dict[str, tuple[float, float, int]]]  # client -> {'final'|'last3': (mean, sd, n)}
     mean_by_seed: dict[int, float]  # final mean-over-clients score per seed
-    diff: tuple[float, bool | None] | None = None
+    diff: Difference | None = None
+    last_evals: int = LAST_EVALS  # evaluations the 'last3' cells average (fewer where the runs evaluated fewer)
+    # Per seed, the round whose model the test split scored once, chosen by validation
+    # (data.validation_per_client, federation.select_round); empty without a validation split.
+    selected: tuple[int, ...] = ()
 
 
 def summarise(results: list[RunResult], reference: str) -> tuple[list[Row], list[str]]:
@@ -41,11 +45,13 @@ def summarise(results: list[RunResult], reference: str) -> tuple[list[Row], list
             names = [c for scores in per_seed.values() for c in scores if c != "mean"]
             clients += [c for c in dict.fromkeys(names) if c not in clients]
             cells = {c: {stat: mean_std([s.get(c, (None, None))[i] for s in per_seed.values()]) for i, stat in enumerate(("final", "last3"))} for c in [*dict.fromkeys(names), "mean"]}
-            rows.append(Row(label, runs[0].method, view, sorted(per_seed), cells, {s: v["mean"][0] for s, v in per_seed.items()}))
+            evaluated = min(last_evals(r) for r in runs if r.seed in per_seed)
+            selected = tuple(int(r.summary["selected_round"]) for r in sorted(runs, key=lambda r: r.seed) if r.seed in per_seed and r.summary.get("selected_round") is not None)
+            rows.append(Row(label, runs[0].method, view, sorted(per_seed), cells, {s: v["mean"][0] for s, v in per_seed.items()}, last_evals=evaluated, selected=selected))
     ref = {r.view: r for r in rows if r.label == reference}
     for row in rows:
         if row.view in ref and row.label != reference:
-            row.diff = difference(row.mean_by_seed, ref[row.view].mean_by_seed)
+            row.diff = significance(row.mean_by_seed, ref[row.view].mean_by_seed)
     return rows, clients
 
 
@@ -72,20 +78,42 @@ def pct(mean: float, sd: float) -> str:
     return f"{100 * mean:.1f}" + (f" ± {100 * sd:.1f}" if sd == sd else "")
 
 
+def evals_label(k: int) -> str:
+    return f"last {k} eval" + ("s" if k != 1 else "")
+
+
+def delta_cell(d: Difference) -> str:
+    """Δ with its test: '+6.2 * (p = 0.012, n = 3)', '+1.0 (p = 0.41, n = 3 vs 4, Welch)';
+    untested: '+6.2 (n = 2, untested: fewer than 3 seeds)'."""
+    n = str(d.n[0]) if d.test == "paired t" else f"{d.n[0]} vs {d.n[1]}, Welch"
+    if d.p is None:
+        return f"{100 * d.mean:+.1f} (n = {n}, untested: {d.untested})"
+    p = "p < 0.001" if d.p < 0.001 else f"p = {d.p:.3f}"
+    return f"{100 * d.mean:+.1f}" + (" *" if d.significant else "") + f" ({p}, n = {n})"
+
+
 def markdown_scores(rows: list[Row], clients: list[str], view: str, reference: str) -> str:
     mine = [r for r in rows if r.view == view]
     if not mine:
         return ""
-    head = "| method | " + " | ".join(clients) + " | mean | mean, last 3 evals | Δ mean vs " + reference + " |"
+    # the evaluations the second mean averages, in the header where every row averages as many
+    counts = {r.last_evals for r in mine}
+    uniform = len(counts) == 1
+    averaged = evals_label(min(counts)) if uniform else "last evals (as many as each row says)"
+    # Runs with a validation split scored the test split once: the column names the round instead.
+    validated = all(r.selected for r in mine)
+    second = "round selected by validation (per seed)" if validated else f"mean, {averaged}"
+    head = "| method | " + " | ".join(clients) + f" | mean | {second} | Δ mean vs " + reference + " (p, n seeds) |"
     lines = [head, "|" + "---|" * (len(clients) + 4)]
     for r in mine:
         cells = [pct(*r.cells.get(c, {}).get("final", (float("nan"), float("nan"), 0))[:2]) for c in [*clients, "mean"]]
-        last3 = pct(*r.cells["mean"]["last3"][:2])
+        last3 = pct(*r.cells["mean"]["last3"][:2]) + ("" if uniform else f" ({evals_label(r.last_evals)})")
+        if r.selected:
+            last3 = ", ".join(map(str, r.selected)) if validated else f"test once, at round {', '.join(map(str, r.selected))} (selected by validation)"
         if r.diff is None:
             delta = "ref" if r.label == reference else "—"
         else:
-            d, sig = r.diff
-            delta = f"{100 * d:+.1f}" + ("" if sig is None else (" *" if sig else ""))
+            delta = delta_cell(r.diff)
         lines.append(f"| {r.label} | " + " | ".join(cells) + f" | {last3} | {delta} |")
     return "\n".join(lines)
 
@@ -151,9 +179,21 @@ def score_records(rows: list[Row]) -> list[dict[str, Any]]:
     for r in rows:
         for client, stats in r.cells.items():
             (fm, fs, n), (lm, ls, _) = stats["final"], stats["last3"]
-            diff, sig = r.diff if (r.diff and client == "mean") else (None, None)
-            out.append({"label": r.label, "method": r.method, "view": r.view, "client": client, "final_mean": fm, "final_std": fs, "last3_mean": lm, "last3_std": ls, "seeds": n, "diff_vs_reference": diff, "exceeds_seed_noise": sig})
+            d = r.diff if client == "mean" else None  # the reference is tested on the mean over clients
+            tested = {"diff_vs_reference": d.mean, "exceeds_seed_noise": d.significant, "test": d.test, "p_value": d.p, "test_seeds": "/".join(map(str, d.n)), "untested": d.untested} if d else {}
+            out.append({
+                "label": r.label, "method": r.method, "view": r.view, "client": client, "final_mean": fm, "final_std": fs, "last3_mean": lm, "last3_std": ls, "seeds": n,
+                "last_evals": r.last_evals, **dict.fromkeys(("diff_vs_reference", "exceeds_seed_noise", "test", "p_value", "test_seeds", "untested")), **tested,
+                **({"selected_rounds": "/".join(map(str, r.selected))} if any(row.selected for row in rows) else {}),
+            })
     return out
+
+
+SELECTION_NOTE = (
+    "A run with a validation split (data.validation_per_client) scored the test split once, at the end, on the model of the round "
+    "its validation scores selected (federation.select_round: last, or best); its scores are that one test score, and the column "
+    "after 'mean' gives the selected round (per seed). "
+)
 
 
 def write_report(results: list[RunResult], out_dir: Path, reference: str, title: str = "") -> None:
@@ -167,8 +207,12 @@ def write_report(results: list[RunResult], out_dir: Path, reference: str, title:
     parts = [
         f"# Comparison: {title}".rstrip(": "),
         f"Seeds {', '.join(map(str, seeds))}. Scores in % on each client's held-out split at the final evaluation, mean ± std over seeds; "
-        f"'mean, last 3 evals' averages the last three evaluated rounds. Δ is the difference of the mean to `{reference}`; "
-        "`*` marks a difference beyond the seed noise (two-sided t-test at 95%, paired over seeds when both ran the same seeds).",
+        f"'mean, last k evals' averages a run's last k evaluated rounds (k = {LAST_EVALS}, or all of them where a run evaluated fewer). "
+        + (SELECTION_NOTE if any(r.summary.get("selected_round") is not None for r in results) else "") +
+        f"Δ is the difference of the mean to `{reference}`, with the p-value of its two-sided t-test and n, the seeds tested: "
+        "a paired t-test over the seeds both ran (scipy.stats.ttest_rel), else Welch's t-test (scipy.stats.ttest_ind, unequal variances; n per side). "
+        f"`*` marks p < 0.05, a difference beyond the seed noise. Untested, and never starred: fewer than {MIN_SEEDS} seeds (a side), "
+        "or no spread (per-seed differences, or both sides' scores, all equal: the t statistic is undefined).",
         "## Global model (shared PEFT module + private head)",
         markdown_scores(rows, clients, "global", reference),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 import warnings
@@ -15,14 +16,15 @@ import torch
 from feddat.data.types import Batch, DataError, Encoder, RawClient, RawSplit
 from feddat.data.vqa_eval import accuracy_table
 from feddat.losses import score
-from feddat.runtime import load_tensors, save_tensors, write_json
+from feddat.runtime import derive_seed, load_tensors, save_tensors, write_json
 
 # DataError, RawSplit and RawClient live in data/types.py (shared by the whole data layer); they
 # stay importable from here.
 __all__ = [
     "Batch", "ClientData", "DataError", "RawClient", "RawSplit", "Split",
-    "CLIENTS_FILE", "answer_vocabulary", "build_client", "cached_features", "client_record", "encode_split", "encode_targets",
-    "load_clients", "soft_scores", "write_client_index",
+    "CLIENTS_FILE", "answer_vocabulary", "build_client", "cached_features", "client_record", "client_vocabulary", "data_notes", "data_record",
+    "encode_split", "encode_targets", "hold_out_validation", "in_vocabulary", "load_clients", "outside_vocabulary", "soft_scores", "validation_view",
+    "write_client_index",
 ]
 
 
@@ -66,16 +68,72 @@ class ClientData:
     test: Split
     task: str = "vqa"  # vqa | entailment | nlvr2 | match (data/tasks.py): picks the head's input and output
     images_per_example: int = 1  # 2 for NLVR2-style statements about an image pair
+    # Questions whose answer is outside `answers` (data.max_answers): the training ones were
+    # dropped, the test ones are in `test` and count as wrong. Reported when the run starts.
+    train_outside_vocabulary: int = 0
+    test_outside_vocabulary: int = 0
+    # How many questions the capped splits were drawn from (data.train_per_client /
+    # test_per_client on your own folders); None: every question is here.
+    train_available: int | None = None
+    test_available: int | None = None
+    # Questions held out of the training ones (data.validation_per_client), scored like `test`
+    # (those outside `answers` count as wrong); None: no validation split.
+    validation: Split | None = None
 
     @property
     def num_answers(self) -> int:
         return len(self.answers)
 
 
+def validation_view(client: ClientData) -> ClientData:
+    """`client` with its validation questions in place of its test ones: what a method's
+    `evaluate` (which scores `test`) scores to validate, without a second evaluation path."""
+    if client.validation is None:
+        raise ValueError(f"client '{client.name}' has no validation split (data.validation_per_client = 0)")
+    return dataclasses.replace(client, test=client.validation)
+
+
+def hold_out_validation(name: str, train: RawSplit, n: int, seed: int) -> tuple[RawSplit, RawSplit]:
+    """(the training questions left, the `n` validation questions): a draw seeded by `seed`
+    (data.seed) and the client's name, so the same data and seed hold out the same questions."""
+    if n >= len(train):
+        raise DataError(f"client '{name}' has {len(train)} training questions: data.validation_per_client = {n} would leave none to train on")
+    g = torch.Generator().manual_seed(derive_seed(seed, "validation", name))
+    order = torch.randperm(len(train), generator=g)
+    held, rest = sorted(order[:n].tolist()), sorted(order[n:].tolist())
+    tag = f"validation:{n}:{seed}"
+    kept = train.subset(rest, f"minus-{tag}")
+    kept.available = train.available
+    return kept, train.subset(held, tag)
+
+
 def answer_vocabulary(answers: Sequence[str], max_answers: int) -> list[str]:
     """The most frequent answers, ties broken alphabetically so the order is reproducible."""
     counts = Counter(answers)
     return [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_answers]]
+
+
+def client_vocabulary(train: RawSplit, max_answers: int, classes: Sequence[str] | None = None) -> list[str]:
+    """A client's answers: its fixed classes, else its `max_answers` most frequent training answers."""
+    return list(classes) if classes else answer_vocabulary(train.answers, max_answers)
+
+
+def outside_vocabulary(raw: RawSplit, vocab: list[str]) -> int:
+    """Questions none of whose answers is in `vocab` (training drops them; a test counts them wrong)."""
+    return int((~encode_targets(raw, vocab)[1]).sum())
+
+
+def in_vocabulary(raw: RawClient, max_answers: int) -> RawClient:
+    """`raw` as a run trains on it (build_client's vocabulary and cut, without a backbone), for
+    `feddat data describe`: training questions outside the vocabulary dropped and counted, test
+    questions kept and the ones outside counted."""
+    vocab = client_vocabulary(raw.train, max_answers, raw.classes)
+    known = encode_targets(raw.train, vocab)[1]
+    train = raw.train if bool(known.all()) else raw.train.subset(torch.nonzero(known).flatten().numpy(), f"vocab:{max_answers}")
+    train.available = raw.train.available
+    return dataclasses.replace(
+        raw, train=train, train_outside_vocabulary=int((~known).sum()), test_outside_vocabulary=outside_vocabulary(raw.test, vocab)
+    )
 
 
 def soft_scores(answer_lists: Sequence[Sequence[str]], vocab: list[str]) -> torch.Tensor:
@@ -155,12 +213,13 @@ def build_client(
     cache_dir: Path | None,
     task: str = "vqa",
     classes: Sequence[str] | None = None,
+    validation: RawSplit | None = None,
 ) -> ClientData:
     if len(train.answers) == 0:
         raise DataError(f"client '{name}' has an empty training set")
     if len(test.answers) == 0:
         raise DataError(f"client '{name}' has an empty test set")
-    vocab = list(classes) if classes else answer_vocabulary(train.answers, max_answers)
+    vocab = client_vocabulary(train, max_answers, classes)
     return ClientData(
         name=name,
         answers=vocab,
@@ -168,6 +227,11 @@ def build_client(
         test=encode_split(test, backbone, vocab, cache_dir, drop_unknown=False),
         task=task,
         images_per_example=1 if train.images2 is None else 2,
+        train_outside_vocabulary=outside_vocabulary(train, vocab),
+        test_outside_vocabulary=outside_vocabulary(test, vocab),
+        train_available=train.available,
+        test_available=test.available,
+        validation=None if validation is None else encode_split(validation, backbone, vocab, cache_dir, drop_unknown=False),
     )
 
 
@@ -186,13 +250,52 @@ def client_record(client: ClientData) -> dict:
     }
 
 
+def data_record(client: ClientData) -> dict:
+    """The questions a client's numbers come from: how many, how many fell outside its answers,
+    and (where a cap drew a sample) how many there were."""
+    record = {
+        "name": client.name,
+        "train": len(client.train),
+        "test": len(client.test),
+        "train_outside_vocabulary": client.train_outside_vocabulary,  # dropped from training
+        "test_outside_vocabulary": client.test_outside_vocabulary,  # in `test`, counted wrong
+    }
+    for split, available in (("train", client.train_available), ("test", client.test_available)):
+        if available is not None:
+            record[f"{split}_available"] = available
+    if client.validation is not None:  # held out of the training questions (not counted in "train")
+        record["validation"] = len(client.validation)
+    return record
+
+
 def write_client_index(run_dir: Path, clients: Sequence[ClientData]) -> None:
-    """RUN_DIR/clients.json: written when the data are loaded, read by inference.load and the report."""
-    write_json(Path(run_dir) / CLIENTS_FILE, {"clients": [client_record(c) for c in clients]})
+    """RUN_DIR/clients.json: written when the data are loaded, read by inference.load and the
+    report. "data" holds each client's question counts (kept apart: "clients" is what a deployed
+    head needs, and exports copy it)."""
+    write_json(Path(run_dir) / CLIENTS_FILE, {"clients": [client_record(c) for c in clients], "data": [data_record(c) for c in clients]})
 
 
-def load_clients(cfg, backbone: Encoder, log: Callable[[str], None] = print) -> list[ClientData]:
-    """The benchmark's clients, encoded with `backbone` (features cached under data.cache_dir)."""
+def data_notes(record: dict, max_answers: int) -> list[str]:
+    """What a run (and `describe`) says about a client's questions beyond its sizes, from its
+    `data_record`: a sample drawn under a cap, questions outside the answer vocabulary."""
+    name, notes = record["name"], []
+    read = {"train": record["train"] + record["train_outside_vocabulary"], "test": record["test"]}
+    drawn = [f"{read[split]} of its {record[f'{split}_available']} {what} questions (data.{split}_per_client)"
+             for split, what in (("train", "training"), ("test", "test")) if f"{split}_available" in record]
+    if drawn:
+        notes.append(f"client '{name}': {' and '.join(drawn)}, a sample seeded by data.seed (0 uses all)")
+    if record["train_outside_vocabulary"] or record["test_outside_vocabulary"]:
+        notes.append(
+            f"client '{name}': {record['train_outside_vocabulary']} training questions whose answer is outside its {max_answers} most frequent answers "
+            f"(data.max_answers) are dropped; {record['test_outside_vocabulary']} test questions outside them are kept and counted wrong"
+        )
+    return notes
+
+
+def load_clients(cfg, backbone: Encoder, log: Callable[[str], None] = print, raw: Sequence[RawClient] | None = None) -> list[ClientData]:
+    """The benchmark's clients, encoded with `backbone` (features cached under data.cache_dir).
+    `raw`: the clients as raw_clients(cfg) read them already (a run reads and checks its data
+    before the backbone loads); else they are read here."""
     from feddat.data import faults
     from feddat.data.sources import raw_clients
 
@@ -200,8 +303,12 @@ def load_clients(cfg, backbone: Encoder, log: Callable[[str], None] = print) -> 
     cache_dir = Path(d.cache_dir) if d.cache_dir else None
     clients = []
     with faults.applied(d.on_bad_record, log):
-        for raw in raw_clients(cfg):
-            client = build_client(raw.name, raw.train, raw.test, backbone, d.max_answers, cache_dir, raw.task, raw.classes)
-            log(f"  client {client.name:<10} train {len(client.train):>5}  test {len(client.test):>5}  answers {client.num_answers}  task {client.task}")
+        for one in raw_clients(cfg) if raw is None else raw:
+            train, validation = hold_out_validation(one.name, one.train, d.validation_per_client, d.seed) if d.validation_per_client else (one.train, None)
+            client = build_client(one.name, train, one.test, backbone, d.max_answers, cache_dir, one.task, one.classes, validation)
+            held = "" if validation is None else f"  validation {len(client.validation):>4}"
+            log(f"  client {client.name:<10} train {len(client.train):>5}{held}  test {len(client.test):>5}  answers {client.num_answers}  task {client.task}")
+            for note in data_notes(data_record(client), d.max_answers):
+                log(f"    {note}")
             clients.append(client)
     return clients

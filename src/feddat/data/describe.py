@@ -60,10 +60,14 @@ def heterogeneity(clients: list[RawClient]) -> dict:
     }
 
 
-def summary(clients: list[RawClient], top: int = 5) -> dict:
-    """Everything the report prints, as plain data (also written by --json)."""
+def summary(clients: list[RawClient], top: int = 5, max_answers: int | None = None) -> dict:
+    """Everything the report prints, as plain data (also written by --json). `max_answers`: the
+    clients are as a run trains on them (data.clients.in_vocabulary, the cut of data.max_answers):
+    the notes then say what the cut and any cap on the sizes left out."""
+    from feddat.data.clients import data_notes
+
     _, shares = distributions(clients)
-    rows = []
+    rows, notes = [], []
     for client, p in zip(clients, shares):
         counts = Counter(client.train.answers)
         total = max(len(client.train), 1)
@@ -75,14 +79,19 @@ def summary(clients: list[RawClient], top: int = 5) -> dict:
             "answers": len(counts),
             "effective_answers": float(2 ** _entropy(p)) if len(client.train) else None,  # perplexity: how many answers it really uses
             "top": [[a, n / total] for a, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]],
+            "train_outside_vocabulary": client.train_outside_vocabulary,  # dropped: not in `train`
+            "test_outside_vocabulary": client.test_outside_vocabulary,  # in `test`, counted wrong
+            **{f"{split}_available": n for split, n in (("train", client.train.available), ("test", client.test.available)) if n is not None},
         })
+        if max_answers is not None:
+            notes += data_notes({"name": client.name, **rows[-1]}, max_answers)
     h = heterogeneity(clients)
     warnings = [
         f"warning: client '{name}' has no training examples: it is left out of the Jensen-Shannon and total-variation means, "
         "and its effective number of answers is undefined (—)"
         for name in h["left_out"]
     ]
-    return {"clients": rows, "heterogeneity": h, "warnings": warnings}
+    return {"clients": rows, "heterogeneity": h, "notes": notes, "warnings": warnings}
 
 
 def report(stats: dict) -> str:
@@ -98,6 +107,7 @@ def report(stats: dict) -> str:
         f"heterogeneity: mean pairwise Jensen-Shannon divergence {_number(h['mean_pairwise_js'], '.3f')} (0 = identical answer distributions, 1 = disjoint); "
         f"mean total variation to the pooled distribution {_number(h['mean_tv_to_pooled'], '.3f')}{over}; "
         f"training-size CV {_number(h['size_cv'], '.2f')} (population std / mean over all {k} clients)",
+        *stats.get("notes", []),
         *stats.get("warnings", []),
     ]
     return "\n".join(lines)

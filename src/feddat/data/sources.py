@@ -60,18 +60,36 @@ def synthetic_sources(d) -> list[Source]:
 def folder_sources(d, image_side: int) -> list[Source]:
     from feddat.data.folder import client_folders, read_split
 
-    # Your own files are used whole: the per-client sizes apply to generated and public data only.
-    return [Source(folder.name, lambda split, n, folder=folder: read_split(folder / f"{split}.jsonl", image_side)) for folder in client_folders(d.root)]
+    def make(folder: Path, split: str, n: int) -> RawSplit:
+        # data.train_per_client / test_per_client cap your clients as they cap public data: a
+        # sample seeded by data.seed (0, or a cap at or above a client's size: all of it)
+        return read_split(folder / f"{split}.jsonl", image_side, n, derive_seed(d.seed, "folder", folder.name, split))
+
+    return [Source(folder.name, lambda split, n, folder=folder: make(folder, split, n)) for folder in client_folders(d.root)]
+
+
+def image_reading(cfg) -> tuple[int, bool]:
+    """How the data sources of `cfg` read an image file: (side, upright). Your folders and public
+    data are read at the tower's size (backbone.image_size), generated images drawn at
+    SYNTHETIC_IMAGE_SIDE; your photos are turned upright as their EXIF says, the public datasets
+    read as stored (as their reference pipelines read them). `feddat predict` reads a file with
+    it, so that a model sees an image as its evaluation did."""
+    if cfg.data.benchmark == "folder":
+        return cfg.backbone.image_size, True
+    if cfg.data.source == "public":
+        return cfg.backbone.image_size, False
+    return SYNTHETIC_IMAGE_SIDE, True
 
 
 def benchmark_sources(cfg, with_images: bool = True) -> list[Source]:
     d = cfg.data
+    side, _ = image_reading(cfg)
     if d.benchmark == "folder":
-        return folder_sources(d, image_side=cfg.backbone.image_size)  # read at the tower's size, as public data
+        return folder_sources(d, image_side=side)
     if d.source == "public":
         from feddat.data.public import public_sources
 
-        return public_sources(d, image_side=cfg.backbone.image_size, with_images=with_images)
+        return public_sources(d, image_side=side, with_images=with_images)
     return synthetic_sources(d)
 
 

@@ -39,6 +39,9 @@ class RawSplit:
     # The annotators' answers as the files have them (public 10-answer data): what the official
     # VQA accuracy is computed from. One answer per example: exact match.
     eval_answers: list[list[str]] | None = None
+    # Where a cap (data.train_per_client / test_per_client) drew these examples from more: how
+    # many there were (your own folder data; the run and `describe` say so). None: all are here.
+    available: int | None = None
 
     def __len__(self) -> int:
         return len(self.answers)
@@ -94,6 +97,10 @@ class RawClient:
     test: RawSplit
     task: str = "vqa"
     classes: tuple[str, ...] | None = None  # a fixed output space (entailment: 3 labels), else the top answers
+    # Questions whose answer is outside the answer vocabulary (data.clients.in_vocabulary sets
+    # them, for `describe`): training ones are dropped, test ones kept and counted wrong.
+    train_outside_vocabulary: int = 0
+    test_outside_vocabulary: int = 0
 
 
 @dataclass

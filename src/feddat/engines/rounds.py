@@ -63,6 +63,10 @@ class Rounds:
         self.accountant = privacy.Accountant(cfg.privacy, self.per_round / num_clients) if privacy.enabled(cfg.privacy) and method.communicates else None
         self.steps = 0  # local optimiser steps so far, over all clients
         self.first_round_s: float | None = None  # how long this process's first round took (time_left)
+        # With a validation split (data.validation_per_client), evaluated rounds score it and the
+        # test split is scored once, at the end, on the model of the round federation.select_round picks.
+        self.validates = cfg.data.validation_per_client > 0
+        self.best: tuple[int, float] | None = None  # (round, mean global validation score) of the best so far
 
     def resume(self, finished_rounds: int, steps: int) -> None:
         """Continue after `finished_rounds` committed rounds that took `steps` local steps."""
@@ -99,13 +103,67 @@ class Rounds:
             line += f"  ε={epsilon:.2f} (δ={self.cfg.privacy.delta:g})"
         return records, line
 
-    def evaluated(self, round_: int, scores: dict[str, dict[str, float]]) -> tuple[list[dict], str]:
-        """The round's eval records, and the scores for its log line ('mean global …')."""
-        records = [self.record(round_, client, "eval", s) for client, s in scores.items()]
+    def evaluated(self, round_: int, scores: dict[str, dict[str, float]], kind: str = "eval", **fields) -> tuple[list[dict], str]:
+        """The round's eval records (of `kind`, with `fields` added), and the scores for its log
+        line ('mean global …')."""
+        records = [self.record(round_, client, kind, {**s, **fields}) for client, s in scores.items()]
         text = f"mean global {100 * mean(s['global'] for s in scores.values()):.1f}%"  # in % as the tables
         if self.method.personal:
             text += f"  personal {100 * mean(s['personal'] for s in scores.values()):.1f}%"
         return records, text
+
+    def validated(self, round_: int, scores: dict[str, dict[str, float]]) -> tuple[list[dict], str, bool]:
+        """The round's validation records (kind "validation": the test split is not scored), its
+        log text, and whether this round is now the selected one: every round under
+        federation.select_round = last; under best, a round whose mean global validation score
+        beats every earlier one (a tie keeps the earlier round)."""
+        records, text = self.evaluated(round_, scores, "validation")
+        improved = self.consider(round_, mean(s["global"] for s in scores.values()))  # kept under "last" too, for the summary
+        return records, "validation " + text, self.cfg.federation.select_round == "last" or improved
+
+    def consider(self, round_: int, score: float) -> bool:
+        """Whether `round_`, validated to `score`, is the best so far (kept in `best`); a tie
+        keeps the earlier round, a NaN (no client scored) is never the best."""
+        improved = score == score and (self.best is None or score > self.best[1])
+        if improved:
+            self.best = (round_, score)
+        return improved
+
+    def recall_validation(self, records: list[dict]) -> None:
+        """On resume: the best validated round among the committed ones, from the validation
+        records of this method that metrics.jsonl kept (as `validated` found it then)."""
+        by_round: dict[int, dict[str, dict]] = {}
+        for r in records:
+            if r.get("method") == self.name and r.get("kind") == "validation":
+                by_round.setdefault(int(r["round"]), {})[r["client"]] = r
+        self.best = None
+        for round_, scores in sorted(by_round.items()):
+            self.consider(round_, mean(s["global"] for s in scores.values()))
+
+    def selected_round(self) -> int:
+        """The round whose model the test split scores: the last, or the best validated one."""
+        if self.cfg.federation.select_round == "best" and self.best is not None:
+            return self.best[0]
+        return self.cfg.federation.rounds
+
+    def tested(self, scores: dict[str, dict[str, float]]) -> tuple[list[dict], str]:
+        """The one test evaluation of a run with a validation split: eval records under the
+        selected round (so the tables read them as the run's final scores), marked with the rule."""
+        round_ = self.selected_round()
+        records, text = self.evaluated(round_, scores, select_round=self.cfg.federation.select_round)
+        return records, f"  [{self.name}] test split, once, on the model of round {round_} ({self.selection_text()}): {text}"
+
+    def selection_text(self) -> str:
+        if self.cfg.federation.select_round == "last":
+            return "the last round, federation.select_round = last"
+        return "the best mean global validation score, federation.select_round = best"
+
+    def selection_summary(self) -> dict:
+        """What summary.json records of the selection (nothing without a validation split)."""
+        if not self.validates:
+            return {}
+        return {"select_round": self.cfg.federation.select_round, "selected_round": self.selected_round(), "best_validation_round": self.best[0] if self.best else None,
+                "best_validation_global": self.best[1] if self.best else None}
 
     def time_left(self, round_: int, first_round: int, elapsed_s: float) -> str:
         """'  ~3 min left' for the log line of a round that is not the last: the rounds still to
@@ -143,5 +201,6 @@ class Rounds:
             "s_per_local_step": compute_s / max(1, self.steps),
             "shared_params": sum(t.numel() for t in shared.values()),
             "bytes_up_per_round": tensor_bytes(shared) * self.per_round if self.method.communicates else 0,
+            **self.selection_summary(),
             **extra,
         }

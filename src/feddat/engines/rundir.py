@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from feddat.config import Config
 from feddat.runtime import save_tensors, write_text
@@ -37,6 +39,7 @@ ADDED_SINCE_FINGERPRINTS = (
     "train.schedule_epochs", "train.decay_head_norm", "train.task_loss",
     "feddat.optimizer", "feddat.client_adapter_rounds", "feddat.client_init", "feddat.personal_frozen",
     "feddat.kd_warmup_rounds", "feddat.head_update",
+    "data.validation_per_client", "federation.select_round",
 )
 
 
@@ -67,13 +70,48 @@ def setting_differences(before: Config, now: Config, shown: int = 5) -> str:
     return (text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")) or "they differ"
 
 
-def make_run_dir(cfg: Config) -> Path:
-    name = cfg.run.name or f"{cfg.data.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.out_dir) / name
+def run_dir_path(cfg: Config) -> Path:
+    return Path(cfg.run.out_dir) / (cfg.run.name or f"{cfg.data.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def make_run_dir(cfg: Config, run_dir: Path | None = None) -> Path:
+    """A new run directory (`run_dir`, else run_dir_path): made, or an empty folder taken over."""
+    run_dir = run_dir or run_dir_path(cfg)
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run directory {run_dir} already holds a run; choose another --run.name")
+        if has_results(run_dir):
+            raise FileExistsError(f"run directory {run_dir} already holds a run; choose another --run.name")
+        raise FileExistsError(f"run directory {run_dir} already holds a run that stopped before its first round was committed (no results): delete it, or choose another --run.name")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def has_results(run_dir: Path) -> bool:
+    """Whether a run directory holds something a resume would keep: a committed round of some
+    method (checkpoint/<method>/progress.json) or a finished method (summary.json)."""
+    return (run_dir / "summary.json").exists() or any((run_dir / "checkpoint").glob("*/progress.json"))
+
+
+@contextmanager
+def new_run_dir(cfg: Config, log: Callable[[str], None] = print) -> Iterator[Path]:
+    """make_run_dir with the run's config.toml in it, taken back if the run stops (an error,
+    Ctrl-C) before it has results (has_results): a run that failed on its backbone or in its
+    first round leaves nothing that would refuse the same command again. Only what this run
+    created goes: an empty folder it was given stays (emptied), folders above it stay."""
+    run_dir = run_dir_path(cfg)
+    existed = run_dir.exists()
+    make_run_dir(cfg, run_dir)
+    try:
+        write_text(run_dir / "config.toml", cfg.to_toml())
+        yield run_dir
+    except BaseException:
+        if not has_results(run_dir):
+            for entry in [run_dir] if not existed else list(run_dir.iterdir()):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            log(f"feddat: run directory {run_dir} {'emptied' if existed else 'removed'}: the run stopped before its first round was committed")
+        raise
 
 
 def resumable(run_dir: Path) -> Config:
@@ -130,6 +168,11 @@ def write_report(cfg: Config, run_dir: Path, summaries: list[dict], log: Callabl
         f"{s['shared_params']:,} shared parameters, {s['bytes_up_per_round']:,} bytes up per round"
         for s in summaries
     )
-    report = f"# Results: {cfg.data.benchmark} benchmark, {cfg.backbone.name}, {cfg.federation.rounds} rounds, seed {cfg.run.seed}\n\nScores in % on each client's held-out split, at the last evaluated round.\n\n{table}\n\n{timing}\n"
+    scored = "Scores in % on each client's held-out split, at the last evaluated round."
+    if cfg.data.validation_per_client:  # the test split was scored once, on the selected round's model
+        picked = ", ".join(f"{s['method']} round {s['selected_round']}" for s in summaries if s.get("selected_round") is not None)
+        scored = (f"Scores in % on each client's test split, scored once, on the model of the round selected by validation ({cfg.data.validation_per_client} "
+                  f"questions per client held out of its training data; federation.select_round = {cfg.federation.select_round}): {picked}.")
+    report = f"# Results: {cfg.data.benchmark} benchmark, {cfg.backbone.name}, {cfg.federation.rounds} rounds, seed {cfg.run.seed}\n\n{scored}\n\n{table}\n\n{timing}\n"
     write_text(run_dir / "results.md", report)
     log("\n" + report)

@@ -64,6 +64,18 @@ class ClientStateStore:
         if round_ is not None:
             self._written[client] = round_
 
+    def revert(self, client: str, round_: int) -> bool:
+        """Take back the version `client` wrote in `round_`, whose update the server rejected: the
+        client keeps the state it had before the round (README, "Bad updates"). Idempotent;
+        whether there was one to take back."""
+        path = self.path(client, round_)
+        if self._written.get(client) == round_:
+            del self._written[client]  # nothing of this round to prune against
+        if not path.is_file():
+            return False
+        path.unlink()
+        return True
+
     def prune(self) -> None:
         """After a checkpoint commits: drop each written client's versions older than its newest."""
         for client, newest in self._written.items():

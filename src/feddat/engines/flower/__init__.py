@@ -7,5 +7,6 @@ SuperLink, SuperNodes and `flwr run` (DESIGN §7).
 - `transport`: what travels (ArrayRecord / MetricRecord / ConfigRecord) and how the
   feddat configuration reaches both sides (run config).
 - `launch`: start Flower's own daemons, submit a run, clean up every process.
+- `guard`: a local federation's processes die with its launcher, however it dies.
 - `secure`: secure aggregation with Flower's SecAgg+ (flower.secure_aggregation).
 """

@@ -53,12 +53,14 @@ def add_parser(sub, add_config_flags) -> None:
 
 def load_config(args: argparse.Namespace):
     from feddat.algorithms import check_methods
+    from feddat.engines.selection import refuse_on_flower
 
     if getattr(args, "resume", None):
         return resumed_config(args)
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     cfg = config_mod.load(args.config, overrides)
     check_methods(cfg.run.methods)  # config.load cannot: the method registry sits above it
+    refuse_on_flower(cfg)  # before any daemon starts
     return cfg
 
 
@@ -98,8 +100,10 @@ def command_app(args: argparse.Namespace) -> int:
 def command_local(args: argparse.Namespace) -> int:
     from feddat.engines.flower.launch import FlowerError, LocalFederation
     from feddat.engines.flower.partitions import client_names
+    from feddat.runtime import check_device
 
     cfg = absolute_paths(load_config(args))
+    check_device(cfg.run.device)  # here, not in the ServerApp after the daemons have started
     cfg.run.name = cfg.run.name or f"{cfg.data.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"  # known here, to print it
     clients = client_names(cfg)
     # Beside the run directory, not in it (the ServerApp makes that), and kept: a resumed run
@@ -135,8 +139,10 @@ def command_worker(args: argparse.Namespace) -> int:
 
 def command_simulate(args: argparse.Namespace) -> int:
     from feddat.engines.flower.simulation import run_simulation
+    from feddat.runtime import check_device
 
     cfg = absolute_paths(load_config(args))  # Ray's worker processes need not share our directory
+    check_device(cfg.run.device)  # before Ray starts
     # SIGTERM unwinds like Ctrl-C, so that Ray is shut down (simulation.ray_session).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -14,6 +14,7 @@ count and metrics are sent back.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from feddat.algorithms import build_method
 from feddat.algorithms.base import Method
 from feddat.config import Config
-from feddat.data.clients import ClientData
+from feddat.data.clients import ClientData, client_record, data_record
 from feddat.engines.flower import secure, transport
 from feddat.engines.flower.partitions import build_model, load_partition, node_partition
 from feddat.engines.state import ClientStateStore, checked_client_state
@@ -60,6 +61,13 @@ class Node:
             return method.init_client_state(self.client)
         path = versions[-1][1]
         return checked_client_state(method, self.client, store.load_version(self.client.name, path), path)
+
+    def forget_rejected(self, method: Method, rounds: list[int]) -> None:
+        """Take back the state written in `rounds`, whose updates the server rejected (it says
+        so in each message, transport.REJECTED_KEY): the client keeps what it had before them."""
+        store = self.store(method)
+        for round_ in rounds:
+            store.revert(self.client.name, round_)
 
     def save_state(self, method: Method, state: transport.Tensors, round_: int) -> None:
         """Write round `round_`'s version (atomically), keeping the one it started from."""
@@ -124,19 +132,25 @@ def request(msg: Message) -> tuple[str, int, transport.Tensors]:
 
 
 def identify(msg: Message, node: Node) -> Message:
-    """Which client this node is; loading its data here reports a bad partition before round 1."""
+    """Which client this node is; loading its data here reports a bad partition before round 1.
+    'index' is this client's entry under each key of the run's clients.json (as
+    data.clients.write_client_index writes it), as JSON: the server, which never sees the data,
+    writes the file from them, and `feddat predict` reads the answers there."""
     c = node.client
-    return reply(msg, node, info={"num-train": len(c.train), "num-test": len(c.test), "num-answers": c.num_answers})
+    index = json.dumps({"clients": client_record(c), "data": data_record(c)})
+    return reply(msg, node, info={"num-train": len(c.train), "num-test": len(c.test), "num-answers": c.num_answers, "index": index})
 
 
 def train(msg: Message, node: Node) -> Message:
     masked = secure.is_masking_phase(msg.content)
     if masked:  # SecAgg+: A_s arrives as a legacy FitIns; the reply, a FitRes, is masked by the ClientApp's mod
         ask, shared = secure.read_fitins(msg.content)
-        name, round_ = ask.method, ask.round
+        name, round_, rejected = ask.method, ask.round, list(ask.rejected)
     else:
         name, round_, shared = request(msg)
+        rejected = transport.rejected_rounds(msg.content["config"])
     method = node.method(name)
+    node.forget_rejected(method, rejected)
     update = method.client_side(shared, method.client_update(shared, node.load_state(method, round_, training=True), node.client, round_))  # DP clipping before any masking
     if masked:
         content = secure.fitres_content(ask, shared, update.shared, update.num_examples, dict(update.metrics), node.client.name)
@@ -149,6 +163,7 @@ def train(msg: Message, node: Node) -> Message:
 def evaluate(msg: Message, node: Node) -> Message:
     name, round_, shared = request(msg)
     method = node.method(name)
+    node.forget_rejected(method, transport.rejected_rounds(msg.content["config"]))  # this round's too: a rejected client is evaluated with what it kept
     scores = method.evaluate(shared, node.load_state(method, round_, training=False), node.client)
     return reply(msg, node, metrics=MetricRecord(dict(scores)))
 

@@ -1,13 +1,14 @@
 """Flower's own processes for a feddat run: write the Flower App, start `flower-superlink` and,
 per client, a warm feddat worker (worker.py) and a `flower-supernode`, submit with `flwr run`,
 wait for the run's end, and stop every process this module started, with all their children
-(also on an error or Ctrl-C).
+(also on an error or Ctrl-C; and, by a guard process (guard.py), when the launcher is killed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import shutil
@@ -21,7 +22,7 @@ from typing import Callable
 import psutil
 
 from feddat.config import Config
-from feddat.engines.flower import transport
+from feddat.engines.flower import guard, transport
 
 BIN = Path(sys.executable).parent  # the daemons start flower-superexec, flwr-serverapp, flwr-clientapp by name
 APP_NAME = "feddat-flower"  # a Flower App name: letters, digits and hyphens
@@ -87,6 +88,9 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["FLWR_HOME"] = str(flwr_home)
     env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", TASK_POLL_INTERVAL_S)
+    # No telemetry (as for a simulation): offline, every Flower process would wait 4 s on its
+    # exit report before exiting, past the grace a stopped federation gets (guard.GRACE_S).
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     return env
 
 
@@ -128,7 +132,7 @@ def signal_all(tree: list[psutil.Process], signum: int) -> None:
             pass
 
 
-def stop_tree(process: subprocess.Popen, grace: float = 10.0) -> None:
+def stop_tree(process: subprocess.Popen, grace: float = guard.GRACE_S) -> None:
     """Stop a daemon and everything it started. Flower's SuperExec starts a session of its own,
     so killing the process group is not enough: the descendants are collected first."""
     tree = tree_of(process)
@@ -152,7 +156,9 @@ class LocalFederation:
     """A SuperLink and one SuperNode per client on 127.0.0.1, each with a log file under `workdir`.
 
     Use as a context manager: leaving it (normally, on an exception or on Ctrl-C) stops every
-    process it started.
+    process it started. Every process carries the federation's token in its environment
+    (guard.FEDERATION_ENV), also those Flower starts; a guard process stops them all once the
+    launcher is gone, however it died.
     """
 
     def __init__(self, workdir: Path, clients: list[str], node_config: dict[str, str] | None = None, log: Callable[[str], None] = print, warm: bool = True):
@@ -164,7 +170,9 @@ class LocalFederation:
         self.workers: dict[str, subprocess.Popen] = {}
         self.socket_dir: Path | None = None  # short (Unix socket paths are limited), mode 0700
         self.flwr_home = self.workdir / "flwr-home"
-        self.env = flower_env(self.flwr_home)
+        self.token = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self.env = {**flower_env(self.flwr_home), guard.FEDERATION_ENV: self.token}
+        self.guard: subprocess.Popen | None = None
         self.port = 0
         self.superlink: subprocess.Popen | None = None
         self.nodes: dict[str, subprocess.Popen] = {}
@@ -179,6 +187,7 @@ class LocalFederation:
         return process, log_path
 
     def start(self) -> LocalFederation:
+        self.guard = guard.start(self.token)  # first: from here on a killed launcher leaves nothing behind
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         if self.warm:
             self.socket_dir = Path(tempfile.mkdtemp(prefix="feddat-w-"))
@@ -239,10 +248,16 @@ class LocalFederation:
         return [p for p in (self.superlink, *self.nodes.values(), *self.workers.values(), *self.cli.others) if p is not None]
 
     def stop(self) -> None:
-        for process in [*self.cli.others, *self.nodes.values(), *self.workers.values(), self.superlink]:
-            if process is not None:
-                stop_tree(process)
+        """Every process of the federation at once, found by its token (re-parented ones too):
+        SIGTERM, SIGKILL after guard.GRACE_S; then the guard."""
+        guard.reap(self.token)
+        for process in self.processes():
+            process.wait()  # reaped above: collects the exit status
         self.cli.others, self.nodes, self.workers, self.superlink = [], {}, {}, None
+        if self.guard is not None:
+            self.guard.terminate()
+            self.guard.wait()
+            self.guard = None
         if self.socket_dir is not None:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
             self.socket_dir = None

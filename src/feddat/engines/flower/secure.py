@@ -52,6 +52,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 
 from feddat.algorithms import privacy
 from feddat.config import Config
+from feddat.engines.flower import transport
 
 Tensors = dict[str, torch.Tensor]
 MOD_RANGE = 2**32  # Flower's default modulus for the masks; K·Q must stay below it
@@ -77,6 +78,7 @@ class Instructions:
     weighting: str  # "examples" or "uniform"
     max_weight: float
     clipping_range: float
+    rejected: tuple[int, ...] = ()  # rounds whose update from this client the server rejected (transport.REJECTED_KEY)
 
 
 def read_fitins(content: RecordDict) -> tuple[Instructions, Tensors]:
@@ -85,7 +87,7 @@ def read_fitins(content: RecordDict) -> tuple[Instructions, Tensors]:
     names = str(c["names"]).split("\n") if c["names"] else []
     arrays = parameters_to_ndarrays(fitins.parameters)
     shared = {k: torch.from_numpy(np.array(a, copy=True)) for k, a in zip(names, arrays, strict=True)}
-    ask = Instructions(str(c["method"]), int(c["round"]), str(c["weighting"]), float(c["max-weight"]), float(c["clipping-range"]))
+    ask = Instructions(str(c["method"]), int(c["round"]), str(c["weighting"]), float(c["max-weight"]), float(c["clipping-range"]), tuple(transport.rejected_rounds(c)))
     return ask, shared
 
 
@@ -194,8 +196,9 @@ class Outcome:
     bytes_up: int = 0
 
 
-def secure_mean(grid, cfg: Config, method: str, server_round: int, shared: Tensors, sent: dict[int, str], weights: dict[str, int], log: Callable[[str], None]) -> Outcome:
-    """One SecAgg+ training round over the nodes in `sent` (node -> client)."""
+def secure_mean(grid, cfg: Config, method: str, server_round: int, shared: Tensors, sent: dict[int, str], weights: dict[str, int], log: Callable[[str], None], notes: dict[str, dict] | None = None) -> Outcome:
+    """One SecAgg+ training round over the nodes in `sent` (node -> client); `notes`: more
+    config for a client's FitIns (the rounds its updates were rejected in)."""
     k = len(sent)
     check_possible(cfg, k)
     f = cfg.flower
@@ -204,7 +207,8 @@ def secure_mean(grid, cfg: Config, method: str, server_round: int, shared: Tenso
     names = list(shared)
     parameters = ndarrays_to_parameters([shared[n].detach().cpu().numpy() for n in names])
     config = {"method": method, "round": server_round, "names": "\n".join(names), "weighting": "uniform" if uniform else "examples", "max-weight": max_weight, "clipping-range": float(f.secagg_clipping_range)}
-    fitins = {node: FitIns(Parameters(tensors=list(parameters.tensors), tensor_type=parameters.tensor_type), dict(config)) for node in sent}
+    notes = notes or {}
+    fitins = {node: FitIns(Parameters(tensors=list(parameters.tensors), tensor_type=parameters.tensor_type), {**config, **notes.get(client, {})}) for node, client in sent.items()}
     strategy = SecureRound(fitins, grid)
     context = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}), strategy=strategy)
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round})

@@ -15,6 +15,7 @@ continues from the private state on its disk.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from feddat.algorithms import METHODS, build_method
 from feddat.algorithms.base import ClientUpdate, Method, UpdateRejected
 from feddat.algorithms.validation import Rejection
 from feddat.config import Config
+from feddat.data.clients import CLIENTS_FILE
 from feddat.engines.flower import secure, transport
 from feddat.engines.flower.partitions import build_model, client_names
 from feddat.engines.rounds import RESERVED_METRICS, Rounds
@@ -124,6 +126,7 @@ class Roster:
         self.nodes: dict[str, int] = {}
         self.retired: set[int] = set()
         self.sizes: dict[str, int] = {}  # client -> training examples, as it reported when it joined
+        self.index: dict[str, dict] = {}  # client -> its entries of clients.json, as it reported when it joined
 
     def node(self, client: str) -> int | None:
         return self.nodes.get(client)
@@ -152,6 +155,9 @@ class Roster:
             client, num_train = identity(reply.content, node)
             self.admit(client, node)
             self.sizes[client] = num_train
+            entries = index_entries(reply.content, client)
+            if entries:
+                self.index[client] = entries
         for node in set(new) - answered:
             self.log(f"  warning: SuperNode {node} did not say which client it is within {self.timeout:.0f}s; ignored")
             self.retired.add(node)
@@ -190,6 +196,30 @@ def identity(content: RecordDict, node: int) -> tuple[str, int]:
     return client, num_train
 
 
+def index_entries(content: RecordDict, client: str) -> dict[str, dict]:
+    """The client's entries of clients.json (key -> record naming the client; 'clients' with its
+    answers) that its node sent with its identity (client_node.identify), or {} where it sent
+    none that fit: then `feddat predict` rebuilds the answers from the data source."""
+    text = content["info"].get("index")
+    try:
+        entries = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) and e.get("name") == client for e in entries.values()):
+        return {}
+    return entries if isinstance(entries.get("clients", {}).get("answers"), list) else {}
+
+
+def write_client_index(run_dir: Path, roster: Roster) -> None:
+    """RUN_DIR/clients.json, as the embedded engine writes it (data.clients.write_client_index),
+    from the entries the SuperNodes sent; only the keys every client sent (a partial list would
+    hide the others), and no file unless every client sent its answers."""
+    if not all(c in roster.index for c in roster.clients):
+        return
+    keys = [k for k in roster.index[roster.clients[0]] if all(k in roster.index[c] for c in roster.clients)]
+    write_json(run_dir / CLIENTS_FILE, {k: [roster.index[c][k] for c in roster.clients] for k in keys})
+
+
 class MethodStrategy(Strategy):
     """One feddat method as a Flower strategy: the rounds of `Rounds` (sampling, evaluation
     schedule, records), the server step of the method, the clients reached by messages."""
@@ -205,6 +235,9 @@ class MethodStrategy(Strategy):
         self.started = time.perf_counter()  # the method's start, as if it had run in this process all along (run_method_on_grid)
         self.bytes = {"up": 0, "down": 0}
         self.grid: Grid | None = None
+        # client -> the rounds whose update from it the server rejected: every message to its node
+        # says so (transport.REJECTED_KEY), and the node takes back that round's private state
+        self.rejected: dict[str, list[int]] = {}
         # SecAgg+ (secure.py): the server sees only the sum of the clients' A_s changes
         self.secure = cfg.flower.secure_aggregation and method.communicates
         if self.secure:
@@ -223,6 +256,13 @@ class MethodStrategy(Strategy):
         self.bytes.update(up=int(c.get("bytes_up", 0)), down=int(c.get("bytes_down", 0)))
         self.rounds.resume(committed.round, int(c.get("steps", 0)))
         self.offset = committed.round
+
+    def recall_rejections(self, records: Iterable[dict]) -> None:
+        """The rejections of the committed rounds, from their metrics.jsonl records (a resumed
+        run goes on telling the nodes)."""
+        for r in records:
+            if r.get("method") == self.method.name and r.get("kind") == "train" and "rejected" in r and is_int(r.get("round")):
+                self.rejected.setdefault(str(r["client"]), []).append(int(r["round"]))
 
     def commit(self, round_: int) -> None:
         """The round's checkpoint, after its metrics: a crash before it replays the round."""
@@ -245,9 +285,14 @@ class MethodStrategy(Strategy):
     def messages(self, kind: str, server_round: int, clients: list[str]) -> list[Message]:
         self.select(kind, server_round, clients)
         arrays = transport.to_record(self.shared if self.method.communicates else {})
-        config = ConfigRecord({"method": self.method.name, "round": server_round})
         self.bytes["down"] += arrays.count_bytes() * len(self.sent)
-        return [Message(RecordDict({"shared": arrays, "config": config}), dst_node_id=node, message_type=kind, group_id=f"{self.method.name}-{server_round}") for node in self.sent]
+        return [
+            Message(RecordDict({"shared": arrays, "config": self.message_config(client, server_round)}), dst_node_id=node, message_type=kind, group_id=f"{self.method.name}-{server_round}")
+            for node, client in self.sent.items()
+        ]
+
+    def message_config(self, client: str, server_round: int) -> ConfigRecord:
+        return ConfigRecord({"method": self.method.name, "round": server_round, **transport.rejected_config(self.rejected.get(client, []))})
 
     def replies(self, kind: str, server_round: int, replies: Iterable[Message]) -> dict[str, RecordDict]:
         """The replies by client; lost nodes are left out, a client's failure stops the run."""
@@ -296,6 +341,8 @@ class MethodStrategy(Strategy):
                         refused.append(Rejection(c, problem))
         # the server step, as embedded: validation (bad updates dropped, named), then aggregation
         self.shared, rejected = self.server_step(updates, refused, server_round)
+        for r in rejected:
+            self.rejected.setdefault(r.client, []).append(server_round)
         seconds = time.perf_counter() - self.times["t0"]
         self.times["train"] += seconds
         records, line = self.rounds.trained(server_round, updates, rejected, seconds)
@@ -312,7 +359,8 @@ class MethodStrategy(Strategy):
                 self.log(f"  warning: round {server_round}: only client '{self.order[0]}' is online; secure aggregation needs 2, A_s is kept")
             return []
         try:
-            out = secure.secure_mean(self.grid, self.cfg, self.method.name, server_round, self.shared, self.sent, self.roster.sizes, self.log)
+            notes = {c: transport.rejected_config(self.rejected.get(c, [])) for c in self.sent.values()}
+            out = secure.secure_mean(self.grid, self.cfg, self.method.name, server_round, self.shared, self.sent, self.roster.sizes, self.log, notes)
         except secure.SecureAggregationError as err:
             raise FlowerRunError(str(err)) from err
         self.bytes["down"] += out.bytes_down
@@ -443,7 +491,10 @@ class MethodStrategy(Strategy):
 
 def run_on_grid(grid: Grid, cfg: Config, log: Log = _log, resume: bool = False) -> None:
     """Every configured method on the connected SuperNodes; writes the run directory."""
+    from feddat.engines.selection import refuse_on_flower
+
     refuse_pooled(cfg)
+    refuse_on_flower(cfg)
     set_threads(cfg.run.threads)
     device = pick_device(cfg.run.device)
     run_dir, done = open_run_dir(cfg, resume)
@@ -457,6 +508,7 @@ def run_on_grid(grid: Grid, cfg: Config, log: Log = _log, resume: bool = False) 
         roster.wait_for_all(grid, cfg.flower.join_timeout)
         model = building.result()
     log("clients: " + ", ".join(f"{c} on node {n}" for c, n in roster.nodes.items()))
+    write_client_index(run_dir, roster)  # each client's answers: what `feddat predict` prints
     summaries = []
     for name in cfg.run.methods:
         if name in done:
@@ -499,6 +551,10 @@ def run_method_on_grid(name: str, cfg: Config, model, roster: Roster, grid: Grid
         log(f"  [{name}] resuming after round {committed.round}")
     if resume:  # what an interrupted round wrote goes; the round runs again
         metrics.keep(lambda r: r.get("method") != name or int(r.get("round", 0)) <= strategy.offset)
+        if metrics.path.is_file():
+            from feddat.reporting import read_metrics
+
+            strategy.recall_rejections(read_metrics(metrics.path))
     strategy.started = time.perf_counter() - strategy.times["wall"]  # a resumed run's wall time goes on from its checkpoint's, as embedded
     if strategy.offset < cfg.federation.rounds:
         strategy.start(grid, transport.to_record(strategy.shared), num_rounds=cfg.federation.rounds - strategy.offset, timeout=cfg.flower.round_timeout)

@@ -27,6 +27,10 @@ PARTITION_KEY = "partition"
 NODE_PATHS = {"data-root": "data.root", "cache-dir": "data.cache_dir", "backbone-path": "backbone.path"}
 STATE_DIR_KEY = "state-dir"
 WORKER_KEY = "worker"  # the node's warm feddat worker: its Unix socket (worker.py)
+# In a train or evaluate message's config: the rounds in which the server rejected this client's
+# update ("2,5"). Its node takes back the private state it wrote in them (client_node), so a
+# rejected client keeps what it had, as on the embedded engine; saying it again is harmless.
+REJECTED_KEY = "rejected-rounds"
 
 Tensors = "dict[str, torch.Tensor]"
 
@@ -37,6 +41,16 @@ def to_record(tensors: Tensors) -> ArrayRecord:
 
 def from_record(record: ArrayRecord) -> Tensors:
     return dict(record.to_torch_state_dict())
+
+
+def rejected_config(rounds: list[int]) -> dict[str, str]:
+    """The REJECTED_KEY entry of a message's config ({} when there is none to tell)."""
+    return {REJECTED_KEY: ",".join(str(r) for r in rounds)} if rounds else {}
+
+
+def rejected_rounds(config: Mapping[str, Any]) -> list[int]:
+    """The rounds a message's config says were rejected (REJECTED_KEY)."""
+    return [int(t) for t in str(config.get(REJECTED_KEY, "") or "").split(",") if t.strip().isdigit()]
 
 
 def run_config_text(cfg: Config, resume: bool = False) -> str:
@@ -52,7 +66,7 @@ def resumes(run_config: Mapping[str, Any]) -> bool:
 def config_from_run(run_config: Mapping[str, Any]) -> Config:
     text = str(run_config.get(RUN_CONFIG_KEY, ""))
     if not text.strip():
-        raise config_mod.ConfigError(f"the Flower run carries no '{RUN_CONFIG_KEY}'; submit it with `feddat flower submit` or `flwr run --run-config FILE` (README, Running across machines)")
+        raise config_mod.ConfigError(f"the Flower run carries no '{RUN_CONFIG_KEY}'; write it with `feddat flower app DIR` and submit with `flwr run DIR/feddat-flower <superlink> --run-config DIR/run-config.toml`, or use `feddat flower local` (README, Running across machines)")
     data = tomllib.loads(text)
     overrides = {f"{section}.{key}": value for section, values in data.items() for key, value in values.items()}
     return config_mod.load(None, overrides)

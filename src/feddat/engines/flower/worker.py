@@ -43,8 +43,9 @@ class WorkerError(RuntimeError):
     """The worker cannot be reached or did not answer; the message names its socket."""
 
 
-class Stopped(Exception):
-    """SIGTERM or SIGINT: the worker leaves its loop and removes its socket."""
+class Stopped(BaseException):
+    """SIGTERM or SIGINT: the worker leaves its loop and removes its socket, also mid-message
+    (a BaseException: the handlers' `except Exception` must not take it for a failed message)."""
 
 
 def start_hint(path: str | Path) -> str:
