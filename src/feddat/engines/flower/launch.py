@@ -124,21 +124,13 @@ def tree_of(process: subprocess.Popen) -> list[psutil.Process]:
         return []
 
 
-def signal_all(tree: list[psutil.Process], signum: int) -> None:
-    for p in tree:
-        try:
-            p.send_signal(signum)
-        except psutil.NoSuchProcess:
-            pass
-
-
 def stop_tree(process: subprocess.Popen, grace: float = guard.GRACE_S) -> None:
     """Stop a daemon and everything it started. Flower's SuperExec starts a session of its own,
     so killing the process group is not enough: the descendants are collected first."""
     tree = tree_of(process)
-    signal_all(tree, signal.SIGTERM)
+    guard.send(tree, signal.SIGTERM)
     _, alive = psutil.wait_procs(tree, timeout=grace)
-    signal_all(alive, signal.SIGKILL)
+    guard.send(alive, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=grace)
     if process.poll() is None:
         process.wait(timeout=grace)
@@ -147,7 +139,7 @@ def stop_tree(process: subprocess.Popen, grace: float = guard.GRACE_S) -> None:
 def kill_tree(process: subprocess.Popen) -> None:
     """SIGKILL a process and its descendants (a crash: nothing gets to clean up)."""
     tree = tree_of(process)
-    signal_all(tree, signal.SIGKILL)
+    guard.send(tree, signal.SIGKILL)
     psutil.wait_procs(tree, timeout=10)
     process.wait(timeout=10)
 
