@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: setup demo test contracts bench gpu-check study clean
+.PHONY: setup demo test contracts docs bench gpu-check study results clean
 
 # pip byte-compiles every file it installs (torch's and transformers' thousands: about 55 s of
 # the install on 2 cores); without it Python compiles only the modules a run imports, once, on
@@ -15,7 +15,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-com
 # What `make demo` needs: the package and its runtime dependencies.
 $(RUNTIME): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first, from the pinned version (DESIGN §9), so nothing resolves to a CUDA build.
+	# torch first, from the pinned version (docs/design.md §9), so nothing resolves to a CUDA build.
 	$(PIP) torch==2.13.0
 	$(PIP) -c constraints.txt -e .
 	touch $(RUNTIME)
@@ -42,24 +42,34 @@ test: $(STAMP)
 contracts: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 
-# Figures and ratios, not assertions (a few minutes on 2 cores; see README "Speed").
+# The documentation site (mkdocs.yml) into site/; read it with `python3 -m http.server -d site`
+# (or `$(BIN)/mkdocs serve`). Strict: a broken link fails it. `make test` builds it too (tests/test_docs.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
+# Figures and ratios, not assertions (a few minutes on 2 cores; see docs/guide/speed.md).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step.py
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_flower.py
 
-# The regime study (README "Where FedDAT leads"): trains what no one has recorded yet, resumable
+# The regime study (docs/findings.md, "Where FedDAT leads"): trains what no one has recorded yet, resumable
 # (kill it and run it again), then records the finished runs in docs/results/regime-study and
 # writes its summary there. Hours on 2 CPU cores; on a GPU: make study STUDY="--lanes 1 --threads 4 --device cuda".
 STUDY ?= --lanes 2 --threads 1
 study: $(RUNTIME)
 	$(BIN)/python benchmarks/regime_study.py run $(STUDY)
 	$(BIN)/python benchmarks/regime_study.py record
-	$(BIN)/python benchmarks/regime_study.py report
+	$(BIN)/python benchmarks/results.py
+
+# Every page under docs/results/ (docs/results/index.md lists them) made again from the runs
+# recorded there alone: trains nothing, seconds (benchmarks/results.py).
+results: $(RUNTIME)
+	$(BIN)/python benchmarks/results.py
 
 # The CUDA + bf16 path, PASS/FAIL per check (benchmarks/gpu_check.py); without CUDA it says so and exits 0.
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

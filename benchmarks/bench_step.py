@@ -2,7 +2,7 @@
 
 `feddat-fused` is exact (same maths as the reference); `feddat-branch1` and `feddat-branch2`
 are the fused schedule with feddat.branch_site = 1 / 2, a deliberate difference (the
-teacher reuses the student's lowest sites; README "Speed" shows what it does to scores).
+teacher reuses the student's lowest sites; docs/guide/speed.md shows what it does to scores).
 
 Prints, for the embedded default (foundation) and a ViLT-B/32-sized backbone (random weights,
 the real architecture and sizes): ms per local step, samples per second, the ratio to

@@ -1,5 +1,5 @@
-"""The regime study's summary (docs/results/regime-study/README.md), written from the recorded
-runs alone by `benchmarks/regime_study.py report`: per cell, every method's final mean global
+"""The regime study's summary (docs/results/regime-study/index.md), written from the recorded
+runs alone by `make results` (benchmarks/results.py; `benchmarks/regime_study.py report` too): per cell, every method's final mean global
 score per seed, mean ± std, its paired difference to FedAvg+Adapter with n and the p-value, the
 controls' margins; then FedDAT against FedAvg across the cells."""
 
@@ -37,6 +37,28 @@ def final_means(run_dir: Path) -> tuple[dict[str, float], dict]:
     return views, result.summary
 
 
+def machine(run_dir: Path, summary: dict) -> str:
+    """'AMD EPYC, 1 thread(s), cpu, float32': where the run's numbers repeat (README "Same seed,
+    same numbers"), from its summary.json environment and the precision its config.toml chose."""
+    from feddat.compare.runs import run_config
+
+    env = summary.get("environment", {})
+    cfg = run_config(run_dir)
+    asked = cfg.run.precision if cfg is not None else "auto"
+    bf16 = asked == "bf16" or (asked == "auto" and env.get("bf16_native"))
+    return f"{env.get('cpu', '?')}, {env.get('torch_threads', '?')} thread(s), {env.get('device', '?')}, {'bf16 autocast' if bf16 else 'float32'}"
+
+
+def provenance(run_dirs: list[Path]) -> tuple[list[str], list[str]]:
+    """(the commits that trained the runs, 12 hex digits or 'not recorded'; the machines)."""
+    commits, machines = set(), set()
+    for run in run_dirs:
+        prov = run / "trained_by.json"
+        commits.add(json.loads(prov.read_text())["commit"][:12] if prov.is_file() else "not recorded")
+        machines.add(machine(run, json.loads((run / "summary.json").read_text())))
+    return sorted(commits), sorted(machines)
+
+
 def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
     """(mean of a − b over the seeds both have, two-sided p of the paired t-test, n)."""
     common = sorted(set(a) & set(b))
@@ -67,7 +89,6 @@ def mean_sd(values: list[float]) -> str:
 
 def cell_section(cell: Path, regimes: dict, base: dict) -> tuple[str, dict]:
     by_label: dict[str, dict[str, dict[int, float]]] = {}
-    commits, machines = set(), set()
     twin, regime = cell.name.split("-", 1)
     own = {p.parent.name for p in cell.glob("runs/*")}
     borrowed = [] if regime not in base else [p for p in sorted((cell.parent / f"{twin}-{base[regime]}").glob("runs/*/seed*/summary.json")) if p.parents[1].name not in own]
@@ -75,15 +96,12 @@ def cell_section(cell: Path, regimes: dict, base: dict) -> tuple[str, dict]:
         views, info = final_means(summary.parent)
         for view, value in views.items():
             by_label.setdefault(info["label"], {}).setdefault(view, {})[int(info["seed"])] = value
-        env = info.get("environment", {})
-        machines.add(f"{env.get('cpu', '?')}, {env.get('torch_threads', '?')} thread(s), {env.get('device', '?')}")
-        prov = summary.parent / "trained_by.json"
-        commits.add(json.loads(prov.read_text())["commit"][:12] if prov.is_file() else "not recorded")
+    commits, machines = provenance([p.parent for p in [*sorted(cell.glob("runs/*/seed*/summary.json")), *borrowed]])
     what, overrides = regimes.get(regime, ("", ()))
     fedavg = by_label.get("fedavg", {}).get("global", {})
     head = by_label.get("head_only", {}).get("global", {})
     lines = [f"## {cell.name}: {twin} twin, {what}", ""]
-    lines += [f"Overrides: `{' '.join(overrides) or '(none: the defaults)'}`. Trained by commit(s) {', '.join(sorted(commits))} on {'; '.join(sorted(machines))}.", ""]
+    lines += [f"Overrides: `{' '.join(overrides) or '(none: the defaults)'}`. Trained by commit(s) {', '.join(commits)} on {'; '.join(machines)}.", ""]
     if borrowed:
         names = sorted({p.parents[1].name for p in borrowed})
         lines += [f"{', '.join(names)}: the runs of cell {twin}-{base[regime]} (this cell's overrides do not change them).", ""]
@@ -116,7 +134,11 @@ def cell_section(cell: Path, regimes: dict, base: dict) -> tuple[str, dict]:
     return "\n".join(lines), key
 
 
-def write_summary(recorded: Path, cells: list[str]) -> Path:
+COMMAND = "make results"  # what writes every page under docs/results/ (benchmarks/results.py)
+
+
+def summary_text(recorded: Path, cells: list[str]) -> str:
+    """The summary page of the cells of `cells` that have recorded runs, in that order."""
     from regime_study import BASE, REGIMES  # beside this file
 
     sections, keys = [], []
@@ -129,13 +151,17 @@ def write_summary(recorded: Path, cells: list[str]) -> Path:
     head = [
         "# Where FedDAT leads: the regime study",
         "",
-        "Written by `.venv/bin/python benchmarks/regime_study.py report` from the runs recorded in this folder",
-        "(`<cell>/runs/<method>/seed<N>/`: each run's config.toml, metrics.jsonl, summary.json and the",
-        "commit that trained it); the README's section \"Where FedDAT leads\" discusses it. Scores are the",
-        "mean over the twin's clients of the final evaluation (%), the global view (A_s + head, the",
-        "deployed model) unless the row says personal. Paired differences pair the runs of one seed",
-        "(same data, same initial A_s, same batch order); p is the two-sided paired t-test",
-        "(scipy.stats.ttest_rel), '—' where fewer than two seeds or no spread leave nothing to test.",
+        f"Made by `{COMMAND}` (or `.venv/bin/python benchmarks/regime_study.py report`) from the runs",
+        "recorded in this folder alone (`<cell>/runs/<method>/seed<N>/`: each run's config.toml,",
+        "metrics.jsonl, summary.json and the commit that trained it); each cell below names the",
+        "commits and the machine (CPU, threads, precision) of its runs. [Where FedDAT",
+        "leads](../../findings.md#where-feddat-leads) discusses it; [the results index](../index.md)",
+        "says how every results page was made.",
+        "",
+        "Scores are the mean over the twin's clients of the final evaluation (%), the global view",
+        "(A_s + head, the deployed model) unless the row says personal. Paired differences pair the",
+        "runs of one seed (same data, same initial A_s, same batch order); p is the two-sided paired",
+        "t-test (scipy.stats.ttest_rel), '—' where fewer than two seeds or no spread leave nothing to test.",
         "",
         "## FedDAT against FedAvg+Adapter, by cell",
         "",
@@ -147,6 +173,11 @@ def write_summary(recorded: Path, cells: list[str]) -> Path:
             m, p, n = k["feddat_vs_fedavg"]
             head.append(f"| {k['cell']} | {fmt(m, signed=True)} | {fmt(p, '.3f')} | {n} |")
     head.append("")
-    out = recorded / "README.md"
-    out.write_text("\n".join(head + sections))
+    return "\n".join(head + sections)
+
+
+def write_summary(recorded: Path, cells: list[str]) -> Path:
+    """summary_text, written to recorded/index.md (a page of the documentation site)."""
+    out = recorded / "index.md"
+    out.write_text(summary_text(recorded, cells))
     return out

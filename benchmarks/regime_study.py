@@ -13,13 +13,15 @@ and an unfinished one continues from its last round checkpoint (both by `feddat 
     .venv/bin/python benchmarks/regime_study.py run --lanes 2 --threads 1  # train what is missing
     .venv/bin/python benchmarks/regime_study.py run --cells domain-r1b8    # one cell only
     .venv/bin/python benchmarks/regime_study.py record                     # keep finished runs in docs/
-    .venv/bin/python benchmarks/regime_study.py report                     # docs/results/regime-study/README.md
+    .venv/bin/python benchmarks/regime_study.py report                     # every page of docs/results/ (= make results)
 
 `record` copies what a finished run's report needs (summary.json, config.toml, metrics.jsonl,
 clients.json, and which commit trained it) to docs/results/regime-study/<cell>/runs/, where the
 repository keeps it; `run` starts by putting recorded runs back under --root, so a fresh clone
 (or the next session) trains only what no one has recorded. `report` writes the summary tables
-from the recorded runs alone: every mean with its seeds, paired differences with their p-values.
+from the recorded runs alone (every mean with its seeds, paired differences with their p-values)
+to docs/results/regime-study/index.md, for every cell whatever --cells says, and the index of
+docs/results/, as `make results` does (benchmarks/results.py).
 
 On a GPU: `run --lanes 1 --threads 4 --device cuda` (one process keeps the GPU busy).
 """
@@ -61,7 +63,7 @@ REGIMES: dict[str, tuple[str, tuple[str, ...]]] = {
               ("--config", "configs/reference-code.toml")),
     "r2ref-sched": ("r2ref with this project's constant lr instead of the released code's schedule",
                     ("--config", "configs/reference-code.toml", "--train.lr_schedule", "constant")),
-    "r2ref-opt": ("r2ref with DESIGN's separate optimisers instead of one AdamW over everything",
+    "r2ref-opt": ("r2ref with the design's separate optimisers (docs/design.md §4) instead of one AdamW over everything",
                   ("--config", "configs/reference-code.toml", "--feddat.optimizer", "separate")),
     "r2ref-freeze": ("r2ref with A_c trained in every round instead of round 1 only",
                      ("--config", "configs/reference-code.toml", "--feddat.client_adapter_rounds", "0")),
@@ -328,10 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "record":
         print(f"{record(root)} finished runs recorded in {RECORDED}")
         return 0
-    from regime_report import write_summary  # beside this file
+    import results  # beside this file
 
-    print(f"wrote {write_summary(RECORDED, [c for c in PRIORITY if c in cells])}")
-    return 0
+    return results.main()  # every cell's: a page made for some cells would not be the committed one
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """How far one local update moves a parameter under the released code's learning-rate schedule
-(README "Learning-rate schedules"): FedAvg+Adapter against FedDAT's A_s, under a constant gradient.
+(docs/differences.md, "Learning-rate schedules"): FedAvg+Adapter against FedDAT's A_s, under a constant gradient.
 
 The official schedule (train.lr_schedule = official) warms up over 10 % of a 15-epoch horizon
 while one epoch runs. FedAvg ticks it once per minibatch; FedDAT twice (after each of its two

@@ -1,4 +1,4 @@
-"""Adapter maths (DESIGN §3): placement on the block output, single and mean modes, state I/O."""
+"""Adapter maths (docs/design.md §3): placement on the block output, single and mean modes, state I/O."""
 
 from __future__ import annotations
 

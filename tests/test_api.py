@@ -1,4 +1,4 @@
-"""The Python API (README 'Python API'): feddat.Config.from_toml, feddat.run and what it returns."""
+"""The Python API (docs/guide/using-a-model.md, 'Python API'): feddat.Config.from_toml, feddat.run and what it returns."""
 
 from __future__ import annotations
 

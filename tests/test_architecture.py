@@ -1,4 +1,4 @@
-"""The architecture contracts (README 'Layout'): layers from the CLI down to the leaf modules, no
+"""The architecture contracts (docs/contributing.md, 'Layout'): layers from the CLI down to the leaf modules, no
 import cycles, the algorithms independent of the engines, the engines independent of each other.
 
 The contracts are pyproject.toml's [tool.importlinter] section, checked by import-linter's

@@ -1,4 +1,4 @@
-"""The baselines (DESIGN §5): each test pins the rule that makes a method that method, and
+"""The baselines (docs/design.md §5): each test pins the rule that makes a method that method, and
 fails if the rule is removed."""
 
 from __future__ import annotations

@@ -200,3 +200,21 @@ def test_a_directory_without_results_is_refused_with_the_way_on(tmp_path):
     (tmp_path / "killed" / "config.toml").write_text(cfg.to_toml())
     with pytest.raises(FileExistsError, match=r"killed already holds a run that stopped before its first round was committed \(no results\): delete it, or choose another --run.name"):
         make_run_dir(cfg)
+
+
+def test_flower_app_names_an_unnamed_run_so_that_a_resubmitted_run_finds_its_clients_state(tmp_path, capsys):
+    """`feddat flower app` needs no --run.name: it names the run as `flower local` does, so that
+    the nodes keep their private state under the name (not under the Flower run id, which a run
+    resubmitted with --resume does not share); a name given is kept."""
+    import tomllib
+
+    from feddat.engines.flower import transport
+
+    def written(*flags: str):
+        assert main(["flower", "app", str(tmp_path / "submit"), "--data.benchmark", "function", *flags]) == 0
+        return transport.config_from_run(tomllib.loads((tmp_path / "submit" / "run-config.toml").read_text()))
+
+    cfg = written()
+    assert cfg.run.name.startswith("function-") and transport.run_key(cfg, 7) == transport.run_key(cfg, 8) == cfg.run.name  # the same key under a new run id
+    assert f"the run is named {cfg.run.name}" in capsys.readouterr().out
+    assert written("--run.name", "mine").run.name == "mine" and "the run is named" not in capsys.readouterr().out

@@ -53,7 +53,7 @@ def test_bad_values_are_refused(key, value, message):
 
 
 def test_method_names_are_checked_where_the_registry_lives():
-    # config.py sits below the algorithms (DESIGN, README 'Layout'): the registry checks the names,
+    # config.py sits below the algorithms (docs/contributing.md, 'Layout'): the registry checks the names,
     # with config.load's wording; `feddat run` calls it before anything slow (tests/test_cli.py).
     from feddat.algorithms import METHODS, check_methods
 

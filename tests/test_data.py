@@ -353,3 +353,17 @@ def test_macos_archive_and_hidden_folders_are_not_clients(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("skipped") == 1  # once, however often the folders are listed
     assert "__MACOSX" in err and ".git" in err and ".ipynb_checkpoints" in err and str(tmp_path) in err
+
+
+def test_an_empty_or_missing_client_file_is_named_with_its_client(tiny_backbone, tmp_path):
+    """A client folder whose train.jsonl holds no record, or whose test.jsonl is missing, stops
+    the run with the client and the file named."""
+    empty, missing = tmp_path / "empty", tmp_path / "missing"
+    write_folder(empty)
+    (empty / "south" / "train.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"client 'south' has an empty training set: \S*empty/south/train.jsonl holds no record"):
+        load_folder(empty, tiny_backbone)
+    write_folder(missing)
+    (missing / "north" / "test.jsonl").unlink()
+    with pytest.raises(DataError, match=r"client 'north': its annotation file \S*missing/north/test.jsonl does not exist"):
+        load_folder(missing, tiny_backbone)

@@ -1,4 +1,4 @@
-"""FedDAT semantics (DESIGN §4): what moves in each step, what stays, what travels."""
+"""FedDAT semantics (docs/design.md §4): what moves in each step, what stays, what travels."""
 
 from __future__ import annotations
 
@@ -243,7 +243,7 @@ def test_branch_site_is_refused_where_it_cannot_apply(tiny_backbone):
         make(tiny_backbone, **{"feddat.branch_site": 2})
 
 
-# ---- the reference code's behaviour, opt-in (README "Differences from the reference implementation")
+# ---- the reference code's behaviour, opt-in (docs/differences.md)
 
 
 def test_reference_lr_schedule_warms_up_then_decays_linearly():
@@ -282,7 +282,7 @@ def test_reference_lr_schedule_is_rebuilt_for_every_local_update(tiny_backbone, 
 
 def test_loss_scale_one_half_is_the_reference_codes_loss(tiny_backbone, tiny_clients):
     """The reference's L = ½(CE + T²·KL) for the student and the teacher: with one minibatch, the
-    logged losses are exactly half of DESIGN's, and the first AdamW step (sign-like) is unchanged."""
+    logged losses are exactly half of docs/design.md §4's, and the first AdamW step (sign-like) is unchanged."""
     updates = {}
     for scale in (1.0, 0.5):
         cfg, model, method = make(tiny_backbone, **{"train.batch_size": 64, "feddat.loss_scale": scale, "feddat.schedule": "reference"})

@@ -3,12 +3,19 @@
 
 Slow by nature (Flower polls every 3 s: ~6 s per message phase), so each test is one small
 run of a tiny ViLT on three tiny clients.
+
+Every test that starts a federation is in this file, so that `make test` (pytest-xdist, one file
+per worker at a time) never runs two at once. Two federations at once on 2 cores starved
+Flower's ClientApp processes past the 30 s in which a SuperNode expects one to take up its task
+(flwr's HEARTBEAT_DEFAULT_INTERVAL): the task went back to pending, a new process started, and
+the runs stalled (CI, 2026-12-07: this file beside a secure-aggregation test in another file).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +28,7 @@ import torch
 
 from conftest import TINY_IMAGE, tiny_config, write_folder_clients
 from feddat.config import validate
+from feddat.engines.flower import secure
 from feddat.engines.flower.launch import LocalFederation
 from feddat.runtime import load_tensors
 
@@ -30,7 +38,7 @@ CLIENTS = {"alpha": ("red", "blue", "green"), "beta": ("one", "two"), "gamma": (
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    """Three clients in the folder format (README), each with its own answer space."""
+    """Three clients in the folder format (docs/guide/own-data.md), each with its own answer space."""
     return write_folder_clients(tmp_path_factory.mktemp("clients"), CLIENTS, {"train": 12, "test": 6}, TINY_IMAGE)
 
 
@@ -104,6 +112,9 @@ def test_flower_run_matches_embedded_engine(tiny_vilt_dir, data_root, tmp_path):
     assert_same_run(flower, embedded)
     summary = json.loads((flower / "summary.json").read_text())["methods"][0]
     assert summary["engine"] == "flower" and summary["bytes_up_per_round"] == json.loads((embedded / "summary.json").read_text())["methods"][0]["bytes_up_per_round"]
+    both = [json.loads((d / "summary.json").read_text()) for d in (flower, embedded)]  # the final scores and the benchmark, as the embedded engine records them
+    assert both[0]["benchmark"] == both[1]["benchmark"] == {"name": "folder", "clients": list(CLIENTS)}
+    assert both[0]["methods"][0]["scores"]["global"] == pytest.approx(both[1]["methods"][0]["scores"]["global"], abs=1e-6)
     assert "| feddat | global |" in (flower / "results.md").read_text()
 
 
@@ -136,9 +147,9 @@ def test_a_killed_supernode_is_left_out_and_rejoins_from_its_disk_state(tiny_vil
 
     got = records(run_dir)
     clients = lambda round_, kind: {k[2] for k in got if k[1] == round_ and k[3] == kind}  # noqa: E731
-    assert clients(1, "train") == clients(1, "eval") == set(CLIENTS)
-    assert clients(2, "train") == clients(2, "eval") == {"alpha", "beta"}
-    assert clients(3, "train") == clients(3, "eval") == set(CLIENTS)
+    assert clients(1, "train") == clients(1, "eval") == set(CLIENTS), log
+    assert clients(2, "train") == clients(2, "eval") == {"alpha", "beta"}, log
+    assert clients(3, "train") == clients(3, "eval") == set(CLIENTS), log
     assert "client 'gamma'" in log and "did not reply to round 2 train" in log
     # gamma's private state: round 3's version and the round-1 version it started from (kept until the next round), readable, no stray temporary files
     assert sorted(p.name for p in states.iterdir()) == ["gamma.r00001.safetensors", "gamma.r00003.safetensors"]
@@ -309,3 +320,82 @@ def test_a_wait_follows_the_work_not_the_clock(tmp_path):
     with pytest.raises(AssertionError, match="nothing under .* changed for 1s"):
         wait_for(lambda: False, "never", [tmp_path], stall=1.0, poll=0.1)
     assert time.monotonic() - t0 < 10
+
+
+def test_no_other_test_file_starts_a_federation():
+    """The module docstring's rule: a second file starting LocalFederation could run beside this one."""
+    here = Path(__file__)
+    others = [p.name for p in here.parent.glob("test_*.py") if p != here and "LocalFederation(" in p.read_text()]
+    assert not others, f"{others} start Flower federations: move those tests into {here.name}"
+
+
+# ---- secure aggregation (Flower's SecAgg+) -------------------------------------------------
+TRAIN = {"alpha": 12, "beta": 12, "gamma": 8}  # unequal n_k, so the weighting is exercised
+
+
+@pytest.fixture(scope="module")
+def unequal_root(data_root, tmp_path_factory) -> Path:
+    """test_flower's three clients, gamma with only 8 training examples."""
+    root = tmp_path_factory.mktemp("unequal") / "clients"
+    shutil.copytree(data_root, root)
+    lines = (root / "gamma" / "train.jsonl").read_text().splitlines()
+    (root / "gamma" / "train.jsonl").write_text("\n".join(lines[: TRAIN["gamma"]]) + "\n")
+    return root
+
+
+def test_secure_aggregation_matches_plain_aggregation(tiny_vilt_dir, unequal_root, tmp_path):
+    """Secure aggregation on Flower's deployment engine (Flower's SecAgg+): a real SuperLink and
+    three SuperNodes on 127.0.0.1; the secure aggregate equals plain aggregation (the embedded
+    engine, same seed and configuration) within SecAgg+'s quantisation error.
+
+    Tolerance, per coordinate of A_s after one round (`secure.error_bound`): each client's
+    weighted change r_k·Δ_k (r_k = round(Q·n_k/W)/Q, W = the largest n_k) is quantised by Flower
+    with stochastic rounding to steps of 2c/Q (c = flower.secagg_clipping_range, Q =
+    flower.secagg_quantization_range), an error below one step; the unmasked sum is divided by
+    Σ r_k, so the mean is off by less than K·(2c/Q)/Σ r_k, plus the weights' rounding to 1/Q;
+    both results are float32, so one rounding of each (ε₃₂·|x|) is added. One round keeps the
+    bound exact: in a second round the clients would train from slightly different A_s.
+    """
+    from feddat.engines.runner import run_experiment
+
+    overrides = {"federation.rounds": 1, "federation.fraction": 1.0}
+    embedded = run_experiment(make_config(tiny_vilt_dir, unequal_root, tmp_path, "plain", **overrides), log=lambda s: None)
+
+    cfg = make_config(tiny_vilt_dir, unequal_root, tmp_path, "secure", **overrides)
+    cfg.flower.secure_aggregation, cfg.flower.secagg_clipping_range = True, 1.0
+    with LocalFederation(tmp_path / "federation", list(CLIENTS), log=lambda s: None) as fed:
+        tree = process_tree(fed)
+        t0 = time.perf_counter()
+        run_id = fed.cli.submit(cfg)
+        wait_run(fed, run_id, [tmp_path])
+        wall = time.perf_counter() - t0
+        log = fed.cli.run_log(run_id)
+        tree = process_tree(fed) + tree
+    assert_all_gone(tree)
+    assert "secure aggregation (SecAgg+, 3 of 3 clients" in log, log
+
+    run_dir = tmp_path / "secure"
+    got, want = records(run_dir), records(embedded)
+    assert got.keys() == want.keys()
+    for key, record in want.items():  # the clients' training is the same: the metrics before aggregation agree
+        if key[3] == "train":
+            assert got[key].keys() == record.keys(), key
+            for field, value in record.items():
+                if isinstance(value, float):
+                    assert got[key][field] == pytest.approx(value, rel=1e-4, abs=1e-6), (key, field)
+
+    bound = secure.error_bound(cfg, list(TRAIN.values()), max(TRAIN.values()))
+    a = load_tensors(embedded / "feddat" / "shared_adapter.safetensors")
+    b = load_tensors(run_dir / "feddat" / "shared_adapter.safetensors")
+    assert a.keys() == b.keys()
+    worst, excess = 0.0, 0.0
+    for k in a:
+        diff = (a[k].double() - b[k].double()).abs()
+        tol = bound + torch.finfo(torch.float32).eps * a[k].double().abs()
+        worst = max(worst, float(diff.max()))
+        excess = max(excess, float((diff - tol).max()))
+    print(f"\nsecure aggregation: max |secure - plain| = {worst:.3g} per coordinate, bound {bound:.3g} (c = {cfg.flower.secagg_clipping_range}, Q = {cfg.flower.secagg_quantization_range}); Flower run {wall:.1f}s")
+    assert excess <= 0, f"secure aggregate off by {worst:.3g}, more than the quantisation bound {bound:.3g}"
+    assert worst > 0  # stochastic quantisation leaves its trace
+    summary = json.loads((run_dir / "summary.json").read_text())["methods"][0]
+    assert summary["array_bytes_received"] > 0

@@ -278,3 +278,32 @@ def test_secure_aggregation_metrics_that_cannot_be_recorded_stop_the_run_naming_
     outcome.metrics["beta"] = {"loss": 0.5, "steps": 2, "client": 3}
     with pytest.raises(FlowerRunError, match=r"client 'beta' \(node 12\) replied to round 1 train \(secure aggregation\).*metric 'client'"):
         strategy.secure_updates(1)
+
+
+def test_clients_listed_from_the_servers_own_data_root_say_to_set_flower_clients(tmp_path):
+    """Your folders on the SuperNodes' hosts only: without flower.clients the ServerApp lists
+    data.root on its own host, so a missing folder, or one holding other clients, stops the run
+    saying where the list came from and to set flower.clients."""
+    from feddat.config import Config
+    from feddat.data.types import DataError
+    from feddat.engines.flower.partitions import client_names, clients_origin
+
+    class Asking(FakeGrid):
+        def get_node_ids(self):
+            return [21]
+
+        def send_and_receive(self, messages, timeout=None):
+            return [Message(RecordDict({"info": ConfigRecord({"client": "south", "num-train": 4})}), reply_to=m) for m in messages]
+
+    cfg = Config()
+    cfg.data.benchmark, cfg.data.root = "folder", str(tmp_path / "only-on-the-nodes")
+    with pytest.raises(DataError, match=r"only-on-the-nodes is not a folder; the run's clients are the sub-folders of data.root \S+ on the ServerApp's host; .*flower.clients"):
+        client_names(cfg)
+    (tmp_path / "an-old-copy" / "north").mkdir(parents=True)
+    cfg.data.root = str(tmp_path / "an-old-copy")
+    as_server()
+    roster = Roster(client_names(cfg), timeout=1.0, log=lambda s: None, origin=clients_origin(cfg))
+    with pytest.raises(FlowerRunError, match=r"serves client 'south', which is not one of this run's clients: north \(the run's clients are the sub-folders of data.root \S*an-old-copy on the ServerApp's host; .*flower.clients"):
+        roster.refresh(Asking())
+    cfg.flower.clients = ["north", "south"]
+    assert client_names(cfg) == ["north", "south"] and clients_origin(cfg) == ""

@@ -141,7 +141,7 @@ def test_a_replayed_round_discards_only_its_own_clients_state_in_a_shared_state_
     cfg = make_config(tiny_vilt_dir, data_root, tmp_path, "shared-dir")
     alpha = client_node.Nodes().get(context_for(cfg, "alpha", tmp_path))
     beta = client_node.Nodes().get(context_for(cfg, "beta", tmp_path))
-    assert alpha.state_root == beta.state_root  # the deployment the README shows
+    assert alpha.state_root == beta.state_root  # the deployment docs/guide/flower.md shows
     for node in (alpha, beta):
         method = node.method("feddat")
         state = node.load_state(method, 1, training=True)

@@ -20,7 +20,7 @@ SHIPPED = ("card.json", "foundation.safetensors", "recipe.toml")
 
 
 def test_the_checkpoint_ships_small_and_complete():
-    assert FOLDER.is_dir(), f"{FOLDER} missing: build it with the command in README 'The foundation backbone'"
+    assert FOLDER.is_dir(), f"{FOLDER} missing: build it with the command in docs/guide/backbones.md, 'The foundation backbone and feddat pretrain'"
     assert sorted(p.name for p in FOLDER.iterdir()) == sorted(SHIPPED)
     assert sum(p.stat().st_size for p in FOLDER.iterdir()) < 5 * 2**20
 
@@ -39,7 +39,7 @@ def test_the_defaults_are_the_recipe_it_was_built_from():
 
 
 def test_its_card_passes_the_grounding_gate():
-    """README 'The held-out report': real images must beat shuffled ones by far on the pretraining styles."""
+    """docs/guide/backbones.md, 'The held-out report': real images must beat shuffled ones by far on the pretraining styles."""
     held = load_checkpoint(FOLDER).card["heldout"]["pretraining styles"]
     for role in ("colour", "shape", "size"):
         assert held["mlm"][role] >= 80 and held["mlm"][role] >= held["mlm_shuffled"][role] + 20, (role, held)

@@ -319,7 +319,7 @@ FILE_SIDE = 48  # the image files' side: neither backbone.image_size (TINY_IMAGE
 
 @pytest.fixture(scope="module")
 def folder_root(tmp_path_factory):
-    """Three clients in the folder format (README), their images 48 px files."""
+    """Three clients in the folder format (docs/guide/own-data.md), their images 48 px files."""
     from conftest import write_folder_clients
 
     return write_folder_clients(tmp_path_factory.mktemp("folder-clients"), FOLDER_CLIENTS, {"train": 8, "test": 6}, FILE_SIDE)
@@ -376,7 +376,7 @@ def foundation_lora(tmp_path_factory):
 
 
 def test_a_foundation_lora_export_loads_with_peft_onto_the_base_it_was_trained_on(foundation_lora, tmp_path):
-    """The README's loading snippet for a foundation LoRA export: peft onto the encoder that
+    """The loading snippet of docs/guide/using-a-model.md for a foundation LoRA export: peft onto the encoder that
     `feddat.lora_base` rebuilds from the checkpoint the export carries gives the evaluated
     logits; onto plain MiniLM (the base of the pretraining delta), it does not."""
     from peft import PeftModel
@@ -398,7 +398,7 @@ def test_a_foundation_lora_export_loads_with_peft_onto_the_base_it_was_trained_o
         with torch.no_grad():
             return head(backbone(backbone.encode_images(split.images), ids, mask))
 
-    # the README's snippet
+    # the snippet of docs/guide/using-a-model.md
     backbone, encoder = feddat.lora_base(exported)
     PeftModel.from_pretrained(encoder, str(exported))  # puts the LoRA into backbone's encoder, in place
     assert torch.allclose(logits(backbone), ours, atol=1e-5)

@@ -1,5 +1,5 @@
-"""The released FedDAT code's behaviours, each one switch (README "Differences from the reference
-implementation"), pinned to their definitions: its learning-rate schedule against transformers'
+"""The released FedDAT code's behaviours, each one switch (docs/differences.md),
+pinned to their definitions: its learning-rate schedule against transformers'
 own, its single AdamW against AdamW's update rule, the A_c freeze, one A_c draw for every client,
 the head's decayed LayerNorm, BCE for every task; and the shipped config that sets them all."""
 
@@ -182,7 +182,7 @@ def test_single_optimizer_moves_the_other_adapter_by_momentum_and_decay(tiny_bac
 
 
 def test_separate_optimizers_never_move_the_untouched_adapter(tiny_backbone, tiny_clients):
-    """DESIGN §4's default, for contrast: the same run with separate optimisers leaves A_c where
+    """docs/design.md §4's default, for contrast: the same run with separate optimisers leaves A_c where
     it was through every student step (tests/test_feddat.py checks every part of every step)."""
     method = build("feddat", tiny_backbone, **{"train.batch_size": 4, "feddat.schedule": "reference"})
     model, client = method.model, tiny_clients[0]
@@ -324,7 +324,7 @@ def test_design_defaults_are_unchanged():
 def test_personal_frozen_received_scores_the_teacher_with_the_round_start_a_s(tiny_backbone, tiny_clients):
     """The released code evaluates its personal view with the Â_s a client received at the start
     of its last round: the client keeps it, the evaluation and predict's deployment use it, and
-    the personal score equals DESIGN's evaluation run with that A_s as the current one."""
+    the personal score equals docs/design.md §4's evaluation run with that A_s as the current one."""
     from feddat.inference import deployment
 
     client = tiny_clients[0]
@@ -343,7 +343,7 @@ def test_personal_frozen_received_scores_the_teacher_with_the_round_start_a_s(ti
     assert all(torch.equal(evaluated[k], shared0[k]) for k in shared0)
     assert scores["personal"] == current.evaluate(shared0, design_state, client)["personal"]
     assert all(torch.equal(current.model.adapter_state("frozen")[k], shared0[k]) for k in shared0)
-    current.evaluate(new_shared, update.state, client)  # DESIGN's view ignores a kept copy
+    current.evaluate(new_shared, update.state, client)  # docs/design.md §4's view ignores a kept copy
     assert all(torch.equal(current.model.adapter_state("frozen")[k], new_shared[k]) for k in new_shared)
     assert scores["global"] == current.evaluate(new_shared, design_state, client)["global"]
     info = {"name": client.name, "answers": list(client.answers), "images_per_example": 1}
@@ -353,7 +353,7 @@ def test_personal_frozen_received_scores_the_teacher_with_the_round_start_a_s(ti
     assert all(torch.equal(sets["frozen"][k], new_shared[k]) for k in new_shared)
 
 
-# ---- switches that are not the paper's (README "Where FedDAT leads") -----------------------
+# ---- switches that are not the paper's (docs/findings.md, "Where FedDAT leads") -----------------------
 
 
 def test_kd_warmup_rounds_trains_round_one_exactly_as_without_kd(tiny_backbone, tiny_clients):

@@ -75,6 +75,7 @@ def test_recorded_runs_come_back_and_the_report_reads_only_them(two_cells, tmp_p
     assert regime_study.restore(fresh) == 0
 
     out = regime_report.write_summary(recorded, ["domain-r0"])
+    assert out == recorded / "index.md"  # a page of the documentation site, not a README
     text = out.read_text()
     scores = {}
     for label in ("fedavg", "feddat"):
@@ -97,3 +98,20 @@ def test_paired_difference_is_scipys_paired_t_test_and_silent_without_spread():
     assert p == pytest.approx(stats.ttest_rel([60, 58, 61], [57, 57.5, 58]).pvalue)
     assert regime_report.paired({0: 1.0, 1: 2.0}, {0: 0.0, 1: 1.0})[1] != regime_report.paired({0: 1.0, 1: 2.0}, {0: 0.0, 1: 1.0})[1]  # no spread: NaN, no test
     assert regime_report.paired({0: 1.0}, {0: 0.0})[2] == 1
+
+
+def test_the_committed_results_pages_are_what_make_results_makes_of_the_recorded_runs():
+    """docs/results/ is not stale: `make results` (benchmarks/results.py) made again from the
+    committed runs gives every committed page byte for byte, and each page names the command
+    that made it and where its runs ran (commit, CPU, threads, precision)."""
+    import results
+
+    made = results.pages()
+    assert set(made) == {results.RESULTS / "index.md", regime_study.RECORDED / "index.md"}
+    for path, text in made.items():
+        assert path.is_file(), f"{path} is missing: run `make results`"
+        assert path.read_text() == text, f"{path} is stale: run `make results` and commit it"
+        assert "`make results`" in text and "AMD EPYC, 1 thread(s), cpu, float32" in text
+        assert re.search(r"commit\(s\).*\b[0-9a-f]{12}\b", text, re.S)  # the commits that trained the runs
+    assert sorted(p.name for p in results.RESULTS.iterdir()) == ["index.md", "regime-study"]  # no page nothing makes
+    assert "](regime-study/index.md)" in made[results.RESULTS / "index.md"]

@@ -1,4 +1,4 @@
-"""What "the same seed gives the same numbers" guarantees (README, "Same seed, same numbers"): two
+"""What "the same seed gives the same numbers" guarantees (docs/guide/running.md, "Same seed, same numbers"): two
 separate runs with the same seed and configuration on one machine, with one torch thread count,
 give bit-for-bit equal metrics and adapters; and every run records in summary.json the
 environment those numbers depend on (package versions, device, threads, CPU model)."""
@@ -45,3 +45,31 @@ def test_same_seed_same_machine_same_threads_is_bit_for_bit(tiny_vilt_dir, tmp_p
     assert env["torch_threads"] == 1 and env["device"] == "cpu" and env["cpu"] == cpu_model()
     assert env["packages"]["torch"] == torch.__version__ and env["packages"]["feddat"]
     assert {"python", "platform", "cpu_count", "cuda"} <= set(env)
+
+
+def test_summary_json_holds_each_methods_final_scores_and_the_benchmark(tiny_vilt_dir, tmp_path):
+    """A script reads a run's results from summary.json, not from metrics.jsonl: per method the
+    final mean global (and personal) score and each client's, and the benchmark with its clients."""
+    from feddat import config as config_mod
+    from feddat.engines.runner import run_experiment
+    from feddat.reporting import final_scores, read_metrics
+
+    cfg = config_mod.load(None, {
+        "backbone.name": "vilt", "backbone.path": tiny_vilt_dir, "backbone.image_size": 32, "backbone.max_text_len": 12,
+        "adapter.reduction_factor": 4, "data.benchmark": "function", "data.train_per_client": 6, "data.test_per_client": 6,
+        "data.cache_dir": str(tmp_path / "cache"), "federation.rounds": 1, "train.batch_size": 6,
+        "run.out_dir": str(tmp_path), "run.name": "run", "run.threads": 1,
+    })  # fmt: skip
+    run_dir = run_experiment(cfg, log=lambda s: None)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    final = final_scores(read_metrics(run_dir / "metrics.jsonl"))
+    clients = [c["name"] for c in json.loads((run_dir / "clients.json").read_text())["clients"]]
+    assert summary["benchmark"] == {"name": "function", "clients": clients} and len(clients) == 5
+    by_method = {m["method"]: m for m in summary["methods"]}
+    assert set(by_method) == {"feddat", "fedavg"}
+    for method, entry in by_method.items():
+        scores = entry["scores"]
+        assert scores["clients"] == {c: {v: s[v] for v in ("global", "personal") if v in s} for c, s in final[method].items()}
+        assert scores["global"] == sum(s["global"] for s in final[method].values()) / len(clients)
+        assert ("personal" in scores) == (method == "feddat") and entry["wall_s"] > 0  # the costs stay
+    assert by_method["feddat"]["scores"]["personal"] == sum(s["personal"] for s in final["feddat"].values()) / len(clients)

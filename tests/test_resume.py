@@ -261,3 +261,31 @@ def test_a_key_added_later_keeps_older_checkpoints_resumable():
     cfg.feddat.optimizer = "single"
     assert decisive_settings(cfg)["feddat.optimizer"] == "single"
     assert config_fingerprint(cfg) != config_fingerprint(Config())
+
+
+def test_resume_takes_another_thread_count_and_warns_that_the_last_digits_may_differ(tiny_vilt_dir, tmp_path, capsys):
+    """--run.threads only says how fast a run goes: a run started on one machine continues on
+    another core count, with a warning (bit for bit needs one thread count); any other key is
+    still refused, and the run's config.toml is left as it was."""
+    from feddat import config as config_mod
+
+    cfg = config_mod.load(None, {
+        "backbone.name": "vilt", "backbone.path": tiny_vilt_dir, "backbone.image_size": 32, "backbone.max_text_len": 12,
+        "adapter.reduction_factor": 4, "data.benchmark": "function", "data.train_per_client": 6, "data.test_per_client": 6,
+        "data.cache_dir": str(tmp_path / "cache"), "federation.rounds": 1, "train.batch_size": 6, "run.methods": "fedavg",
+        "run.out_dir": str(tmp_path), "run.name": "run", "run.threads": 1,
+    })  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(cfg.to_toml())  # a run stopped before its first round committed
+    assert main(["run", "--resume", str(run_dir), "--run.threads", "1", "--run.seed", "3"]) == 2
+    assert "takes no --config or other options but --run.threads" in capsys.readouterr().err
+    before = torch.get_num_threads()
+    try:
+        assert main(["run", "--resume", str(run_dir), "--run.threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert f"resuming {run_dir} with --run.threads 2 where it ran with 1" in err and "may differ in the last digits" in err
+    assert (run_dir / "summary.json").is_file() and (run_dir / "config.toml").read_text() == cfg.to_toml()

@@ -52,20 +52,32 @@ def test_a_public_dataset_folder_missing_under_data_root_is_named(tmp_path, caps
     assert f"vqa_abstract: {tmp_path / 'data' / 'vqa_abstract'} does not exist" in capsys.readouterr().err
 
 
+def feddat_commands(text: str) -> list[str]:
+    """Every `.venv/bin/feddat …` or `feddat …` line of a Markdown text's shell blocks (continuations
+    joined, a `$ ` prompt dropped); also used for the documentation pages (tests/test_docs.py)."""
+    import re
+
+    blocks = re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", text, re.S)
+    lines = (line.strip().removeprefix("$ ") for block in blocks for line in block.replace("\\\n", " ").splitlines())
+    return [line for line in lines if line.startswith((".venv/bin/feddat ", "feddat ")) and "--help" not in line]
+
+
 def readme_commands() -> list[str]:
     """Every `.venv/bin/feddat …` or `feddat …` line of the README's bash blocks (continuations joined)."""
-    import re
     from pathlib import Path
 
-    text = (Path(__file__).parent.parent / "README.md").read_text()
-    lines = (line.strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.replace("\\\n", " ").splitlines())
-    return [line for line in lines if line.startswith((".venv/bin/feddat ", "feddat ")) and "--help" not in line]
+    return feddat_commands((Path(__file__).parent.parent / "README.md").read_text())
 
 
 @pytest.mark.parametrize("command", readme_commands())
 def test_every_feddat_command_in_the_readme_parses_and_its_settings_validate(command):
     """A command pasted from the README is accepted: its options exist for that subcommand, and
     the settings it gives make a valid configuration (files it names are the reader's own)."""
+    check_command(command)
+
+
+def check_command(command: str) -> None:
+    """`command` parses with the real CLI and the settings it gives make a valid configuration."""
     import shlex
 
     from feddat import config as config_mod

@@ -1,6 +1,6 @@
 """feddat: Federated Dual-Adapter Teacher (arXiv 2308.12305) and its baselines.
 
-The Python API (README 'Python API'): `Config`, `run`, `resume`, `compare_methods`, `load_model`,
+The Python API (docs/guide/using-a-model.md, 'Python API'): `Config`, `run`, `resume`, `compare_methods`, `load_model`,
 `export`, `lora_base`, `export_head`, `report`, `RunResult`. They are imported on first use, so `import feddat` stays
 light (no torch until something runs).
 """

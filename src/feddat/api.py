@@ -1,4 +1,4 @@
-"""The Python entry points, for notebooks and scripts (README 'Python API').
+"""The Python entry points, for notebooks and scripts (docs/guide/using-a-model.md, 'Python API').
 
     import feddat
     cfg = feddat.Config.from_toml("my.toml", {"federation.rounds": 3})
@@ -113,8 +113,8 @@ def export(run_dir: str | Path, client: str, out: str | Path, method: str | None
 def lora_base(export: str | Path):
     """(backbone, encoder): what a LoRA export's peft adapter goes on, as the run trained and
     evaluated it (foundation: MiniLM with the exported checkpoint's delta merged, not plain
-    MiniLM). `peft.PeftModel.from_pretrained(encoder, export)` adapts `encoder` in place; README
-    'Using a trained model' has the whole snippet."""
+    MiniLM). `peft.PeftModel.from_pretrained(encoder, export)` adapts `encoder` in place;
+    docs/guide/using-a-model.md has the whole snippet."""
     from feddat.inference import lora_base as base
 
     return base(export)

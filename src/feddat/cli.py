@@ -23,7 +23,7 @@ def _run_parser(sub) -> argparse.ArgumentParser:
         "Values come from the defaults, then --config FILE (TOML, sections as below), then these flags.",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with [run], [backbone], [adapter], [feddat], [train], [federation], [data] tables")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint (uses RUN_DIR/config.toml; no other options)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint (uses RUN_DIR/config.toml; no other options but --run.threads)")
     add_config_flags(p)
     return p
 
@@ -269,6 +269,17 @@ def chosen_command(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         current = chooser.choices[chosen]
 
 
+def resumed_with_threads(saved: config_mod.Config, run_dir: Path, threads: str) -> config_mod.Config:
+    """The interrupted run's configuration with another thread count (it decides how fast the
+    run goes, not what it computes), and a warning where the count differs from the run's own:
+    its numbers repeat bit for bit only at one thread count (docs/guide/running.md, "Same seed, same numbers")."""
+    cfg = config_mod.load(run_dir / "config.toml", {"run.threads": threads})
+    if cfg.run.threads != saved.run.threads:
+        print(f"feddat: warning: resuming {run_dir} with --run.threads {cfg.run.threads} where it ran with {saved.run.threads}: "
+              "its scores may differ in the last digits from those of an uninterrupted run (bit for bit needs one thread count)", file=sys.stderr, flush=True)
+    return cfg
+
+
 def command_run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     from feddat.algorithms import check_methods
@@ -276,9 +287,11 @@ def command_run(args: argparse.Namespace) -> int:
     from feddat.runtime import check_device
 
     if args.resume:
-        if overrides or args.config:
-            raise ConfigError("--resume continues a run with its own config.toml; it takes no --config or other options")
+        if set(overrides) - {"run.threads"} or args.config:
+            raise ConfigError("--resume continues a run with its own config.toml; it takes no --config or other options but --run.threads")
         cfg = resumable(Path(args.resume))
+        if "run.threads" in overrides:
+            cfg = resumed_with_threads(cfg, Path(args.resume), overrides["run.threads"])
         check_device(cfg.run.device)  # the run's own device may not be on this machine
         run_experiment(cfg, resume=Path(args.resume))
         return 0

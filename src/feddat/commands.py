@@ -78,7 +78,7 @@ def _export_parser(sub) -> None:
         description="Write the deployed model of one client to OUT: feddat_model.json, config.toml, head.safetensors, and the PEFT "
         "module: for LoRA methods peft's adapter_config.json + adapter_model.safetensors (peft.PeftModel.from_pretrained loads it "
         "onto the backbone's transformers encoder as feddat.lora_base(OUT) rebuilds it; for foundation not plain MiniLM), otherwise "
-        "adapters.safetensors; a foundation export also carries its checkpoint. `feddat predict OUT` reads it. README 'Using a trained model'.",
+        "adapters.safetensors; a foundation export also carries its checkpoint. `feddat predict OUT` reads it. See docs/guide/using-a-model.md.",
     )
     p.add_argument("path", metavar="RUN_DIR")
     _model_arguments(p)

@@ -37,7 +37,7 @@ class BackboneConfig:
     path: str = _f("", "foundation: a `feddat pretrain` checkpoint folder (empty: the packaged one); vilt: Hugging Face hub id or local folder (e.g. dandelin/vilt-b32-mlm)", path=True)
     image_size: int = _f(128, "image side in pixels fed to the image tower")
     max_text_len: int = _f(20, "question tokens kept (truncation)")
-    projector: str = _f("random", "minivl only: how image features become tokens: random (final features, fixed random orthonormal projection) or aligned (mid-level features, an affine map fitted once to MiniLM's word embeddings); README 'Image tokens'")
+    projector: str = _f("random", "minivl only: how image features become tokens: random (final features, fixed random orthonormal projection) or aligned (mid-level features, an affine map fitted once to MiniLM's word embeddings); docs/guide/backbones.md 'Image tokens'")
 
 
 @dataclass
@@ -56,27 +56,27 @@ class FedDATConfig:
     temperature: float = _f(3.0, "distillation temperature T")
     kd: str = _f("mutual", "mutual, one_way (only A_s learns from the DAT) or none")
     teacher: str = _f("dual", "dual (frozen A_s copy + A_c), client_only (A_c alone) or frozen_only (frozen A_s copy alone)")
-    schedule: str = _f("fused", "fused (one batched backbone pass for student and teacher, same maths) or reference (three passes, DESIGN §4)")
-    branch_site: int = _f(0, "fused schedule: adapter site (0 = lowest) where the teacher branches off the student; below it the teacher reuses the student's A_s stream and has no A_c, which skips its lower passes (a deliberate difference from DESIGN §4, see README 'Speed'); 0 = exact")
-    loss_scale: float = _f(1.0, "multiplies both FedDAT losses (CE + α·T²·KL and CE + β·T²·KL); 0.5 is the reference code's ½(CE + KL) (README 'Differences from the reference implementation'); 1 = DESIGN §4")
-    optimizer: str = _f("separate", "separate (DESIGN §4: A_s + H_k and A_c + H_k each move only by their own loss) or single (the released code: one AdamW over A_s, A_c and H_k, gradients zeroed rather than set to None, stepped after each of the two losses, so momentum and weight decay move the adapter the loss did not touch); single runs the reference schedule")
-    client_adapter_rounds: int = _f(0, "rounds (counted from 1) in which A_c trains: 0 = every round (DESIGN §4); 1 = round 1 only, as in the released code, whose evaluation leaves A_c frozen after the first round (from then on the DAT loss moves only H_k)")
-    kd_warmup_rounds: int = _f(0, "not the paper's: rounds (from 1) trained without either KD term (as feddat.kd = none), so that A_s does not distil from a teacher that is half an untrained A_c; 0 = KD from round 1 (DESIGN §4)")
-    head_update: str = _f("both", "not the paper's: which losses step the head H_k: both (DESIGN §4: the student's, then the DAT's) or student (only the student's; the DAT loss trains A_c on the head the student left)")
-    personal_frozen: str = _f("current", "Â_s of the personal view (evaluation, predict): current (the A_s of the evaluated round, DESIGN §4) or received (the A_s the client received at the start of its last round, as the released code evaluates; kept in the client's state)")
+    schedule: str = _f("fused", "fused (one batched backbone pass for student and teacher, same maths) or reference (three passes, docs/design.md §4)")
+    branch_site: int = _f(0, "fused schedule: adapter site (0 = lowest) where the teacher branches off the student; below it the teacher reuses the student's A_s stream and has no A_c, which skips its lower passes (a deliberate difference from docs/design.md §4, see docs/guide/speed.md); 0 = exact")
+    loss_scale: float = _f(1.0, "multiplies both FedDAT losses (CE + α·T²·KL and CE + β·T²·KL); 0.5 is the reference code's ½(CE + KL) (docs/differences.md); 1 = docs/design.md §4")
+    optimizer: str = _f("separate", "separate (docs/design.md §4: A_s + H_k and A_c + H_k each move only by their own loss) or single (the released code: one AdamW over A_s, A_c and H_k, gradients zeroed rather than set to None, stepped after each of the two losses, so momentum and weight decay move the adapter the loss did not touch); single runs the reference schedule")
+    client_adapter_rounds: int = _f(0, "rounds (counted from 1) in which A_c trains: 0 = every round (docs/design.md §4); 1 = round 1 only, as in the released code, whose evaluation leaves A_c frozen after the first round (from then on the DAT loss moves only H_k)")
+    kd_warmup_rounds: int = _f(0, "not the paper's: rounds (from 1) trained without either KD term (as feddat.kd = none), so that A_s does not distil from a teacher that is half an untrained A_c; 0 = KD from round 1 (docs/design.md §4)")
+    head_update: str = _f("both", "not the paper's: which losses step the head H_k: both (docs/design.md §4: the student's, then the DAT's) or student (only the student's; the DAT loss trains A_c on the head the student left)")
+    personal_frozen: str = _f("current", "Â_s of the personal view (evaluation, predict): current (the A_s of the evaluated round, docs/design.md §4) or received (the A_s the client received at the start of its last round, as the released code evaluates; kept in the client's state)")
     client_init: str = _f("per_client", "per_client (each client's A_c drawn from its own seed) or same (one draw for every client, as the released code)")
 
 
 @dataclass
 class TrainConfig:
-    lr: float = _f(3e-3, "AdamW learning rate (DESIGN says 1e-4 for long ViLT runs; 3e-3 suits the short default, see README)")
+    lr: float = _f(3e-3, "AdamW learning rate (docs/design.md §4 says 1e-4 for long ViLT runs; 3e-3 suits the short default, see docs/guide/speed.md)")
     weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorm weights)")
     betas: list[float] = _f([0.9, 0.98], "AdamW betas")
     eps: float = _f(1e-8, "AdamW eps")
     batch_size: int = _f(32, "local minibatch size")
     local_epochs: int = _f(1, "local epochs per round")
     eval_batch_size: int = _f(128, "minibatch size for evaluation")
-    lr_schedule: str = _f("constant", "learning rate over a local update: constant (DESIGN); official (the released code's: linear warm-up over train.warmup_fraction of a horizon of train.schedule_epochs epochs' minibatches, then linear decay, rebuilt every local update and advanced after every optimiser step, twice per minibatch for FedDAT, however few epochs run); warmup_decay (warm-up over train.warmup_fraction of the local update's own steps, then decay to 0 within it); README 'Learning-rate schedules'")
+    lr_schedule: str = _f("constant", "learning rate over a local update: constant (docs/design.md §4); official (the released code's: linear warm-up over train.warmup_fraction of a horizon of train.schedule_epochs epochs' minibatches, then linear decay, rebuilt every local update and advanced after every optimiser step, twice per minibatch for FedDAT, however few epochs run); warmup_decay (warm-up over train.warmup_fraction of the local update's own steps, then decay to 0 within it); docs/differences.md 'Learning-rate schedules'")
     warmup_fraction: float = _f(0.1, "lr_schedule official / warmup_decay: share of the schedule's horizon spent warming up (the released code: 0.1)")
     schedule_epochs: int = _f(15, "lr_schedule = official: epochs in the schedule's horizon (the released code's --num_epochs default, 15, while 1 local epoch runs)")
     decay_head_norm: bool = _f(False, "also apply weight decay to the task head's LayerNorm weight (the released code's name filter 'LayerNorm.weight' misses the head's, so it is decayed there); false = no decay on any bias or LayerNorm weight")
@@ -149,8 +149,8 @@ class FederationConfig:
 @dataclass
 class DataConfig:
     benchmark: str = _f("domain", "domain, function, scene, task (the paper's four heterogeneity types), shapes (synthetic, one pool to partition), a single public dataset (source public), or folder (your data under data.root)")
-    source: str = _f("synthetic", "synthetic (twins generated offline) or public (the published datasets, downloaded by you under data.root; see README)")
-    root: str = _f("", "public source: the folder holding one sub-folder per dataset; folder benchmark: ROOT/<client>/{train,test}.jsonl (see README)", path=True)
+    source: str = _f("synthetic", "synthetic (twins generated offline) or public (the published datasets, downloaded by you under data.root; see docs/guide/public-datasets.md)")
+    root: str = _f("", "public source: the folder holding one sub-folder per dataset; folder benchmark: ROOT/<client>/{train,test}.jsonl (see docs/guide/public-datasets.md, docs/guide/own-data.md)", path=True)
     train_per_client: int = _f(1024, "training questions per client (public and folder data: a seeded sample of each client's, all where it has fewer; 0 = all)")
     test_per_client: int = _f(200, "held-out questions per client (public and folder data: a seeded sample of each client's, all where it has fewer; 0 = all)")
     validation_per_client: int = _f(0, "validation questions per client, held out of its training questions (a draw seeded by data.seed and the client's name): scored every evaluated round, so that federation.select_round picks a round without the test split, which is then scored once, at the end; 0 = off (the test split is scored every evaluated round)")
@@ -213,8 +213,8 @@ class RunConfig:
     device: str = _f("auto", "auto, cpu or cuda")
     precision: str = _f("auto", "auto (bf16 autocast where bf16 is native: CUDA, or a CPU with AMX / AVX512-BF16; float32 elsewhere), bf16 (always) or fp32 (never); losses and scores are float32 either way")
     threads: int = _f(0, "torch CPU threads (0: all cores)")
-    prefix_cache_mb: int = _f(1024, "memory (MiB) for the frozen blocks' output below the lowest adapter site, kept per example so later passes skip those blocks (README 'Speed'); 0 = off")
-    progress: str = _f("auto", "progress display: auto (bars with rates and ETA on a terminal, throttled lines otherwise), bars, lines or off (README 'Watching a run')")
+    prefix_cache_mb: int = _f(1024, "memory (MiB) for the frozen blocks' output below the lowest adapter site, kept per example so later passes skip those blocks (docs/guide/speed.md); 0 = off")
+    progress: str = _f("auto", "progress display: auto (bars with rates and ETA on a terminal, throttled lines otherwise), bars, lines or off (docs/guide/watching.md)")
 
 
 @dataclass
@@ -459,7 +459,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "train.lr_schedule = 'reference' was the earlier name of 'warmup_decay' (warm-up and decay to 0 within one local "
             "update), which is not the released code's schedule; use 'warmup_decay' for that behaviour or 'official' for the "
-            "released code's (README 'Learning-rate schedules')"
+            "released code's (docs/differences.md 'Learning-rate schedules')"
         )
     _choice("train.lr_schedule", cfg.train.lr_schedule, ("constant", "official", "warmup_decay"))
     _choice("train.task_loss", cfg.train.task_loss, ("auto", "bce"))
@@ -483,7 +483,7 @@ def validate(cfg: Config) -> None:
     if cfg.feddat.branch_site < 0:
         raise ConfigError(f"feddat.branch_site must be >= 0, got {cfg.feddat.branch_site}")
     if cfg.feddat.branch_site and cfg.feddat.schedule != "fused":
-        raise ConfigError("feddat.branch_site > 0 is a variant of the fused schedule; the reference schedule is DESIGN §4 exactly")
+        raise ConfigError("feddat.branch_site > 0 is a variant of the fused schedule; the reference schedule is docs/design.md §4 exactly")
     _choice("federation.select_round", cfg.federation.select_round, ("last", "best"))
     if cfg.federation.select_round == "best" and not cfg.data.validation_per_client:
         raise ConfigError("federation.select_round = best selects by validation scores: set data.validation_per_client > 0 (questions held out of each client's training data)")
@@ -613,7 +613,7 @@ def _validate_data(d: DataConfig) -> None:
     if d.benchmark == "folder" and not d.root:
         raise ConfigError("data.benchmark = 'folder' needs data.root, the folder holding one sub-folder per client")
     if d.source == "public" and not d.root:
-        raise ConfigError("data.source = 'public' needs data.root, the folder holding your downloads (one sub-folder per dataset, see README)")
+        raise ConfigError("data.source = 'public' needs data.root, the folder holding your downloads (one sub-folder per dataset, see docs/guide/public-datasets.md)")
     _choice("data.partition", d.partition, SCHEMES)
     finite = d.source == "public" or d.benchmark == "folder"  # 0 = every record of a finite source
     for key in ("train_per_client", "test_per_client"):

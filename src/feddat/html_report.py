@@ -62,7 +62,7 @@ PAGE = """<!doctype html>
 <pre>{{ config }}</pre>
 
 <h2 id="environment">Environment</h2>
-<p class="note">What the numbers depend on beyond the configuration (README "Same seed, same numbers"), as each run's summary.json recorded it.</p>
+<p class="note">What the numbers depend on beyond the configuration (docs/guide/running.md, "Same seed, same numbers"), as each run's summary.json recorded it.</p>
 {{ environment_html }}
 </body>
 </html>

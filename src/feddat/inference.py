@@ -4,7 +4,7 @@ new questions, and exports in the ecosystem's formats.
 A client's model is the frozen backbone, the PEFT sets of the chosen view and the client's
 private head:
 
-- global view: the final shared module A_s with the head (DESIGN §4: the deployed model);
+- global view: the final shared module A_s with the head (docs/design.md §4: the deployed model);
 - personal view, where the method has one: FedDAT's Dual-Adapter Teacher (A_s as Â_s, averaged
   with the client's A_c; `feddat.teacher` picks which), Ditto's personal adapter and head.
 
@@ -637,7 +637,7 @@ def lora_base(folder: str | Path):
     `encoder` the transformers model in it that holds the adapted blocks. Then
     `peft.PeftModel.from_pretrained(encoder, folder)` puts the LoRA into `encoder` in place, and
     `export_head(folder)(backbone(backbone.encode_images(images), *backbone.tokenize(questions)))`
-    are the model's logits (README 'Using a trained model')."""
+    are the model's logits (docs/guide/using-a-model.md)."""
     from feddat.backbones import backbone_from_config
 
     folder = Path(folder)

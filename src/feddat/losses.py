@@ -1,4 +1,4 @@
-"""Task losses, the distillation term and the evaluation score (DESIGN §4, §6)."""
+"""Task losses, the distillation term and the evaluation score (docs/design.md §4, §6)."""
 
 from __future__ import annotations
 

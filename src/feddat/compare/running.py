@@ -157,6 +157,8 @@ def train_run(variant: Variant, seed: int, cfg: Config, run_dir: Path, work: Wor
     from feddat.algorithms import build_method
     from feddat.engines.embedded import run_method
     from feddat.data.clients import write_client_index
+    from feddat.engines.rundir import final_score_summary
+    from feddat.reporting import read_metrics
 
     parts = work.get()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +178,9 @@ def train_run(variant: Variant, seed: int, cfg: Config, run_dir: Path, work: Wor
         bytes_down_per_round=summary["bytes_up_per_round"],  # the server sends each participant what it sends back
         peak_memory_mb=memory.peak_mb,
         memory_kind="cuda_max_allocated" if parts["device"].type == "cuda" else "process_rss",
-        environment=environment(parts["device"]),  # where these numbers repeat bit for bit (README)
+        environment=environment(parts["device"]),  # where these numbers repeat bit for bit (docs/guide/running.md)
+        scores=final_score_summary(read_metrics(run_dir / "metrics.jsonl"), variant.method),  # as `feddat run` records them (engines/rundir.py)
+        benchmark={"name": cfg.data.benchmark, "clients": [c.name for c in parts["clients"]]},
     )
     write_json(run_dir / "summary.json", summary)  # written last: marks the run finished
     return summary

@@ -137,7 +137,7 @@ def passes_per_step(method: str, cfg: Config) -> tuple[int, int]:
     """(forward, backward) backbone passes per local minibatch: the unit of compute here.
 
     A backward through the frozen backbone costs about one forward (activation gradients only),
-    so FedDAT's reference schedule (3 + 2) costs 2.5x FedAvg's (1 + 1), as measured (README);
+    so FedDAT's reference schedule (3 + 2) costs 2.5x FedAvg's (1 + 1), as measured (docs/guide/speed.md);
     the fused schedule runs one forward and one backward on a doubled batch (2 + 2)."""
     from feddat.algorithms import METHODS
 

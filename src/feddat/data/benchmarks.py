@@ -1,6 +1,6 @@
 """Named heterogeneous benchmarks: which clients exist and how each one's data are made.
 
-The synthetic twins of DESIGN §6 (generated offline, deterministically):
+The synthetic twins of docs/design.md §6 (generated offline, deterministically):
 - domain:   one client per rendering style (image domain), each with its own question mix;
 - function: one client per question kind (reasoning skill), images in every style;
 - scene:    one client per scene context (object vocabulary, background, layout; data/scenes.py);

@@ -137,7 +137,7 @@ def in_vocabulary(raw: RawClient, max_answers: int) -> RawClient:
 
 
 def soft_scores(answer_lists: Sequence[Sequence[str]], vocab: list[str]) -> torch.Tensor:
-    """VQA soft targets (DESIGN §6): min(#annotators giving the answer / 3, 1) per vocabulary answer."""
+    """VQA soft targets (docs/design.md §6): min(#annotators giving the answer / 3, 1) per vocabulary answer."""
     index = {a: i for i, a in enumerate(vocab)}
     targets = torch.zeros(len(answer_lists), len(vocab))
     for row, answers in enumerate(answer_lists):
@@ -215,10 +215,9 @@ def build_client(
     classes: Sequence[str] | None = None,
     validation: RawSplit | None = None,
 ) -> ClientData:
-    if len(train.answers) == 0:
-        raise DataError(f"client '{name}' has an empty training set")
-    if len(test.answers) == 0:
-        raise DataError(f"client '{name}' has an empty test set")
+    for split, what in ((train, "training"), (test, "test")):
+        if len(split.answers) == 0:  # the file, where the split came from one (folder data)
+            raise DataError(f"client '{name}' has an empty {what} set" + (f": {split.origin} holds no record to read (only blank lines, or none; or every record was skipped as bad)" if split.origin else ""))
     vocab = client_vocabulary(train, max_answers, classes)
     return ClientData(
         name=name,

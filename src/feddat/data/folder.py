@@ -124,7 +124,7 @@ def read_split(path: Path, side: int = IMAGE_SIDE, n: int = 0, seed: int = 0) ->
     and more than n records, a sample of n of them drawn with `seed`, in file order (only their
     images are read); else every record."""
     if not path.is_file():
-        raise DataError(f"annotation file {path} does not exist")
+        raise DataError(f"client '{path.parent.name}': its annotation file {path} does not exist (each client folder holds train.jsonl and test.jsonl)")
     with open(path, "rb") as f:
         lines = list(enumerate(f, 1))
     records = [(number, line) for number, line in lines if not _blank(line)]
@@ -149,7 +149,7 @@ def read_split(path: Path, side: int = IMAGE_SIDE, n: int = 0, seed: int = 0) ->
         questions.append(record["question"])
         answers.append(record["answer"].strip().lower())
     array = np.stack(images) if images else np.zeros((0, side, side, 3), np.uint8)
-    return RawSplit(array, questions, answers, key=f"folder:{digest.hexdigest()}", available=len(records) if drawn else None)
+    return RawSplit(array, questions, answers, key=f"folder:{digest.hexdigest()}", available=len(records) if drawn else None, origin=str(path))
 
 
 def _blank(line: bytes) -> bool:

@@ -154,8 +154,8 @@ def check_inputs(cfg) -> None:
 
     root = Path(d.root)  # a leading ~ was expanded when the config was loaded
     if not root.is_dir():
-        raise DataError(f"data.root {root} is not a folder: data.source = public reads your downloads from ROOT/<dataset>/ (README 'Public datasets')")
+        raise DataError(f"data.root {root} is not a folder: data.source = public reads your downloads from ROOT/<dataset>/ (docs/guide/public-datasets.md)")
     for client, dataset in PUBLIC_BENCHMARKS[d.benchmark]:
         folder = root / DATASETS[dataset].folder
         if not folder.is_dir():
-            raise DataError(f"{client}: {folder} does not exist; download the {dataset} files into it (README 'Public datasets' lists the layout)")
+            raise DataError(f"{client}: {folder} does not exist; download the {dataset} files into it (docs/guide/public-datasets.md lists the layout)")

@@ -42,6 +42,8 @@ class RawSplit:
     # Where a cap (data.train_per_client / test_per_client) drew these examples from more: how
     # many there were (your own folder data; the run and `describe` say so). None: all are here.
     available: int | None = None
+    # The file these examples were read from (your own folder data): what an error about them names.
+    origin: str | None = None
 
     def __len__(self) -> int:
         return len(self.answers)

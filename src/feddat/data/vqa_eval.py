@@ -1,4 +1,4 @@
-"""The official VQA answer processing and accuracy (DESIGN §4, §6), written from the rules of the
+"""The official VQA answer processing and accuracy (docs/design.md §4, §6), written from the rules of the
 official evaluation: GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py, at its
 latest revision (commit a013f00, "Fixed processing answers bug", March 2021), and the
 evaluation page of visualqa.org.

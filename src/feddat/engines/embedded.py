@@ -29,7 +29,7 @@ from feddat.progress import Ticker  # noqa: F401  (the engine's throttled lines;
 
 
 class Clock:
-    """Seconds spent per kind of work, to show where a round's time goes (DESIGN §8). Timed
+    """Seconds spent per kind of work, to show where a round's time goes (docs/design.md §8). Timed
     spans may nest: a second is counted once, under the innermost kind running then."""
 
     KINDS = ("compute", "aggregate", "evaluate", "state_io", "data")

@@ -1,4 +1,4 @@
-"""One round of a method, the same under every engine (DESIGN §7).
+"""One round of a method, the same under every engine (docs/design.md §7).
 
 `Rounds` decides which clients train in a round (a seeded fraction), whether the round
 evaluates and whom (a fixed seeded sample), and turns what came back into the metrics.jsonl

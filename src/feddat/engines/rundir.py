@@ -1,5 +1,5 @@
 """The run directory, as both engines write it: config.toml, metrics.jsonl (one record a line),
-summary.json and results.md (README "What a run writes")."""
+summary.json and results.md (docs/guide/running.md, "What a run writes")."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from feddat.config import Config
-from feddat.runtime import save_tensors, write_text
+from feddat.runtime import save_tensors, write_json, write_text
 
 SHARED_FILE = "shared_adapter.safetensors"  # <method>/SHARED_FILE: the trained shared module
 
@@ -152,6 +152,35 @@ class MetricsLog:
             if predicate(record):
                 kept.append(line + "\n")
         write_text(self.path, "".join(kept))
+
+
+def final_score_summary(records: list[dict], method: str) -> dict | None:
+    """A method's final scores for summary.json, in [0, 1] as metrics.jsonl holds them: the mean
+    over clients per view ('global', and 'personal' for a method that has it), and each client's;
+    None before the method's first evaluation."""
+    from feddat.reporting import final_scores
+
+    per_client = final_scores(records).get(method)
+    if not per_client:
+        return None
+    out: dict = {}
+    for view in ("global", "personal"):
+        values = [s[view] for s in per_client.values() if s.get(view) is not None and s[view] == s[view]]
+        if values:
+            out[view] = sum(values) / len(values)
+    out["clients"] = {c: {v: s[v] for v in ("global", "personal") if v in s} for c, s in per_client.items()}
+    return out
+
+
+def write_summary(cfg: Config, run_dir: Path, summaries: list[dict], clients: list[str], environment: dict) -> None:
+    """RUN_DIR/summary.json, as both engines write it after each method: per method its costs
+    and final scores (final_score_summary, from metrics.jsonl), the benchmark and its clients,
+    and the environment the numbers repeat in; a script reads the results here, not the log."""
+    from feddat.reporting import read_metrics
+
+    records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    methods = [{**s, "scores": final_score_summary(records, s["method"])} for s in summaries]
+    write_json(run_dir / "summary.json", {"methods": methods, "benchmark": {"name": cfg.data.benchmark, "clients": list(clients)}, "environment": environment})
 
 
 def write_report(cfg: Config, run_dir: Path, summaries: list[dict], log: Callable[[str], None]) -> None:

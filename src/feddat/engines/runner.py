@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Callable
 
 from feddat.config import Config
-from feddat.engines.rundir import config_fingerprint, new_run_dir, resumable, write_report  # noqa: F401  (resumable: imported from here by the CLI)
+from feddat.engines.rundir import config_fingerprint, new_run_dir, resumable, write_report, write_summary  # noqa: F401  (resumable: imported from here by the CLI)
 from feddat.engines.state import Checkpoint
-from feddat.runtime import clean_partial_writes, environment, pick_device, read_json, set_threads, uses_bf16, write_json
+from feddat.runtime import clean_partial_writes, environment, pick_device, read_json, set_threads, uses_bf16
 
 
 def run_experiment(cfg: Config, log: Callable[[str], None] = lambda s: print(s, flush=True), resume: Path | None = None) -> Path:
@@ -70,7 +70,7 @@ def run_in(run_dir: Path, cfg: Config, raw: list, device, log: Callable[[str], N
         log(f"== {name}")
         summaries.append(run_method(name, cfg, model, clients, run_dir, device, log, resume=resume is not None))
         # The environment is recorded with the numbers: they repeat bit for bit only in the same
-        # one (README, "Same seed, same numbers"); a resumed run records the one it finished in.
-        write_json(run_dir / "summary.json", {"methods": summaries, "environment": environment(device)})
+        # one (docs/guide/running.md, "Same seed, same numbers"); a resumed run records the one it finished in.
+        write_summary(cfg, run_dir, summaries, [c.name for c in clients], environment(device))
     write_report(cfg, run_dir, summaries, log)
     return run_dir

@@ -66,7 +66,7 @@ class ClientStateStore:
 
     def revert(self, client: str, round_: int) -> bool:
         """Take back the version `client` wrote in `round_`, whose update the server rejected: the
-        client keeps the state it had before the round (README, "Bad updates"). Idempotent;
+        client keeps the state it had before the round (docs/guide/privacy-robustness.md, "Bad updates"). Idempotent;
         whether there was one to take back."""
         path = self.path(client, round_)
         if self._written.get(client) == round_:

@@ -1,4 +1,4 @@
-"""Bottleneck adapters (DESIGN §3) and the site that wraps a transformer block.
+"""Bottleneck adapters (docs/design.md §3) and the site that wraps a transformer block.
 
 A site holds several named adapters and applies the active ones to the block's output z:
 one active name gives z + A_x(z) ("single"), two give z + ½(A_x(z) + A_y(z)) ("mean").

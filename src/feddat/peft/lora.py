@@ -2,7 +2,7 @@
 
 Each set is one peft LoRA adapter (W x + (α/r)·B A x) on the target projections of every
 adapted block. Several sets can act at once in `mean` mode: each contributes half its update,
-W x + ½(α/r)(B_x A_x + B_y A_y) x, the LoRA analogue of DESIGN §3's adapter mean, which is
+W x + ½(α/r)(B_x A_x + B_y A_y) x, the LoRA analogue of docs/design.md §3's adapter mean, which is
 what FedDAT's Dual-Adapter Teacher needs.
 
 The LoRA layers are injected into the shared backbone once (peft keeps the frozen base layer

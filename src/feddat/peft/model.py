@@ -105,7 +105,7 @@ class AdaptedModel(nn.Module):
             raise ValueError(f"branch site {branch} out of range: the model has {len(self.sites)} adapter sites (0..{len(self.sites) - 1})")
 
     def activate(self, *names: str, below: tuple[str, ...] = (), branch: int = 0) -> None:
-        """One name: single mode; several: their mean (DESIGN §3). No name: the bare backbone.
+        """One name: single mode; several: their mean (docs/design.md §3). No name: the bare backbone.
 
         With `branch` > 0 the sites below position `branch` (bottom up) run `below` instead:
         a path that shares its lower part with another one (FedDAT's branched teacher).

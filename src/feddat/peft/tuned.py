@@ -1,7 +1,7 @@
 """BitFit and full finetuning: the trained set is a subset of the backbone's own parameters.
 
 - full:   every parameter of the adapted transformer blocks (the fusion encoder; the image
-          tower below it is frozen and its output cached, DESIGN §8, so it cannot train);
+          tower below it is frozen and its output cached, docs/design.md §8, so it cannot train);
 - bitfit: only the bias terms of those blocks (linear and LayerNorm biases).
 
 Training these moves the backbone itself, so the view works on its own deep copy of the

@@ -32,7 +32,7 @@ class PeftView:
     """Base: named sets over an AdaptedModel whose bottleneck adapters stay switched off."""
 
     kind = "base"
-    supports_mean = False  # can two sets run at once as the mean of their updates (DESIGN §3)
+    supports_mean = False  # can two sets run at once as the mean of their updates (docs/design.md §3)
 
     def __init__(self, model: AdaptedModel):
         self.base = model

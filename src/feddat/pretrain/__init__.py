@@ -1,4 +1,4 @@
-"""`feddat pretrain`: the offline foundation backbone's trainer (train.py; DESIGN §8a).
+"""`feddat pretrain`: the offline foundation backbone's trainer (train.py; docs/design.md §8a).
 
 A regular package (not a namespace one) so that the architecture contracts see it
 (pyproject.toml [tool.importlinter]).

@@ -1,4 +1,4 @@
-"""The procedural image-caption corpus that the offline foundation model is pretrained on (DESIGN §8a).
+"""The procedural image-caption corpus that the offline foundation model is pretrained on (docs/design.md §8a).
 
 Broad where the benchmarks are narrow, and different from them where finetuning should have
 work to do:

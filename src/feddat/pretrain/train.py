@@ -1,4 +1,4 @@
-"""`feddat pretrain`: vision-language pretraining in miniature, offline (DESIGN §8a).
+"""`feddat pretrain`: vision-language pretraining in miniature, offline (docs/design.md §8a).
 
 Masked-word prediction from the image and image-text matching with hard negatives, on the
 procedural caption corpus (pretrain/corpus.py) or your own image-caption pairs, starting from
@@ -382,7 +382,7 @@ NOT_RECIPE = ("out", "cache_dir", "log_every", "eval_every")
 
 def write_recipe(out: Path, p, threads: int) -> str:
     """recipe.toml beside the checkpoint, and the command that rebuilds it bit for bit from it
-    (same thread count, recorded; same CPU and package versions, README "Same seed, same numbers")."""
+    (same thread count, recorded; same CPU and package versions, docs/guide/running.md, "Same seed, same numbers")."""
     import tomli_w
 
     from feddat.runtime import write_text

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from feddat.config import ConfigError
 
-#: feddat.teacher -> the adapter sets the Dual-Adapter Teacher runs (two: their mean, DESIGN §3)
+#: feddat.teacher -> the adapter sets the Dual-Adapter Teacher runs (two: their mean, docs/design.md §3)
 TEACHERS = {"dual": ("frozen", "client"), "client_only": ("client",), "frozen_only": ("frozen",)}
 
 #: feddat.schedule -> (forward, backward) backbone passes per minibatch, in units of FedAvg's
@@ -23,7 +23,7 @@ def teacher_sets(f) -> tuple[str, ...]:
 
 
 def teacher_path(f) -> dict:
-    """Where the teacher's adapters differ by site: nowhere (DESIGN §4; no keywords, which PEFT
+    """Where the teacher's adapters differ by site: nowhere (docs/design.md §4; no keywords, which PEFT
     views such as FedDAT-LoRA's also accept), or, with feddat.branch_site = k > 0, the
     student's A_s below site k (no A_c there)."""
     k = f.branch_site
@@ -36,6 +36,6 @@ def check_branch_site(f, model) -> None:
     its teacher would train unbranched while `personal` scored the branched path)."""
     k = f.branch_site
     if k and f.schedule != "fused":
-        raise ConfigError("feddat.branch_site > 0 is a variant of the fused schedule; the reference schedule is DESIGN §4 exactly")
+        raise ConfigError("feddat.branch_site > 0 is a variant of the fused schedule; the reference schedule is docs/design.md §4 exactly")
     if k and k >= len(model.sites):
         raise ConfigError(f"feddat.branch_site = {k} but the model has {len(model.sites)} adapter sites (0..{len(model.sites) - 1})")

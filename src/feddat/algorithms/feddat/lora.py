@@ -2,7 +2,7 @@
 
 A_s, Â_s and A_c are three LoRA sets on the same attention projections; the Dual-Adapter
 Teacher runs Â_s and A_c in `mean` mode (each contributes half its low-rank update, see
-peft/lora.py). Every rule of DESIGN §4 is FedDAT's own code; this file only swaps the PEFT
+peft/lora.py). Every rule of docs/design.md §4 is FedDAT's own code; this file only swaps the PEFT
 module.
 
 Schedules: the fused one routes batch slices through bottleneck adapter sites, which LoRA

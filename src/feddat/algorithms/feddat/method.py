@@ -1,4 +1,4 @@
-"""FedDAT (DESIGN §4): the federated method around the step in step.py.
+"""FedDAT (docs/design.md §4): the federated method around the step in step.py.
 
 Only A_s travels; A_c and H_k stay with the client across rounds; Â_s is rebuilt every round
 from the A_s the server sends.
@@ -98,7 +98,7 @@ class FedDAT(Method):
 
 
 def personal_frozen(cfg, shared: Tensors, state: Tensors) -> Tensors:
-    """Â_s of the personal view: the current A_s (DESIGN §4), or with feddat.personal_frozen =
+    """Â_s of the personal view: the current A_s (docs/design.md §4), or with feddat.personal_frozen =
     received the A_s the client last received (in its state; the current one before it trained)."""
     kept = {k[7:]: v for k, v in state.items() if k.startswith("frozen.")}
     return kept if cfg.feddat.personal_frozen == "received" and kept else shared

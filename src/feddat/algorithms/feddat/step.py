@@ -1,4 +1,4 @@
-"""One FedDAT minibatch (DESIGN §4): the two losses, the optimiser split and both schedules.
+"""One FedDAT minibatch (docs/design.md §4): the two losses, the optimiser split and both schedules.
 
 Per minibatch, in this order:
 1. z_DAT ← DAT(x), no gradient (adapters in mean mode: frozen copy Â_s and client A_c);
@@ -21,7 +21,7 @@ from feddat.losses import distill, task_loss
 
 @dataclass
 class Optimizers:
-    """The optimisers of one local update, by the part each moves (DESIGN §4: separate)."""
+    """The optimisers of one local update, by the part each moves (docs/design.md §4: separate)."""
 
     shared: torch.optim.Optimizer
     student_head: torch.optim.Optimizer
@@ -64,7 +64,7 @@ def client_adapter_trains(f, round_: int) -> bool:
 
 
 def make_optimizers(m, head: torch.nn.Module, steps: int, round_: int) -> Optimizers | SingleOptimizer:
-    """DESIGN §4's two optimisers (A_s+H_k, A_c+H_k), each split by parameter; or, with
+    """docs/design.md §4's two optimisers (A_s+H_k, A_c+H_k), each split by parameter; or, with
     feddat.optimizer = single, the released code's one over everything.
 
     AdamW is elementwise, so stepping A_s and H_k with separate instances is identical to
@@ -113,7 +113,7 @@ def dat_loss(f, z_dat: torch.Tensor, z_s: torch.Tensor, y: torch.Tensor, kind: s
 
 
 def reference_step(m, batch, head, opts: Optimizers, f=None):
-    """DESIGN §4 as written: three forward and two backward passes through the backbone.
+    """docs/design.md §4 as written: three forward and two backward passes through the backbone.
     `f`: the [feddat] settings of this round (FedDAT.round_settings; default the run's)."""
     f, y = f or m.cfg.feddat, batch.targets
     # 1. the teacher's view of the batch, without gradient

@@ -1,6 +1,6 @@
-"""The published datasets of the paper's benchmarks (DESIGN §6), read from the user's downloads.
+"""The published datasets of the paper's benchmarks (docs/design.md §6), read from the user's downloads.
 
-`data.source = "public"`, `data.root = ROOT`; each dataset in its own folder under ROOT (README,
+`data.source = "public"`, `data.root = ROOT`; each dataset in its own folder under ROOT (docs/guide/public-datasets.md,
 "Public datasets"). Named benchmarks: domain, function, scene, task (the paper's client lists),
 and every single dataset, to split with data.partition. Nothing is downloaded.
 """
@@ -44,7 +44,7 @@ for _name in L.CLOVE_FUNCTIONS:
 for _name in L.CLOVE_SCENES:
     DATASETS[f"clove_scene_{_name}"] = Dataset("clove", partial(L.clove, kind="scene", name=_name), soft=True, categories=(_name,))
 
-# benchmark -> [(client name, dataset)]; DESIGN §6's client lists.
+# benchmark -> [(client name, dataset)]; docs/design.md §6's client lists.
 PUBLIC_BENCHMARKS: dict[str, list[tuple[str, str]]] = {
     "domain": [("aqua", "aqua"), ("vqa_abstract", "vqa_abstract"), ("vizwiz", "vizwiz"), ("cocoqa", "cocoqa"), ("gqa", "gqa")],
     "function": [(n, f"clove_function_{n}") for n in L.CLOVE_FUNCTIONS],

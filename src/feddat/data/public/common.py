@@ -30,7 +30,7 @@ class Record:
 
 
 def missing(path: Path, dataset: str) -> DataError:
-    return DataError(f"{dataset}: {path} does not exist; download the dataset and lay it out as the README shows ('Public datasets')")
+    return DataError(f"{dataset}: {path} does not exist; download the dataset and lay it out as docs/guide/public-datasets.md shows")
 
 
 def read_json(path: Path, dataset: str) -> Any:

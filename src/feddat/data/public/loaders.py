@@ -1,6 +1,6 @@
 """Readers for the published formats. Each takes the dataset's folder and "train" or "test" and
 returns Records (images are loaded later, only for the sampled records). The folder layouts, and
-which release of each dataset's files a reader follows, are in the README ("Public datasets");
+which release of each dataset's files a reader follows, are in docs/guide/public-datasets.md;
 "test" is the split with public answers (val, dev, testdev).
 
 A record's category (answer type, question type, ...) is one of its dataset's declared

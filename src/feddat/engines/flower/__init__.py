@@ -1,5 +1,5 @@
 """The Flower deployment engine: the same methods as the embedded engine, run by Flower's
-SuperLink, SuperNodes and `flwr run` (DESIGN §7).
+SuperLink, SuperNodes and `flwr run` (docs/design.md §7).
 
 - `server_app`: the ServerApp; its strategy drives the rounds of `engines.rounds`, as the
   embedded engine does, and calls `Method.server_round` (the server step).

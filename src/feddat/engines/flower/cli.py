@@ -26,7 +26,7 @@ SIMULATE_HELP = (
 
 
 def add_parser(sub, add_config_flags) -> None:
-    p = sub.add_parser("flower", help="run on Flower's deployment engine (SuperLink, SuperNodes, flwr run) or its simulation engine", description="Run experiments on Flower's deployment engine or its simulation engine; see README, Running across machines.")
+    p = sub.add_parser("flower", help="run on Flower's deployment engine (SuperLink, SuperNodes, flwr run) or its simulation engine", description="Run experiments on Flower's deployment engine or its simulation engine; see docs/guide/flower.md.")
     commands = p.add_subparsers(dest="flower_command", required=True)
     local = commands.add_parser("local", allow_abbrev=False, help="a whole local federation on this machine, for trying it out", description=LOCAL_HELP)
     local.add_argument("--workdir", metavar="DIR", help="where the daemons' logs, FLWR_HOME and the nodes' private state go (default: RUN_DIR.flower beside the run directory, kept so that --resume finds the nodes' state)")
@@ -90,10 +90,17 @@ def command_app(args: argparse.Namespace) -> int:
     from feddat.engines.flower.launch import write_app, write_run_config
 
     cfg = load_config(args)
+    named = ""
+    if not cfg.run.name:
+        # Named here, as `flower local` names its runs: the nodes keep a client's private state
+        # under the run's name (transport.run_key), else under the Flower run id, which a
+        # resubmitted run (--resume) does not have, so it would start the clients afresh.
+        cfg.run.name = f"{cfg.data.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+        named = f"\nthe run is named {cfg.run.name} (--run.name to choose): its results go to {Path(cfg.run.out_dir) / cfg.run.name} on the ServerApp's host"
     out = Path(args.dir)
     app = write_app(out)
     run_config = write_run_config(cfg, out / "run-config.toml", resume=bool(args.resume))
-    print(f"wrote {app / 'pyproject.toml'} and {run_config}\nsubmit with:\n  flwr run {app} <superlink-connection> --run-config {run_config} --stream")
+    print(f"wrote {app / 'pyproject.toml'} and {run_config}{named}\nsubmit with:\n  flwr run {app} <superlink-connection> --run-config {run_config} --stream")
     return 0
 
 

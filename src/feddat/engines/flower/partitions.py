@@ -20,10 +20,24 @@ def client_names(cfg: Config) -> list[str]:
         return list(cfg.flower.clients)
     from feddat.data.sources import benchmark_sources, raw_clients
 
-    if cfg.data.partition == "natural":
-        return [s.name for s in benchmark_sources(cfg)]  # cheap: no data is generated
-    with faults.applied(cfg.data.on_bad_record):
-        return [c.name for c in raw_clients(cfg)]  # a re-split: the plan needs the pooled data
+    try:
+        if cfg.data.partition == "natural":
+            return [s.name for s in benchmark_sources(cfg)]  # cheap: no data is generated
+        with faults.applied(cfg.data.on_bad_record):
+            return [c.name for c in raw_clients(cfg)]  # a re-split: the plan needs the pooled data
+    except DataError as err:
+        origin = clients_origin(cfg)
+        raise DataError(f"{err}; {origin}" if origin else str(err)) from err
+
+
+def clients_origin(cfg: Config) -> str:
+    """Where client_names found the run's clients, where that host's own disk decided them: your
+    folders listed under data.root on the ServerApp's host, which need not hold the data (the
+    SuperNodes' hosts do); '' where the list holds wherever it is computed."""
+    if cfg.flower.clients or cfg.data.benchmark != "folder":
+        return ""
+    return (f"the run's clients are the sub-folders of data.root {cfg.data.root} on the ServerApp's host; where the data live only on "
+            f"the SuperNodes' hosts, name the clients in flower.clients (clients = [\"north\", \"south\"] in the [flower] table, or --flower.clients north,south)")
 
 
 def node_partition(cfg: Config, node_config, node_id: int) -> str:

@@ -33,9 +33,9 @@ from feddat.algorithms.validation import Rejection
 from feddat.config import Config
 from feddat.data.clients import CLIENTS_FILE
 from feddat.engines.flower import secure, transport
-from feddat.engines.flower.partitions import build_model, client_names
+from feddat.engines.flower.partitions import build_model, client_names, clients_origin
 from feddat.engines.rounds import RESERVED_METRICS, Rounds
-from feddat.engines.rundir import MetricsLog, config_fingerprint, make_run_dir, resumable, save_shared, setting_differences, write_report
+from feddat.engines.rundir import MetricsLog, config_fingerprint, make_run_dir, resumable, save_shared, setting_differences, write_report, write_summary
 from feddat.engines.state import Checkpoint, Progress
 from feddat.runtime import clean_partial_writes, environment, is_int, is_number, pick_device, read_json, set_threads, write_json, write_text
 
@@ -119,8 +119,9 @@ class PromptGrid(Grid):
 class Roster:
     """The run's clients in order, and which SuperNode currently serves each of them."""
 
-    def __init__(self, clients: list[str], timeout: float, log: Log = _log):
+    def __init__(self, clients: list[str], timeout: float, log: Log = _log, origin: str = ""):
         self.clients = clients
+        self.origin = f" ({origin})" if origin else ""  # where the list came from, if this host decided it (partitions.clients_origin)
         self.timeout = timeout
         self.log = log
         self.nodes: dict[str, int] = {}
@@ -164,7 +165,7 @@ class Roster:
 
     def admit(self, client: str, node: int) -> None:
         if client not in self.clients:
-            raise FlowerRunError(f"SuperNode {node} serves client '{client}', which is not one of this run's clients: {', '.join(self.clients)}")
+            raise FlowerRunError(f"SuperNode {node} serves client '{client}', which is not one of this run's clients: {', '.join(self.clients)}{self.origin}")
         old = self.nodes.get(client)
         if old is not None and old != node:
             self.log(f"  client '{client}' is now served by node {node} (was node {old})")
@@ -179,7 +180,7 @@ class Roster:
             if not missing:
                 return
             if time.monotonic() > deadline:
-                raise FlowerRunError(f"after {timeout:.0f}s no SuperNode serves client(s) {', '.join(missing)}; start one per client with --node-config 'partition=\"<client>\"'")
+                raise FlowerRunError(f"after {timeout:.0f}s no SuperNode serves client(s) {', '.join(missing)}; start one per client with --node-config 'partition=\"<client>\"'{self.origin}")
             time.sleep(1.0)
 
 
@@ -499,7 +500,7 @@ def run_on_grid(grid: Grid, cfg: Config, log: Log = _log, resume: bool = False) 
     device = pick_device(cfg.run.device)
     run_dir, done = open_run_dir(cfg, resume)
     log(f"feddat (Flower engine): run directory {run_dir.resolve()}{'  resuming' if resume else ''}")
-    roster = Roster(client_names(cfg), cfg.flower.round_timeout, log)
+    roster = Roster(client_names(cfg), cfg.flower.round_timeout, log, clients_origin(cfg))
     with ThreadPoolExecutor(1) as builder:
         # The server step needs the adapters' names and shapes, not the data. Loading the backbone
         # takes seconds; the SuperNodes are identified meanwhile (mostly waiting on replies).
@@ -517,7 +518,7 @@ def run_on_grid(grid: Grid, cfg: Config, log: Log = _log, resume: bool = False) 
             continue
         log(f"== {name}")
         summaries.append(run_method_on_grid(name, cfg, model, roster, grid, run_dir, device, log, resume))
-        write_json(run_dir / "summary.json", {"methods": summaries, "environment": environment(device)})  # the server's; nodes may differ
+        write_summary(cfg, run_dir, summaries, roster.clients, environment(device))  # the server's environment; nodes may differ
     write_report(cfg, run_dir, summaries, log)
 
 

@@ -66,7 +66,7 @@ def resumes(run_config: Mapping[str, Any]) -> bool:
 def config_from_run(run_config: Mapping[str, Any]) -> Config:
     text = str(run_config.get(RUN_CONFIG_KEY, ""))
     if not text.strip():
-        raise config_mod.ConfigError(f"the Flower run carries no '{RUN_CONFIG_KEY}'; write it with `feddat flower app DIR` and submit with `flwr run DIR/feddat-flower <superlink> --run-config DIR/run-config.toml`, or use `feddat flower local` (README, Running across machines)")
+        raise config_mod.ConfigError(f"the Flower run carries no '{RUN_CONFIG_KEY}'; write it with `feddat flower app DIR` and submit with `flwr run DIR/feddat-flower <superlink> --run-config DIR/run-config.toml`, or use `feddat flower local` (docs/guide/flower.md)")
     data = tomllib.loads(text)
     overrides = {f"{section}.{key}": value for section, values in data.items() for key, value in values.items()}
     return config_mod.load(None, overrides)

@@ -2,7 +2,7 @@
 node's messages, so that a message costs about what its training costs.
 
 Since Flower 1.21 every message gets a fresh `flwr-clientapp` process; importing torch and
-building the backbone and the client's data took ~85 % of a Flower run's time (DESIGN §9).
+building the backbone and the client's data took ~85 % of a Flower run's time (docs/design.md §9).
 So the ClientApp (client_app.py) stays light (flwr and the standard library) and forwards
 each message over a Unix socket to this worker, which keeps the models and data of the run
 in memory (client_node.Nodes) and runs the same handlers the ClientApp would run itself.
@@ -49,7 +49,7 @@ class Stopped(BaseException):
 
 
 def start_hint(path: str | Path) -> str:
-    return f"start one on this host with `feddat flower worker --socket {path}` (README, Running across machines)"
+    return f"start one on this host with `feddat flower worker --socket {path}` (docs/guide/flower.md)"
 
 
 # ---- frames ------------------------------------------------------------------------------
