@@ -19,6 +19,14 @@ torch.set_num_threads(2)
 
 TINY_IMAGE = 32
 
+# test_flower.py runs one Flower federation after another (its docstring says why) and takes
+# longest: `make test` hands it to a worker first, and the rest of the suite fills the other.
+LONGEST_FILE = "test_flower.py"
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name != LONGEST_FILE)  # stable: each file keeps its order
+
 
 @pytest.fixture(scope="session")
 def tiny_vilt_dir(tmp_path_factory):

@@ -212,8 +212,9 @@ def committed_round(checkpoint: Path) -> int:
 def test_a_killed_superlink_and_serverapp_resume_to_the_same_numbers(tiny_vilt_dir, data_root, tmp_path):
     """SIGKILL the SuperLink and its ServerApp once round 1 of 3 is committed (round 2 in flight,
     some clients may have trained it); a new SuperLink and a resumed submission finish the run
-    with the numbers of an uninterrupted Flower run on the same nodes (and of the embedded
-    engine), the nodes continuing from their disk state."""
+    with the numbers of an uninterrupted run, the nodes continuing from their disk state. The
+    uninterrupted run is the embedded engine's: test_flower_run_matches_embedded_engine shows
+    that an uninterrupted Flower run has its numbers (a Flower run here too took 3 minutes)."""
     from feddat.engines.runner import run_experiment
 
     overrides = {"federation.fraction": 0.6, "federation.rounds": 3, "federation.eval_every": 1}
@@ -222,7 +223,6 @@ def test_a_killed_superlink_and_serverapp_resume_to_the_same_numbers(tiny_vilt_d
     run_dir = tmp_path / "resumed"
     with LocalFederation(tmp_path / "federation", list(CLIENTS), log=lambda s: None) as fed:
         tree = process_tree(fed)
-        wait_run(fed, fed.cli.submit(make_config(tiny_vilt_dir, data_root, tmp_path, "uninterrupted", **overrides)), [tmp_path])
         first = fed.cli.submit(cfg)
         wait_for(lambda: committed_round(run_dir / "checkpoint" / "feddat") >= 1, "round 1 committed", [tmp_path])
         tree += process_tree(fed)
@@ -237,7 +237,6 @@ def test_a_killed_superlink_and_serverapp_resume_to_the_same_numbers(tiny_vilt_d
     assert_all_gone(tree)
     assert second != first and f"resuming after round {killed_at}" in log
     # an interrupted round's lines were dropped, then written again once
-    assert_same_run(run_dir, tmp_path / "uninterrupted")
     assert_same_run(run_dir, embedded)
     assert committed_round(run_dir / "checkpoint" / "feddat") == 3
 
