@@ -33,9 +33,11 @@ setup: $(STAMP)
 demo: $(RUNTIME)
 	$(BIN)/feddat run
 
-# Two pytest-xdist workers, a test file to each at a time (file-scoped fixtures stay shared).
+# Two pytest-xdist workers, a test file to each at a time (file-scoped fixtures stay shared), in
+# the order tests/conftest.py gives them (test_flower.py, the longest, first; xdist would otherwise
+# hand out the files with the most tests first).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The architecture contracts alone (pyproject.toml [tool.importlinter]; `make test` runs them too,
 # in tests/test_architecture.py).
