@@ -38,8 +38,8 @@ def final_means(run_dir: Path) -> tuple[dict[str, float], dict]:
 
 
 def machine(run_dir: Path, summary: dict) -> str:
-    """'AMD EPYC, 1 thread(s), cpu, float32': where the run's numbers repeat (README "Same seed,
-    same numbers"), from its summary.json environment and the precision its config.toml chose."""
+    """'AMD EPYC, 1 thread(s), cpu, float32': where the run's numbers repeat (docs/guide/running.md,
+    "Same seed, same numbers"), from its summary.json environment and the precision its config.toml chose."""
     from feddat.compare.runs import run_config
 
     env = summary.get("environment", {})
@@ -178,6 +178,8 @@ def summary_text(recorded: Path, cells: list[str]) -> str:
 
 def write_summary(recorded: Path, cells: list[str]) -> Path:
     """summary_text, written to recorded/index.md (a page of the documentation site)."""
+    from feddat.runtime import write_text
+
     out = recorded / "index.md"
-    out.write_text(summary_text(recorded, cells))
+    write_text(out, summary_text(recorded, cells))
     return out

@@ -1,4 +1,4 @@
-"""Where FedDAT leads: the regime study (README "Where FedDAT leads"), one prepared script.
+"""Where FedDAT leads: the regime study (docs/findings.md, "Where FedDAT leads"), one prepared script.
 
 Each cell of the study is a `feddat compare` over one benchmark twin under one regime (a set of
 configuration overrides), with the controls of every table (`head_only`, `centralised`),
@@ -78,7 +78,7 @@ TWINS = ("domain", "function")
 BASE = {"r2ref-opt": "r2ref", "r2ref-freeze": "r2ref", "r0-kdwarm": "r0", "r0-headstudent": "r0"}
 
 #: label -> (compare variant spec, cost in FedAvg runs). FedProx's μ = 0.1: at the default 0.01 the
-#: proximal pull is too weak to tell drift (README "Where FedDAT leads").
+#: proximal pull is too weak to tell drift (docs/findings.md, "Where FedDAT leads").
 METHODS: dict[str, tuple[str, float]] = {
     "head_only": ("head_only", 0.05),
     "fedavg": ("fedavg", 1.0),

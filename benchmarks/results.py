@@ -71,8 +71,10 @@ def pages(results: Path = RESULTS) -> dict[Path, str]:
 
 
 def main() -> int:
+    from feddat.runtime import write_text
+
     for path, text in pages().items():
-        path.write_text(text)
+        write_text(path, text)
         print(f"wrote {path.relative_to(regime_study.ROOT)}")
     return 0
 
