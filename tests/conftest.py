@@ -36,6 +36,15 @@ def tiny_vilt_dir(tmp_path_factory):
     return save_random_vilt(tmp_path_factory.mktemp("tiny-vilt"), image_size=TINY_IMAGE)
 
 
+@pytest.fixture(scope="session")
+def tiny_blip_dir(tmp_path_factory):
+    """A BlipForQuestionAnswering with 2 encoder and 2 decoder blocks of hidden size 32 and BLIP's
+    tokenizer built offline (MiniLM's vocabulary plus [DEC] and [ENC]): an answer decoder."""
+    from feddat.backbones.blip import save_random_blip
+
+    return save_random_blip(tmp_path_factory.mktemp("tiny-blip"), image_size=TINY_IMAGE)
+
+
 @pytest.fixture()
 def tiny_backbone(tiny_vilt_dir):
     from feddat.backbones import build_backbone

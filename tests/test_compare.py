@@ -146,6 +146,29 @@ def test_report_from_finished_runs_has_mean_std_last3_and_costs(tmp_path):
     assert {p.name for p in (out / "plots").iterdir()} == {"scores_once.png", "clients_global.png", "notes.png"}
 
 
+def test_report_shows_an_answer_decoders_generated_scores_in_tables_of_their_own(tmp_path):
+    """Runs on an answer decoder record '<view>-generated' beside each view: the report gives
+    them their own rows (mean ± std over seeds), and runs without them get none."""
+    for seed, said in enumerate([0.2, 0.4]):
+        run = tmp_path / f"d{seed}"
+        fake_run(run, "feddat", seed, {1: {"x": 0.5}, 2: {"x": 0.6}}, personal=True)
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for r in lines:
+            if r["kind"] == "eval":
+                r.update({"global-generated": said, "personal-generated": said + 0.1})
+        write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
+    out = tmp_path / "report"
+    compare.report_from_dirs([tmp_path / "d0", tmp_path / "d1"], out)
+    table = (out / "table.md").read_text()
+    generated = table.split("## Global model, generated answers")[1]
+    assert "| feddat | 30.0 ± 14.1 | 30.0 ± 14.1 | 30.0 ± 14.1 | ref |" in generated.split("## Personal model, generated answers")[0]
+    assert "| feddat | 40.0 ± 14.1 | 40.0 ± 14.1 | 40.0 ± 14.1 | ref |" in generated.split("## Personal model, generated answers")[1]
+    assert {r["view"] for r in csv.DictReader(open(out / "table.csv"))} == {"global", "personal", "global-generated", "personal-generated"}
+    fake_run(tmp_path / "plain", "feddat", 0, {1: {"x": 0.5}})
+    compare.report_from_dirs([tmp_path / "plain"], tmp_path / "plain-report")
+    assert "generated" not in (tmp_path / "plain-report" / "table.md").read_text()
+
+
 def test_report_breaks_scores_down_by_category_of_question(tmp_path):
     for seed, colour in enumerate([0.2, 0.4]):
         categories = {"x": {"colour": colour, "count": 0.5}, "y": {"colour": 0.6}}

@@ -68,3 +68,53 @@ def test_flower_simulation_matches_embedded_engine(tiny_vilt_dir, data_root, tmp
     assert summary["engine"] == "flower" and summary["bytes_up_per_round"] == json.loads((embedded / "summary.json").read_text())["methods"][0]["bytes_up_per_round"]
     # Virtual nodes have no 'state-dir': each keeps its client's private state in the run directory.
     assert sorted(p.name for p in (simulated / "node-state").iterdir()) == sorted(CLIENTS)
+
+
+def test_an_answer_decoder_simulated_on_flower_matches_the_embedded_engine(tiny_blip_dir, data_root, tmp_path):  # noqa: F811
+    """The same run on a tiny BLIP: the decoder path (its ranking and generated scores, FedDAT's
+    token distillation) gives the embedded engine's numbers through Flower's messages."""
+    from feddat.engines.flower.simulation import run_simulation
+    from feddat.engines.runner import run_experiment
+
+    def config(name):
+        cfg = make_config(tiny_blip_dir, data_root, tmp_path, name, **{"federation.rounds": 2, "federation.eval_every": 2})
+        cfg.backbone.name = "blip"
+        return cfg
+
+    embedded = run_experiment(config("embedded"), log=lambda s: None)
+    simulated = run_simulation(config("simulated"), log=lambda s: None)
+    assert_same_run(simulated, embedded)
+    assert any("global-generated" in r and "personal-generated" in r for r in records(simulated).values())
+
+
+def test_a_failed_simulation_keeps_rays_logs_in_the_run_directory(tmp_path):
+    """When a simulation fails, Ray's temporary folder is still removed, but its logs (what a
+    ClientApp that never answered printed) are copied to the run directory and the error says
+    where; a run that ends well keeps nothing (the test above: the folder is gone)."""
+    from feddat.engines.flower.simulation import ray_session
+
+    dest = tmp_path / "run" / "ray-logs"
+    with pytest.raises(RuntimeError) as failed:
+        with ray_session(dest) as ray_tmp:
+            logs = ray_tmp / "session_2026-12-08" / "logs"
+            logs.mkdir(parents=True)
+            (ray_tmp / "session_latest").symlink_to(ray_tmp / "session_2026-12-08")
+            (logs / "worker-1.err").write_text("ClientAppActor failed to start\n")
+            raise RuntimeError("after 300s no SuperNode serves client(s) alpha")
+    assert not ray_tmp.exists()
+    assert (dest / "worker-1.err").read_text() == "ClientAppActor failed to start\n"
+    assert str(failed.value) == f"after 300s no SuperNode serves client(s) alpha (Ray's logs of this run: {dest})"
+
+
+def test_rays_workers_run_at_normal_priority(tmp_path):
+    """Ray starts its workers at niceness 15; the simulation's ClientApps run at the priority
+    of the run that started them, or on a machine with other work they starve (a simulation
+    beside two busy processes never answered within ten minutes)."""
+    import ray
+
+    from feddat.engines.flower.simulation import quiet_environment, ray_session
+
+    with quiet_environment(), ray_session(tmp_path / "ray-logs") as ray_tmp:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=str(ray_tmp), object_store_memory=80 * 1024**2)
+        niceness = ray.get(ray.remote(lambda: os.nice(0)).remote())
+    assert niceness == os.nice(0)

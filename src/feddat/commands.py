@@ -67,6 +67,9 @@ def command_predict(args: argparse.Namespace) -> int:
     width = max(len(a) for a, _ in answers)
     for rank, (answer, p) in enumerate(answers, 1):
         print(f"  {rank}. {answer:<{width}}  {p:.3f}")
+    if predictor.decodes:  # an answer decoder also says its own answer, which may be off the list
+        (said,) = predictor.generate([example], [args.question])
+        print(f"generated: {said}")
     return 0
 
 

@@ -33,10 +33,11 @@ def _f(default: Any, help: str, path: bool = False, **kwargs: Any) -> Any:
 
 @dataclass
 class BackboneConfig:
-    name: str = _f("foundation", "backbone: foundation (a vision-language model pretrained offline by `feddat pretrain`; the packaged checkpoint unless backbone.path names another), minivl (the packaged weights without vision-language pretraining) or vilt")
-    path: str = _f("", "foundation: a `feddat pretrain` checkpoint folder (empty: the packaged one); vilt: Hugging Face hub id or local folder (e.g. dandelin/vilt-b32-mlm)", path=True)
+    name: str = _f("foundation", "backbone: foundation (a vision-language model pretrained offline by `feddat pretrain`; the packaged checkpoint unless backbone.path names another), minivl (the packaged weights without vision-language pretraining), vilt, or blip (an answer decoder: Hugging Face BlipForQuestionAnswering; trains by the answer's tokens, ranks the answer list by likelihood)")
+    path: str = _f("", "foundation: a `feddat pretrain` checkpoint folder (empty: the packaged one); vilt, blip: Hugging Face hub id or local folder (e.g. dandelin/vilt-b32-mlm, Salesforce/blip-vqa-base)", path=True)
     image_size: int = _f(128, "image side in pixels fed to the image tower")
     max_text_len: int = _f(20, "question tokens kept (truncation)")
+    max_answer_len: int = _f(10, "answer decoders (blip): the most tokens of an answer, the decoder's start and end tokens included; a longer answer in the data is an error")
     projector: str = _f("random", "minivl only: how image features become tokens: random (final features, fixed random orthonormal projection) or aligned (mid-level features, an affine map fitted once to MiniLM's word embeddings); docs/guide/backbones.md 'Image tokens'")
 
 
@@ -539,8 +540,9 @@ def validate(cfg: Config) -> None:
     _not_negative({"federation.min_updates": cfg.federation.min_updates}, " (0 counts as 1)")
     _not_negative({"federation.max_update_norm": cfg.federation.max_update_norm, "federation.max_update_mib": cfg.federation.max_update_mib}, " (0 = off)")
     _positive({"train.eps": cfg.train.eps, "peft.lora_alpha": cfg.peft.lora_alpha})
-    if cfg.backbone.name == "vilt" and not cfg.backbone.path:
-        raise ConfigError("backbone.path is required for vilt (hub id such as dandelin/vilt-b32-mlm, or a local folder)")
+    hub_example = {"vilt": "dandelin/vilt-b32-mlm", "blip": "Salesforce/blip-vqa-base"}
+    if cfg.backbone.name in hub_example and not cfg.backbone.path:
+        raise ConfigError(f"backbone.path is required for {cfg.backbone.name} (hub id such as {hub_example[cfg.backbone.name]}, or a local folder)")
 
 
 def _positive(values: dict[str, float]) -> None:

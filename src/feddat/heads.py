@@ -17,3 +17,15 @@ class TaskHead(nn.Sequential):
         # The released FedDAT code decays every weight not named like "LayerNorm.weight", which
         # this LayerNorm's is not; train.decay_head_norm reproduces that (Method.optimizer).
         self[1].weight.head_norm = True
+
+
+class AnswerReadout(nn.Module):
+    """The "head" of an answer-decoder backbone: none. The decoder's token logits are the
+    output, its vocabulary is every client's, so nothing per client needs training or keeping
+    (an empty private head state); the adapters, in the encoder and the decoder, are what train."""
+
+    num_answers = 0
+    images = 1
+
+    def forward(self, token_logits):
+        return token_logits

@@ -52,7 +52,7 @@ from feddat.config import Config
 # The engines write clients.json when they load the data, and this module reads it: the index
 # lives in the data layer below both (an engine never imports this module).
 from feddat.data.clients import CLIENTS_FILE, client_record, write_client_index  # noqa: F401
-from feddat.data.types import Batch
+from feddat.data.clients import Split
 from feddat.runtime import load_tensors, load_tensors_and_metadata, pick_device, read_json, save_tensors, write_json, write_text
 
 Tensors = dict[str, torch.Tensor]
@@ -250,7 +250,7 @@ class Predictor:
     def __init__(self, deployed: Deployment, device: str = "auto", model=None):
         from feddat.algorithms import build_method
         from feddat.backbones import backbone_from_config
-        from feddat.heads import TaskHead
+        from feddat.heads import AnswerReadout, TaskHead
         from feddat.peft.model import AdaptedModel
 
         self.deployed, self.cfg = deployed, deployed.cfg
@@ -268,7 +268,9 @@ class Predictor:
                 raise ValueError(f"{where}: {err} (backbone '{self.cfg.backbone.name}' of {sources.get('config', 'its config')}); were they trained on another backbone?") from None
         c = deployed.client
         self.answers: list[str] = c["answers"]
-        self.head = TaskHead(self.method.model.hidden_size, len(self.answers), c["images_per_example"])
+        self.decodes = self.method.decodes
+        # An answer decoder ranks the client's answers by likelihood (as its evaluation did): no head.
+        self.head = AnswerReadout() if self.decodes else TaskHead(self.method.model.hidden_size, len(self.answers), c["images_per_example"])
         try:
             self.head.load_state_dict(deployed.head)
         except RuntimeError:  # torch's "size mismatch for 3.weight" names neither file nor client
@@ -316,14 +318,32 @@ class Predictor:
             features = self.backbone.encode_images(pixels.reshape(n * m, *pixels.shape[2:]))
             features = features.reshape(n, m, *features.shape[1:])
         ids, mask = self.backbone.tokenize(list(questions))
-        batch = Batch(features.to(self.device), ids.to(self.device), mask.to(self.device), targets=torch.empty(0))
+        split = Split(features, ids, mask, torch.zeros(len(questions), dtype=torch.long), candidates=self.candidates())
         self.method.seed_forward("eval")  # as evaluation does: ViLT draws on torch's RNG in forward
         with self.method.model.active(*self.deployed.active, **self.deployed.path):
-            return self.method.logits(self.head, batch).float().cpu()
+            return self.method.answer_scores(self.head, split, torch.arange(len(questions))).float().cpu()
+
+    def candidates(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """An answer decoder's reading of the client's answer list (what its evaluation ranked)."""
+        return self.backbone.tokenize_answers(self.answers) if self.decodes else None
+
+    @torch.no_grad()
+    def generate(self, images: Sequence, questions: Sequence[str]) -> list[str]:
+        """An answer decoder's open-ended answers: its greedy decoding, free text that need not
+        be one of the client's answers (what the `-generated` scores of its run scored)."""
+        if not self.decodes:
+            raise ValueError(f"backbone '{self.cfg.backbone.name}' has no answer decoder: it answers from its client's list (predict)")
+        features = self.backbone.encode_images(self.read_images(images))
+        ids, mask = self.backbone.tokenize(list(questions))
+        split = Split(features, ids, mask, torch.zeros(len(questions), dtype=torch.long))
+        with self.method.model.active(*self.deployed.active, **self.deployed.path):
+            return self.method.generate(split, torch.arange(len(questions)))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         # A soft-target (VQA) head scores each answer on its own (sigmoid); others pick one (softmax).
-        return torch.sigmoid(logits) if self.deployed.client.get("soft_targets") else torch.softmax(logits, dim=-1)
+        # An answer decoder's log-likelihoods, normalised over the list: each answer's chance
+        # given that the answer is one of them.
+        return torch.sigmoid(logits) if self.deployed.client.get("soft_targets") and not self.decodes else torch.softmax(logits, dim=-1)
 
     def predict(self, images: Sequence, questions: Sequence[str], top: int = 5) -> list[list[tuple[str, float]]]:
         """For each example, its `top` answers with their probabilities, most likely first."""
@@ -337,7 +357,7 @@ class Predictor:
         d = self.deployed
         names = {"shared": "A_s", "frozen": "Â_s", "client": "A_c", "personal": "personal adapter"}
         sets = " and ".join(names.get(n, n) for n in d.active)
-        what = (f"mean of {sets}" if len(d.active) > 1 else sets or "no adapter") + " + head"
+        what = (f"mean of {sets}" if len(d.active) > 1 else sets or "no adapter") + (" + answer decoder" if self.decodes else " + head")
         return f"{d.method}, {d.view} view ({what}), client '{d.client['name']}', {len(self.answers)} answers, backbone {self.cfg.backbone.name}"
 
 
@@ -413,7 +433,7 @@ def hf_encoder(backbone) -> tuple[torch.nn.Module, str]:
 def base_model_source(cfg: Config) -> str:
     """Where the peft adapter's base model comes from (adapter_config's base_model_name_or_path):
     none for foundation, whose encoder no transformers folder holds (see `lora_base_note`)."""
-    if cfg.backbone.name == "vilt":
+    if cfg.backbone.name in ("vilt", "blip"):
         return cfg.backbone.path
     if cfg.backbone.name == "minivl":
         from feddat.backbones.minivl import minilm_path

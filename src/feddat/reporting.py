@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 
 
-VIEWS = ("global", "personal")
+#: An answer decoder's open-ended score of a view ("global-generated"): its greedy answers
+#: scored as free text; the view itself scores the top-ranked answer of the answer list.
+GENERATED = "-generated"
+VIEWS = ("global", "personal", "global" + GENERATED, "personal" + GENERATED)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

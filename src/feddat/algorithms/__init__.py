@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from feddat.algorithms.base import ClientUpdate, Method, UpdateRejected
+from feddat.algorithms.base import ClientUpdate, Method, UpdateRejected, decodes
 from feddat.algorithms.centralised import Centralised
 from feddat.algorithms.fedavg import FedAvgAdapter
 from feddat.algorithms.feddat import FedDAT, FedDATLoRA
@@ -45,6 +45,9 @@ def check_methods(names: list[str], key: str = "run.methods") -> None:
 def build_method(name: str, cfg, model, device) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
+    if decodes(model) and not METHODS[name].decodes_answers:
+        able = ", ".join(n for n, m in METHODS.items() if m.decodes_answers)
+        raise ValueError(f"method '{name}' needs a classifier head or a pooled representation, which an answer-decoder backbone (backbone.name = {cfg.backbone.name}) has not; on it use one of: {able}")
     return METHODS[name](cfg, model, device)
 
 

@@ -28,8 +28,11 @@ from torch import nn
 from feddat.config import Config
 from feddat.data.clients import ClientData, Split
 from feddat.data.types import Batch
-from feddat.heads import TaskHead
-from feddat.losses import task_loss
+from feddat.answer_tokens import AnswerTokens
+from feddat.backbones.base import greedy_decode
+from feddat.heads import AnswerReadout, TaskHead
+from feddat.losses import answer_log_likelihood, task_loss
+from feddat.reporting import GENERATED
 from feddat import progress
 import feddat.algorithms.privacy as privacy
 from feddat.algorithms.validation import Rejection, coordinatewise, problem_with
@@ -76,6 +79,9 @@ class Method:
     pooled = False
     communicates = True  # clients send A_s to the server each round
     loss_metric = "loss"  # the metric of an update that is its training loss (`train_loss`)
+    # Runs on an answer-decoder backbone (token logits, no per-client head); a method whose rule
+    # needs a classifier head or a pooled representation (FedRep, MOON) says False.
+    decodes_answers = True
     num_clients: int | None = None  # the federation's N, set by the engine's rounds (engines/rounds.py)
 
     def __init__(self, cfg: Config, model: AdaptedModel, device: torch.device):
@@ -227,8 +233,21 @@ class Method:
         return self.view_scores("global", client.test, head, ("shared",))
 
     # ---- helpers shared by the methods -------------------------------------------------
-    def new_head(self, client: ClientData) -> TaskHead:
-        """The client's head for its task: its answer space, and the pooled width of its images."""
+    @property
+    def decodes(self) -> bool:
+        """Whether the backbone answers with a decoder (token logits, answers to decode as targets)."""
+        return decodes(self.model)
+
+    def backbone(self):
+        return backbone_of(self.model)
+
+    def new_head(self, client: ClientData) -> TaskHead | AnswerReadout:
+        """The client's head for its task: its answer space, and the pooled width of its images
+        (an answer decoder needs none: AnswerReadout)."""
+        if self.decodes:
+            if client.images_per_example != 1:
+                raise ValueError(f"client '{client.name}': an answer-decoder backbone reads one image per question; task '{client.task}' has {client.images_per_example}")
+            return AnswerReadout()
         return TaskHead(self.model.hidden_size, client.num_answers, client.images_per_example)
 
     def load_head(self, state: Tensors, client: ClientData) -> TaskHead:
@@ -326,6 +345,9 @@ class Method:
     def represent(self, batch: Batch) -> torch.Tensor:
         """The pooled representation of a batch (its targets are not read)."""
         features, ids, mask = batch.inputs
+        if isinstance(batch.targets, AnswerTokens):  # an answer decoder: the answers' token logits
+            with autocast(self.device, self.cfg.run.precision):
+                return self.model(features, ids, mask, batch.targets)
         pair = features.ndim == self.feature_rank() + 2
         with autocast(self.device, self.cfg.run.precision):
             if not pair:
@@ -349,6 +371,38 @@ class Method:
     def logits(self, head: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return self.head_logits(head, self.represent(batch))
 
+    def answer_scores(self, head: nn.Module, split: Split, index: torch.Tensor) -> torch.Tensor:
+        """(B, answers) the score of each answer of the split's vocabulary for the questions at
+        `index`, the highest being the prediction: the head's logits, or for an answer decoder
+        each candidate answer's log-likelihood (ALBEF's ranking of the answer list)."""
+        if split.candidates is None:
+            return self.logits(head, split.batch(index, self.device))
+        batch = split.ranking_batch(index, self.device)
+        return answer_log_likelihood(self.logits(head, batch), batch.targets).view(len(index), -1)
+
+    def generate(self, split: Split, index: torch.Tensor) -> list[str]:
+        """An answer decoder's greedy answers (text) to the questions at `index`, through the
+        model with its active adapters: the open-ended answer, which may be outside the list."""
+        features, ids, mask = split.batch(index, self.device).inputs
+        backbone = self.backbone()
+
+        def next_logits(answers: AnswerTokens) -> torch.Tensor:
+            with autocast(self.device, self.cfg.run.precision):
+                return self.model(features, ids, mask, answers).float()
+
+        tokens = greedy_decode(next_logits, len(index), backbone, self.cfg.backbone.max_answer_len - 1, self.device)
+        return backbone.decode_answers(tokens.cpu())
+
+    def eval_batch_size(self, split: Split) -> int:
+        """train.eval_batch_size questions; for an answer decoder, as many as keep the token
+        logits of every candidate (questions x answers x tokens x vocabulary) near 256 MiB."""
+        size = self.cfg.train.eval_batch_size
+        if split.candidates is None:
+            return size
+        answers, tokens = split.candidates[0].shape
+        vocabulary = getattr(self.backbone(), "vocab_size", 32_000)
+        return max(1, min(size, (256 * 2**20) // (4 * answers * tokens * vocabulary)))
+
     @torch.no_grad()
     def view_scores(self, view: str, split: Split, head: nn.Module, adapters: tuple[str, ...], **path) -> dict[str, float]:
         """{view: mean score of `head` on `split`} with `adapters` active (`path`: see
@@ -357,21 +411,34 @@ class Method:
         accuracy where the data have ten annotators' answers, else exact match (Split.score)."""
         if len(split) == 0:
             return {view: float("nan")}
-        size = self.cfg.train.eval_batch_size
+        size = self.eval_batch_size(split)
         self.seed_forward("eval")
-        chunks = []
+        chunks, generated = [], []
         with self.model.active(*adapters, **path):
             for i in range(0, len(split), size):
                 index = torch.arange(i, min(i + size, len(split)))
-                batch = split.batch(index, self.device)
-                chunks.append(split.score(self.logits(head, batch), index))  # official VQA accuracy or exact match
+                chunks.append(split.score(self.answer_scores(head, split, index), index))  # official VQA accuracy or exact match
+                if split.candidates is not None:
+                    generated.append(split.score_generated(self.generate(split, index), index))
         per_example = torch.cat(chunks)
         scores = {view: float(per_example.mean())}
+        if generated:  # an answer decoder's open-ended answers, scored as free text
+            scores[f"{view}{GENERATED}"] = float(torch.cat(generated).mean())
         if split.groups is not None:
             for group in sorted(set(split.groups) - {""}):
                 members = torch.tensor([g == group for g in split.groups])
                 scores[f"{view}/{group}"] = float(per_example[members].mean())
         return scores
+
+
+def backbone_of(model: nn.Module):
+    """The backbone inside a (maybe wrapped: peft/views.py) adapted model."""
+    return getattr(model, "backbone", None) or getattr(getattr(model, "base", None), "backbone", None)
+
+
+def decodes(model: nn.Module) -> bool:
+    """Whether the model's backbone answers with a decoder (backbones.base.Backbone.decoder_start)."""
+    return getattr(backbone_of(model), "decoder_start", None) is not None
 
 
 def shuffled(n: int, size: int, epochs: int, g: torch.Generator) -> Iterator[torch.Tensor]:

@@ -14,6 +14,7 @@ from feddat.peft.prompt import prompt_view
 
 class FedAvgPrompt(FedAvgAdapter):
     name = "fedavg_prompt"
+    decodes_answers = False  # an answer decoder reads two token embeddings (question, answer): which to prompt is open
 
     def __init__(self, cfg, model, device):
         super().__init__(cfg, prompt_view(model, cfg.peft), device)

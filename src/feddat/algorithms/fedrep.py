@@ -19,6 +19,7 @@ from feddat.runtime import generator
 
 class FedRep(Method):
     name = "fedrep"
+    decodes_answers = False  # its rule reads pooled representations
 
     @classmethod
     def passes_per_round(cls, cfg: Config) -> float:

@@ -1,7 +1,8 @@
 """Head only: each client trains its private head on the frozen backbone; no adapter, nothing travels.
 
 The floor every adapter method must beat (a probe of the frozen backbone): what a client's
-head learns from its own data alone. The gap from here to local-only is what the adapter
+head learns from its own data alone. On an answer-decoder backbone there is no head: the floor
+is what the pretrained decoder answers before any finetuning. The gap from here to local-only is what the adapter
 adds; the gap from local-only to centralised is what pooling the adapter's data adds.
 """
 
@@ -27,12 +28,13 @@ class HeadOnly(Method):
 
     def client_update(self, shared: Tensors, state: Tensors, client: ClientData, round_: int) -> ClientUpdate:
         head = self.load_head(state, client)
-        opt = self.optimizer(list(head.parameters()), self.local_steps(client.train))
-
-        step = self.task_step(head, opt)
-
-        with self.model.active():  # the bare backbone
-            metrics = self.train_steps(self.batches(client.train, self.name, round_, client.name), step, terms=("loss",))
+        params = list(head.parameters())
+        if not params:  # an answer decoder: the control is the pretrained decoder as it is
+            metrics = {"loss": 0.0, "steps": 0}
+        else:
+            step = self.task_step(head, self.optimizer(params, self.local_steps(client.train)))
+            with self.model.active():  # the bare backbone
+                metrics = self.train_steps(self.batches(client.train, self.name, round_, client.name), step, terms=("loss",))
         return ClientUpdate(
             client=client.name,
             shared={},

@@ -28,6 +28,7 @@ def contrastive(z: torch.Tensor, z_glob: torch.Tensor, z_prev: torch.Tensor, tem
 
 class Moon(AdapterClient):
     name = "moon"
+    decodes_answers = False  # its rule reads pooled representations
 
     @classmethod
     def passes_per_step(cls, cfg) -> tuple[int, int]:

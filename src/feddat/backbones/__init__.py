@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from feddat.backbones.base import PROJECTORS, Backbone
 
-BACKBONES = ("foundation", "minivl", "vilt")
+BACKBONES = ("foundation", "minivl", "vilt", "blip")
+#: The backbones that answer with a decoder (base.Backbone.decoder_start): no classifier head.
+DECODERS = ("blip",)
 
 
-def build_backbone(name: str, path: str = "", image_size: int = 128, max_text_len: int = 20, projector: str = "random") -> Backbone:
+def build_backbone(name: str, path: str = "", image_size: int = 128, max_text_len: int = 20, projector: str = "random", max_answer_len: int = 10) -> Backbone:
     if name == "foundation":
         from feddat.backbones.foundation import Foundation
 
@@ -20,6 +22,10 @@ def build_backbone(name: str, path: str = "", image_size: int = 128, max_text_le
         from feddat.backbones.vilt import ViLT
 
         return ViLT.from_pretrained(path, image_size=image_size, max_text_len=max_text_len)
+    if name == "blip":
+        from feddat.backbones.blip import BLIP
+
+        return BLIP.from_pretrained(path, image_size=image_size, max_text_len=max_text_len, max_answer_len=max_answer_len)
     raise ValueError(f"unknown backbone '{name}': choose one of {', '.join(BACKBONES)}")
 
 
@@ -38,4 +44,4 @@ def backbone_identity(b) -> dict[str, str]:
 
 def backbone_from_config(b) -> Backbone:
     """The backbone a run's `[backbone]` section (config.BackboneConfig) describes."""
-    return build_backbone(b.name, b.path, b.image_size, b.max_text_len, b.projector)
+    return build_backbone(b.name, b.path, b.image_size, b.max_text_len, b.projector, b.max_answer_len)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feddat.backbones.base import Backbone, BlockInputs, trim_padding
+from feddat.backbones.base import Backbone, BlockInputs, load_hugging_face, trim_padding
 
 
 class ViLT(Backbone):
@@ -30,16 +30,9 @@ class ViLT(Backbone):
     @classmethod
     def from_pretrained(cls, path: str, image_size: int = 384, max_text_len: int = 40) -> "ViLT":
         """`path`: a hub id (needs a network, or the hub cache) or a folder with config, weights and tokenizer."""
-        from transformers import AutoTokenizer, ViltModel
+        from transformers import ViltModel
 
-        if not path:
-            raise ValueError("the vilt backbone needs backbone.path: a hub id such as dandelin/vilt-b32-mlm or a local folder")
-        local = Path(path).is_dir()
-        try:
-            model = ViltModel.from_pretrained(path, local_files_only=local)
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-        except OSError as err:
-            raise OSError(f"could not load ViLT from '{path}': {err}") from err
+        model, tokenizer = load_hugging_face(ViltModel, path, "ViLT", "dandelin/vilt-b32-mlm")
         return cls(model, tokenizer, image_size=image_size, max_text_len=max_text_len, source=path)
 
     @property

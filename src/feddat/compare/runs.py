@@ -11,6 +11,7 @@ from feddat import config as config_mod
 from feddat.compare.statistics import nanmean
 from feddat.compare.variants import LABEL, SHAREABLE, Variant, passes_per_step
 from feddat.config import Config, ConfigError
+from feddat.reporting import VIEWS
 from feddat.runtime import read_json
 
 
@@ -170,7 +171,7 @@ def evals_by_round(result: RunResult) -> dict[int, dict[str, dict[str, float]]]:
     out: dict[int, dict[str, dict[str, float]]] = {}
     for r in result.records:
         if r.get("kind") == "eval":
-            out.setdefault(int(r["round"]), {})[r["client"]] = {k: r[k] for k in ("global", "personal") if k in r}
+            out.setdefault(int(r["round"]), {})[r["client"]] = {k: r[k] for k in VIEWS if k in r}
     return dict(sorted(out.items()))
 
 

@@ -11,7 +11,7 @@ from feddat.compare.plots import write_plots
 from feddat.compare.runs import LAST_EVALS, RunResult, client_scores, compute_by_round, curve, last_evals, load_run_dirs
 from feddat.compare.statistics import MIN_SEEDS, Difference, mean_std, nanmean, significance
 from feddat.compare.variants import check_reference, default_reference
-from feddat.reporting import category_means, final_scores
+from feddat.reporting import GENERATED, VIEWS, category_means, final_scores
 from feddat.runtime import read_json, write_json, write_text
 
 
@@ -35,11 +35,11 @@ def summarise(results: list[RunResult], reference: str) -> tuple[list[Row], list
     labels = list(dict.fromkeys(r.label for r in results))
     clients: list[str] = []
     rows = []
-    for view in ("global", "personal"):
+    for view in VIEWS:  # an answer decoder's runs add the generated answers' scores of each view
         for label in labels:
-            runs = [r for r in results if r.label == label and (view == "global" or r.personal)]
+            runs = [r for r in results if r.label == label and (not view.startswith("personal") or r.personal)]
             per_seed = {r.seed: client_scores(r, view) for r in runs}
-            per_seed = {s: v for s, v in per_seed.items() if v}
+            per_seed = {s: v for s, v in per_seed.items() if any(final is not None for c, (final, _) in v.items() if c != "mean")}  # runs that scored this view
             if not per_seed:
                 continue
             names = [c for scores in per_seed.values() for c in scores if c != "mean"]
@@ -222,6 +222,10 @@ def write_report(results: list[RunResult], out_dir: Path, reference: str, title:
     personal = markdown_scores(rows, clients, "personal", reference)
     if personal:
         parts += ["## Personal model (FedDAT's Dual-Adapter Teacher, Ditto's personal adapter)", personal]
+    for view, title in (("global", "Global"), ("personal", "Personal")):
+        generated = markdown_scores(rows, clients, view + GENERATED, reference)
+        if generated:
+            parts += [f"## {title} model, generated answers (an answer decoder's greedy answers scored as free text; the tables above rank the answer list)", generated]
     parts += [
         "## Cost",
         "Compute counts backbone passes over a minibatch (forward and backward each count one). Bytes are per round over all participants. "

@@ -13,8 +13,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from feddat.answer_tokens import AnswerTokens
 from feddat.data.types import Batch, DataError, Encoder, RawClient, RawSplit
-from feddat.data.vqa_eval import accuracy_table
+from feddat.data.vqa_eval import accuracy_table, normalise_answer, vqa_accuracy
 from feddat.losses import score
 from feddat.runtime import derive_seed, load_tensors, save_tensors, write_json
 
@@ -42,12 +43,41 @@ class Split:
     # (N, answers) float64: each vocabulary answer's official VQA accuracy (data/vqa_eval.py), where
     # the data have ten annotators' answers. Evaluation reads it; training uses `targets`.
     accuracy: torch.Tensor | None = None
+    # For an answer-decoder backbone: the answer vocabulary as the decoder reads it, (ids, mask),
+    # each (answers, T) (Encoder.tokenize_answers). Batches then carry answers to decode.
+    candidates: tuple[torch.Tensor, torch.Tensor] | None = None
+    # For an answer decoder: each question's answers as given (its annotators', or its one), what
+    # a generated answer is scored against (score_generated).
+    answer_texts: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
     def batch(self, index: torch.Tensor, device: torch.device) -> Batch:
-        return Batch(*(t[index].to(device, non_blocking=True) for t in (self.image_features, self.input_ids, self.attention_mask, self.targets)))
+        """The examples at `index`; for an answer decoder, with their target answers to decode."""
+        inputs = (t[index].to(device, non_blocking=True) for t in (self.image_features, self.input_ids, self.attention_mask))
+        if self.candidates is None:
+            return Batch(*inputs, self.targets[index].to(device, non_blocking=True))
+        return Batch(*inputs, target_answers(self.targets[index], self.candidates).to(device))
+
+    def ranking_batch(self, index: torch.Tensor, device: torch.device) -> Batch:
+        """An answer decoder's evaluation batch: every candidate answer for each question, to be
+        ranked by the decoder's likelihood (ALBEF's VQA inference over the answer list)."""
+        ids, mask = self.candidates
+        b, c = len(index), len(ids)
+        owner = torch.arange(b).repeat_interleave(c)
+        answers = AnswerTokens(ids.repeat(b, 1), mask.repeat(b, 1), owner)
+        return Batch(*(t[index].to(device, non_blocking=True) for t in (self.image_features, self.input_ids, self.attention_mask)), answers.to(device))
+
+    def score_generated(self, answers: list[str], index: torch.Tensor) -> torch.Tensor:
+        """Per-example score (float64) of answers an answer decoder generated, free text that need
+        not be in the vocabulary, for the examples at `index`: the official VQA accuracy against
+        the annotators' answers where there are several, else exact match after the official
+        answer processing (vqa_eval.normalise_answer)."""
+        given = [self.answer_texts[i] for i in index.tolist()]
+        if self.accuracy is not None:
+            return torch.tensor([vqa_accuracy(a, annotators) for a, annotators in zip(answers, given)], dtype=torch.float64)
+        return torch.tensor([float(normalise_answer(a) == normalise_answer(g[0])) for a, g in zip(answers, given)], dtype=torch.float64)
 
     def score(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Per-example evaluation score (float64, on the CPU) of the arg-max answer for the
@@ -147,6 +177,21 @@ def soft_scores(answer_lists: Sequence[Sequence[str]], vocab: list[str]) -> torc
     return targets
 
 
+def target_answers(targets: torch.Tensor, candidates: tuple[torch.Tensor, torch.Tensor]) -> AnswerTokens:
+    """The answers an answer decoder learns for questions with `targets`: the answer of a class
+    index (weight 1), or every answer with a soft score, weighted by its share of the question's
+    scores (the annotators' votes, capped as VQA caps them at 3)."""
+    ids, mask = candidates
+    if not targets.is_floating_point():
+        known = targets >= 0  # training drops the others; a test question outside the vocabulary has no target
+        rows = known.nonzero().squeeze(1)
+        answer = targets[rows]
+        return AnswerTokens(ids[answer], mask[answer], rows, torch.ones(len(rows)))
+    rows, answer = targets.nonzero(as_tuple=True)
+    scores = targets[rows, answer]
+    return AnswerTokens(ids[answer], mask[answer], rows, scores / targets.sum(1)[rows])
+
+
 def encode_targets(raw: RawSplit, vocab: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(targets, known): soft scores where there are several answers per question, else class indices."""
     if raw.answer_lists is not None:
@@ -169,7 +214,17 @@ def encode_split(raw: RawSplit, backbone: Encoder, vocab: list[str], cache_dir: 
     warn_if_cut(raw, backbone)
     groups = None if raw.groups is None else [g for g, k in zip(raw.groups, keep.tolist()) if k]
     accuracy = None if raw.eval_answers is None else accuracy_table(raw.eval_answers, vocab)[keep]
-    return Split(features[keep], ids[keep], mask[keep], targets[keep], groups, accuracy)
+    candidates = texts = None
+    if decodes(backbone):
+        candidates = backbone.tokenize_answers(vocab)
+        given = raw.eval_answers if raw.eval_answers is not None else [[a] for a in raw.answers]
+        texts = [list(g) for g, k in zip(given, keep.tolist()) if k]
+    return Split(features[keep], ids[keep], mask[keep], targets[keep], groups, accuracy, candidates, texts)
+
+
+def decodes(backbone: Encoder) -> bool:
+    """Whether `backbone` answers with a decoder (backbones.base.Backbone.decoder_start)."""
+    return getattr(backbone, "decoder_start", None) is not None
 
 
 class QuestionsCut(UserWarning):
@@ -219,6 +274,11 @@ def build_client(
         if len(split.answers) == 0:  # the file, where the split came from one (folder data)
             raise DataError(f"client '{name}' has an empty {what} set" + (f": {split.origin} holds no record to read (only blank lines, or none; or every record was skipped as bad)" if split.origin else ""))
     vocab = client_vocabulary(train, max_answers, classes)
+    if decodes(backbone):  # every answer must fit the decoder: a cut one would be learnt wrong
+        try:
+            backbone.tokenize_answers(vocab)
+        except ValueError as err:
+            raise DataError(f"client '{name}'{f' ({train.origin})' if train.origin else ''}: {err}") from err
     return ClientData(
         name=name,
         answers=vocab,

@@ -6,7 +6,7 @@
 - `Encoder`: what the data need of a backbone to encode a split (backbones.base.Backbone has it);
 - `Batch`: the tensors of one minibatch, as `Split.batch` (data/clients.py) gives them.
 
-This module imports nothing from feddat: every part of the data layer, and the layers above it,
+This module imports nothing from feddat but the leaf answer_tokens: every part of the data layer, and the layers above it,
 can import it without a circle.
 """
 
@@ -18,6 +18,8 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
+
+from feddat.answer_tokens import AnswerTokens
 
 
 class DataError(ValueError):
@@ -147,7 +149,10 @@ class Batch(NamedTuple):
     image_features: torch.Tensor  # (B, ...) backbone.encode_images output; (B, 2, ...) for two-image tasks
     input_ids: torch.Tensor  # (B, L)
     attention_mask: torch.Tensor  # (B, L)
-    targets: torch.Tensor  # (B,) class indices (-1: outside the vocabulary) or (B, answers) soft scores
+    # (B,) class indices (-1: outside the vocabulary) or (B, answers) soft scores; for an answer
+    # decoder, the answers to decode (Split.candidates): the targets when training, every
+    # candidate when ranking (Split.ranking_batch).
+    targets: torch.Tensor | AnswerTokens
 
     @property
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

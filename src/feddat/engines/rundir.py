@@ -158,17 +158,17 @@ def final_score_summary(records: list[dict], method: str) -> dict | None:
     """A method's final scores for summary.json, in [0, 1] as metrics.jsonl holds them: the mean
     over clients per view ('global', and 'personal' for a method that has it), and each client's;
     None before the method's first evaluation."""
-    from feddat.reporting import final_scores
+    from feddat.reporting import VIEWS, final_scores
 
     per_client = final_scores(records).get(method)
     if not per_client:
         return None
     out: dict = {}
-    for view in ("global", "personal"):
+    for view in VIEWS:
         values = [s[view] for s in per_client.values() if s.get(view) is not None and s[view] == s[view]]
         if values:
             out[view] = sum(values) / len(values)
-    out["clients"] = {c: {v: s[v] for v in ("global", "personal") if v in s} for c, s in per_client.items()}
+    out["clients"] = {c: {v: s[v] for v in VIEWS if v in s} for c, s in per_client.items()}
     return out
 
 

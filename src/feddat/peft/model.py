@@ -20,6 +20,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from feddat.answer_tokens import AnswerTokens
 from feddat.backbones.base import Backbone
 from feddat.backbones.state import check_state, copy_checked  # noqa: F401  (re-exported: the adapters' states are checked the same way)
 from feddat.peft.adapter import AdapterSite, BottleneckAdapter
@@ -186,9 +187,13 @@ class AdaptedModel(nn.Module):
         expected = {f"{i}.{k}": v for i, site in self.sites.items() for k, v in site.adapters[name].state_dict().items()}
         copy_checked(state, expected, f"adapter state for '{name}'")
 
-    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """-> pooled representations: (B, hidden), or (copies x B, hidden) inside `routed`."""
+    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, answers: AnswerTokens | None = None) -> torch.Tensor:
+        """-> pooled representations: (B, hidden), or (copies x B, hidden) inside `routed`.
+        An answer-decoder backbone decodes `answers` (N of them) after its encoder and returns
+        their token logits: (N, T, vocabulary), or (copies x N, ...) inside `routed`."""
         backbone = self.backbone
+        if (backbone.decoder_start is None) != (answers is None):
+            raise ValueError(f"{type(backbone).__name__} {'takes no answers to decode' if answers is not None else 'decodes answers: pass them'}")
         if self.prefix_cache and self.routing is None and not any(site.active for site in self.sites.values()):
             pooled = self.prefix_cache.run_bare(image_features, input_ids, attention_mask)
             if pooled is not None:  # the bare backbone, every block frozen
@@ -198,6 +203,9 @@ class AdaptedModel(nn.Module):
         skip = self.prefix_cache.depth if cached else 0  # blocks whose output came from the cache
         for i, (block, (routes, copies)) in enumerate(zip(backbone.blocks, self.plan())):
             site = block if isinstance(block, AdapterSite) else None
+            if i == backbone.decoder_start:  # the encoder's states become the decoder's memory
+                batch = input_ids.shape[0]
+                hidden, inputs = backbone.begin_decoding(hidden, inputs, answers.widened(batch, hidden.shape[0] // batch))
             if i >= skip:
                 hidden = backbone.run_block(site.block if site else block, hidden, inputs)
             if copies > 1:

@@ -14,6 +14,7 @@ import weakref
 import torch
 from torch import nn
 
+from feddat.answer_tokens import AnswerTokens
 from feddat.peft.model import AdaptedModel
 from feddat.peft.views import PeftView, Tensors, view_for
 
@@ -60,9 +61,9 @@ class PromptView(PeftView):
         p = self.inject.to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
         return torch.cat([output[:, :1], p, output[:, 1 + self.length :]], dim=1)
 
-    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, answers: AnswerTokens | None = None) -> torch.Tensor:
         if not self.current:
-            return self.base(image_features, input_ids, attention_mask)
+            return self.base(image_features, input_ids, attention_mask, answers)
         limit = max_positions(self.base)
         if limit is not None and input_ids.shape[1] + self.length > limit:
             raise ValueError(f"{input_ids.shape[1]} question tokens + {self.length} prompt tokens exceed the backbone's {limit} text positions: lower peft.prompt_length or backbone.max_text_len")
@@ -72,7 +73,7 @@ class PromptView(PeftView):
         mask = torch.cat([attention_mask[:, :1], attention_mask.new_ones(b, self.length), attention_mask[:, 1:]], dim=1)
         self.inject = self.prompts[self.current[0]]
         try:
-            return self.base(image_features, ids, mask)
+            return self.base(image_features, ids, mask, answers)
         finally:
             self.inject = None
 

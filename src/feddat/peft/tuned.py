@@ -16,6 +16,7 @@ import copy
 import torch
 from torch import nn
 
+from feddat.answer_tokens import AnswerTokens
 from feddat.peft.model import AdaptedModel
 from feddat.peft.views import PeftView, Tensors, block_modules, view_for
 from feddat.runtime import home_copy
@@ -61,9 +62,9 @@ class TunedView(PeftView):
             raise KeyError(f"no {self.kind} set named '{name}'")
         return dict(self.params)
 
-    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, answers: AnswerTokens | None = None) -> torch.Tensor:
         # The tuned weights are always in place: "active" or not, this copy is the tuned model.
-        return self.base(image_features, input_ids, attention_mask)
+        return self.base(image_features, input_ids, attention_mask, answers)
 
 
 def tuned_view(model: AdaptedModel, kind: str) -> TunedView:

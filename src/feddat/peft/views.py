@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from feddat.answer_tokens import AnswerTokens
 from feddat.peft.model import AdaptedModel, copy_checked
 from feddat.runtime import home_copy
 
@@ -100,12 +101,12 @@ class PeftView:
         finally:
             self.activate(*previous)
 
-    def __call__(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, answers: AnswerTokens | None = None) -> torch.Tensor:
         with self.base.active():  # bottleneck adapters off: this view's modules alone adapt the model
-            return self.forward(image_features, input_ids, attention_mask)
+            return self.forward(image_features, input_ids, attention_mask, answers)
 
-    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.base(image_features, input_ids, attention_mask)
+    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, answers: AnswerTokens | None = None) -> torch.Tensor:
+        return self.base(image_features, input_ids, attention_mask, answers)
 
     @property
     def acting(self) -> bool:

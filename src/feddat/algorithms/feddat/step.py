@@ -24,7 +24,7 @@ class Optimizers:
     """The optimisers of one local update, by the part each moves (docs/design.md §4: separate)."""
 
     shared: torch.optim.Optimizer
-    student_head: torch.optim.Optimizer
+    student_head: torch.optim.Optimizer | None  # None where the head has no parameters (an answer decoder's)
     client: torch.optim.Optimizer | None  # None when the teacher has no client adapter, or A_c does not train this round
     teacher_head: torch.optim.Optimizer | None  # None with feddat.head_update = student
 
@@ -91,9 +91,9 @@ def make_optimizers(m, head: torch.nn.Module, steps: int, round_: int) -> Optimi
         return SingleOptimizer(m.optimizer(params, 2 * steps, per_epoch=max(1, steps // m.cfg.train.local_epochs)))
     return Optimizers(
         shared=m.optimizer(m.model.adapter_parameters("shared"), steps, clock=(2, 0)),
-        student_head=m.optimizer(head_params, steps, clock=(2, 0)),
+        student_head=m.optimizer(head_params, steps, clock=(2, 0)) if head_params else None,
         client=m.optimizer(client, steps, clock=(2, 1)) if client else None,
-        teacher_head=m.optimizer(head_params, steps, clock=(2, 1)) if m.cfg.feddat.head_update == "both" else None,
+        teacher_head=m.optimizer(head_params, steps, clock=(2, 1)) if head_params and m.cfg.feddat.head_update == "both" else None,
     )
 
 
@@ -101,14 +101,14 @@ def student_loss(f, z_s: torch.Tensor, z_dat: torch.Tensor, y: torch.Tensor, kin
     """(loss, kd): CE + α·T²·KL(DAT ‖ student) (kd is zero when switched off), times
     feddat.loss_scale (0.5: the reference code's ½(CE + KL)). `f`: the [feddat] settings;
     `kind`: train.task_loss."""
-    kd = distill(z_s, z_dat, f.temperature) if f.kd != "none" else z_s.new_zeros(())
+    kd = distill(z_s, z_dat, f.temperature, y) if f.kd != "none" else z_s.new_zeros(())
     return f.loss_scale * (task_loss(z_s, y, kind) + f.alpha * kd), kd
 
 
 def dat_loss(f, z_dat: torch.Tensor, z_s: torch.Tensor, y: torch.Tensor, kind: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, kd): CE + β·T²·KL(student ‖ DAT), the student's logits taken before its update,
     times feddat.loss_scale."""
-    kd = distill(z_dat, z_s, f.temperature) if f.kd == "mutual" else z_dat.new_zeros(())
+    kd = distill(z_dat, z_s, f.temperature, y) if f.kd == "mutual" else z_dat.new_zeros(())
     return f.loss_scale * (task_loss(z_dat, y, kind) + f.beta * kd), kd
 
 

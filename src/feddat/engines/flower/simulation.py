@@ -34,9 +34,12 @@ Log = Callable[[str], None]
 # Ray's object store holds messages and contexts in flight (A_s and metrics: small); Ray's
 # default (30% of memory) would reserve gigabytes. 128 MiB is well above Ray's 75 MiB floor.
 OBJECT_STORE_BYTES = 128 * 1024**2
-# Set for the duration of a simulation only: no usage reports from Ray, no telemetry from
-# Flower (this machine has no network; a report would only wait for its timeout).
-QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0"}
+# Set for the duration of a simulation only (a value the user set wins): no usage reports from
+# Ray, no telemetry from Flower (a machine without a network would only wait for their
+# timeouts); and the ClientApps at normal priority: Ray starts its workers at niceness 15, so on
+# a machine with other work they get a few percent of a core, and a round that takes seconds
+# alone took over ten minutes beside two busy processes (the SuperNodes never answered).
+QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0", "RAY_worker_niceness": "0"}
 
 
 def run_simulation(cfg: Config, log: Log = print) -> Path:
@@ -50,11 +53,12 @@ def run_simulation(cfg: Config, log: Log = print) -> Path:
     clients = client_names(cfg)
     backend = backend_config(cfg, len(clients))
     log(f"flower simulation: {len(clients)} virtual SuperNodes ({', '.join(clients)}); each ClientApp gets {backend['client_resources']}")
-    with tempfile.TemporaryDirectory(prefix="feddat-sim-") as tmp, quiet_environment(), ray_session() as ray_tmp:
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    with tempfile.TemporaryDirectory(prefix="feddat-sim-") as tmp, quiet_environment(), ray_session(run_dir / "ray-logs") as ray_tmp:
         backend["init_args"]["_temp_dir"] = str(ray_tmp)
         app_dir = write_app(Path(tmp))  # the Flower App `flwr run` would submit: its run-config key
         simulate(server_app.app, client_app.app, len(clients), backend, app_dir, transport.run_config_text(cfg))
-    return Path(cfg.run.out_dir) / cfg.run.name
+    return run_dir
 
 
 def named(cfg: Config) -> Config:
@@ -110,10 +114,12 @@ def quiet_environment() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ray_session() -> Iterator[Path]:
+def ray_session(keep_logs_in: Path) -> Iterator[Path]:
     """A temporary folder for a Ray instance of this run's own (Flower's backend starts it with
     the backend config's init_args), and Ray stopped afterwards: Flower's backend stops it at the
-    end of a run, this covers a failure before Flower gets to it."""
+    end of a run, this covers a failure before Flower gets to it. When the run fails, Ray's
+    logs (its workers' output, the actors' errors) are copied to `keep_logs_in` first: they are
+    what explains a ClientApp that never answered."""
     import ray
 
     if ray.is_initialized():  # Flower would reuse it, with its resources and temp dir, not ours
@@ -126,10 +132,28 @@ def ray_session() -> Iterator[Path]:
             # them: hiding them is what a CPU run wants, and ray is pinned (constraints.txt).
             warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
             yield ray_tmp
+    except BaseException as err:
+        kept = keep_ray_logs(ray_tmp, keep_logs_in)
+        if kept and isinstance(err, RuntimeError):
+            raise RuntimeError(f"{err} (Ray's logs of this run: {kept})") from err.__cause__
+        raise
     finally:
         if ray.is_initialized():
             ray.shutdown()
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def keep_ray_logs(ray_tmp: Path, dest: Path) -> Path | None:
+    """Ray's session logs copied to `dest` (None if Ray wrote none, or they can't be copied:
+    keeping them must not hide the error being reported)."""
+    logs = ray_tmp / "session_latest" / "logs"
+    if not logs.is_dir():
+        return None
+    try:
+        shutil.copytree(logs, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
+    except OSError:
+        return None
+    return dest
 
 
 def simulate(server, client, num_supernodes: int, backend: dict, app_dir: Path, run_config_text: str) -> None:
