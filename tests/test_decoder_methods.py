@@ -252,3 +252,69 @@ def test_an_interrupted_decoder_run_resumes_to_the_uninterrupted_runs_numbers_bi
     assert json.loads((tmp_path / "stopped" / "checkpoint" / "feddat" / "progress.json").read_text())["round"] == 3
     assert resumed_lines == straight_lines
     assert all(torch.equal(resumed_adapter[k], straight_adapter[k]) for k in straight_adapter)
+
+
+@pytest.fixture(scope="module")
+def blip_lora_run(tiny_blip_dir, tmp_path_factory):
+    """One tiny run of the two LoRA methods on BLIP (2 rounds, function clients)."""
+    from feddat import config as config_mod
+    from feddat.data.sources import raw_clients
+    from feddat.engines.runner import run_experiment
+
+    out = tmp_path_factory.mktemp("blip-lora")
+    cfg = config_mod.load(None, {
+        "backbone.name": "blip", "backbone.path": tiny_blip_dir, "backbone.image_size": TINY_IMAGE, "backbone.max_text_len": 12,
+        "peft.lora_rank": 2, "data.benchmark": "function", "data.train_per_client": 8, "data.test_per_client": 4,
+        "data.cache_dir": str(out / "cache"), "federation.rounds": 2, "federation.eval_every": 2, "train.batch_size": 8, "train.lr": 0.01,
+        "run.methods": "fedavg_lora,feddat_lora", "run.out_dir": str(out), "run.name": "tiny", "run.threads": 1, "run.precision": "fp32",
+    })  # fmt: skip
+    run_dir = run_experiment(cfg, log=lambda s: None)
+    return run_dir, {c.name: c.test for c in raw_clients(cfg)}
+
+
+@torch.no_grad()
+def hf_answer_logits(hf, features, ids, mask, answer_ids, answer_mask):
+    """BlipForQuestionAnswering's teacher-forced decoder logits (its forward returns none) on
+    the image embeddings `features` (test_blip.py checks they are its vision model's output)."""
+    image_mask = torch.ones(features.shape[:2], dtype=torch.long)
+    question = hf.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=features, encoder_attention_mask=image_mask).last_hidden_state
+    return hf.text_decoder(input_ids=answer_ids, attention_mask=answer_mask, encoder_hidden_states=question, encoder_attention_mask=mask).logits
+
+
+@pytest.mark.parametrize("method, view, sets", [("fedavg_lora", "global", 1), ("feddat_lora", "global", 1), ("feddat_lora", "personal", 2)])
+def test_blip_lora_exports_in_peft_format_to_the_evaluated_decoder(blip_lora_run, tiny_blip_dir, tmp_path, method, view, sets):
+    """A LoRA export of BLIP names BlipForQuestionAnswering's own module paths (the text
+    encoder's and the text decoder's layers), reloads to the evaluated model's scores and
+    answers, and peft puts it onto a fresh transformers BLIP whose decoder logits are feddat's."""
+    from peft import PeftModel
+    from transformers import BlipForQuestionAnswering
+
+    from feddat import inference
+    from feddat.backbones.base import trim_padding
+
+    run_dir, test = blip_lora_run
+    split, client = test["count"], "count"
+    ours = inference.load(run_dir, method, client, view)
+    scores, said = ours.logits(list(split.images), split.questions), ours.generate(list(split.images), split.questions)
+    exported = inference.export(run_dir, method, client, tmp_path / "lora", view)
+    config = json.loads((exported / "adapter_config.json").read_text())
+    assert config["r"] == 2 * sets and config["base_model_name_or_path"] == tiny_blip_dir  # n sets of rank 2 stacked
+    halves = {t.split(".layer.")[0] for t in config["target_modules"]}
+    assert halves == {"text_encoder.encoder", "text_decoder.bert.encoder"}, config["target_modules"]
+    again = inference.load(exported)
+    assert torch.equal(again.logits(list(split.images), split.questions), scores) and again.generate(list(split.images), split.questions) == said
+
+    # The ecosystem's path: peft on a fresh transformers BLIP, against feddat's adapted model,
+    # on one unpadded question (HF's layers attend to a question's padding, blip.run_block).
+    hf = PeftModel.from_pretrained(BlipForQuestionAnswering.from_pretrained(tiny_blip_dir, local_files_only=True), str(exported)).eval()
+    backbone = ours.backbone
+    features = backbone.encode_images(split.images[:1])
+    ids, mask = trim_padding(*backbone.tokenize(split.questions[:1]))
+    answer_ids, answer_mask = trim_padding(*backbone.tokenize_answers([split.answers[0]]))
+    assert mask.all() and answer_mask.all()
+    with ours.method.model.active(*ours.deployed.active, **ours.deployed.path), torch.no_grad():
+        feddat_logits = ours.method.model(features, ids, mask, AnswerTokens(answer_ids, answer_mask, torch.tensor([0])))
+    theirs = hf_answer_logits(hf.base_model.model, features, ids, mask, answer_ids, answer_mask)
+    torch.testing.assert_close(theirs, feddat_logits, rtol=1e-4, atol=1e-5)
+    with hf.disable_adapter():  # and the LoRA is part of what was compared
+        assert not torch.allclose(hf_answer_logits(hf.base_model.model, features, ids, mask, answer_ids, answer_mask), theirs, atol=1e-4)

@@ -417,17 +417,25 @@ def peft_kind(method: str) -> str:
     return "head" if issubclass(METHODS[method], HeadOnly) else kinds.get(method, "bottleneck")
 
 
-def hf_encoder(backbone) -> tuple[torch.nn.Module, str]:
-    """The transformers model inside `backbone` that holds its adapted blocks, and the blocks'
-    module path in it ('encoder.layer'): what a peft adapter of this backbone attaches to."""
+def hf_encoder(backbone) -> tuple[torch.nn.Module, list[str]]:
+    """The transformers model inside `backbone` that holds its adapted blocks, and each block's
+    module path in it ('encoder.layer.3'): what a peft adapter of this backbone attaches to. The
+    blocks are found by identity, so they need not be one list of that model: BLIP's are the
+    text encoder's layers then the text decoder's ('text_decoder.bert.encoder.layer.0')."""
     from transformers import PreTrainedModel
 
-    for module in backbone.modules():
+    for module in backbone.modules():  # outermost first: BlipForQuestionAnswering, not its text encoder
         if isinstance(module, PreTrainedModel):
-            for name, inner in module.named_modules():
-                if inner is backbone.blocks:
-                    return module, name
+            names = {id(inner): name for name, inner in module.named_modules()}
+            if all(id(block) in names for block in backbone.blocks):
+                return module, [names[id(block)] for block in backbone.blocks]
     raise ValueError(f"backbone {type(backbone).__name__} has no transformers model holding its blocks: its LoRA cannot be written in peft's format")
+
+
+def common_prefix(blocks: Sequence[str]) -> str:
+    """'encoder.layer' where block i is 'encoder.layer.i' (one list of the model); '' otherwise."""
+    prefix = blocks[0].rsplit(".", 1)[0] if blocks else ""
+    return prefix if prefix and list(blocks) == [f"{prefix}.{i}" for i in range(len(blocks))] else ""
 
 
 def base_model_source(cfg: Config) -> str:
@@ -451,15 +459,17 @@ def lora_base_note(cfg: Config) -> str:
     return f"{cfg.backbone.name}: the transformers model at {base_model_source(cfg)} as it is (feddat.lora_base(EXPORT) builds it with the image side)"
 
 
-def peft_tensors(deployed: Deployment, prefix: str) -> tuple[Tensors, list[str]]:
-    """The active LoRA sets as one peft adapter. n sets acting in mean mode add (α/r)/n · Σ B_i A_i;
-    stacking their A rows and B columns gives one LoRA of rank n·r with the same update when its
-    lora_alpha stays α (peft scales by lora_alpha / rank)."""
+def peft_tensors(deployed: Deployment, blocks: Sequence[str]) -> tuple[Tensors, list[str]]:
+    """The active LoRA sets as one peft adapter on the modules `blocks` (each block's path in the
+    transformers model) names. n sets acting in mean mode add (α/r)/n · Σ B_i A_i; stacking their
+    A rows and B columns gives one LoRA of rank n·r with the same update when its lora_alpha
+    stays α (peft scales by lora_alpha / rank)."""
     sets = [deployed.sets[name] for name in deployed.active]
     tensors, targets = {}, []
     for key in sorted(k for k in sets[0] if k.endswith(".lora_A")):
         module = key[: -len(".lora_A")]  # '<block>.<path in block>'
-        full = f"{prefix}.{module}"
+        block, path = module.split(".", 1)
+        full = f"{blocks[int(block)]}.{path}"
         targets.append(full)
         tensors[f"base_model.model.{full}.lora_A.weight"] = torch.cat([s[f"{module}.lora_A"] for s in sets], dim=0)
         tensors[f"base_model.model.{full}.lora_B.weight"] = torch.cat([s[f"{module}.lora_B"] for s in sets], dim=1)
@@ -560,14 +570,16 @@ def write_peft_adapter(deployed: Deployment, out: Path, info: dict) -> None:
 
     from feddat.backbones import backbone_from_config
 
-    _, prefix = hf_encoder(backbone_from_config(deployed.cfg.backbone))
-    tensors, targets = peft_tensors(deployed, prefix)
+    _, blocks = hf_encoder(backbone_from_config(deployed.cfg.backbone))
+    tensors, targets = peft_tensors(deployed, blocks)
     p = deployed.cfg.peft
     config = LoraConfig(r=p.lora_rank * len(deployed.active), lora_alpha=p.lora_alpha, target_modules=targets, lora_dropout=0.0, bias="none", base_model_name_or_path=base_model_source(deployed.cfg) or None, inference_mode=True)
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(out))
     save_tensors(out / "adapter_model.safetensors", tensors, metadata={"format": "pt"})
-    info.update(lora_prefix=prefix, lora_rank=p.lora_rank, lora_alpha=p.lora_alpha, lora_base=lora_base_note(deployed.cfg))
+    # lora_blocks: which block each module path is in, for reading the sets back (BLIP's blocks are
+    # in two lists of the model, so no prefix says it); lora_prefix: the one list, where there is one.
+    info.update(lora_prefix=common_prefix(blocks), lora_blocks=blocks, lora_rank=p.lora_rank, lora_alpha=p.lora_alpha, lora_base=lora_base_note(deployed.cfg))
 
 
 def copy_checkpoint(cfg: Config, out: Path) -> None:
@@ -610,6 +622,9 @@ def export_info(folder: str | Path) -> dict:
     require(info["client"], CLIENT_KEYS, "client.")
     if info["kind"] == "lora":
         require(info, LORA_KEYS, "")
+        blocks = info.get("lora_blocks", [])
+        if not isinstance(blocks, list) or not all(isinstance(b, str) and b for b in blocks):
+            raise ValueError(f"{path}: 'lora_blocks' is {blocks!r}, expected a JSON array of module paths")
     for key, value, allowed in (("method", info["method"], METHODS), ("view", info["view"], VIEWS), ("kind", info["kind"], KINDS)):
         if value not in allowed:
             raise ValueError(f"{path}: {key} '{value}' is not one of: {', '.join(allowed)}")
@@ -625,7 +640,8 @@ def from_export(folder: str | Path, info: dict | None = None) -> Deployment:
     active = tuple(info["active"])
     if info["kind"] == "lora":
         sets_file = folder / "adapter_model.safetensors"
-        sets = sets_from_peft(load_tensors(sets_file), info["lora_prefix"], active, info["lora_rank"])
+        tensors = load_tensors(sets_file)
+        sets = sets_from_peft(tensors, export_blocks(info, tensors), active, info["lora_rank"])
     else:
         sets_file = folder / "adapters.safetensors"
         stored = load_tensors(sets_file)
@@ -688,15 +704,31 @@ def describe_identity(identity: dict) -> str:
     return f"'{identity.get('name')}'" + (f" (checkpoint sha256 {str(sha)[:12]}…)" if sha else "")
 
 
-def sets_from_peft(tensors: Tensors, prefix: str, active: tuple[str, ...], rank: int) -> dict[str, Tensors]:
-    """Undo `peft_tensors`: the stacked LoRA split back into its sets, keyed as LoraView keys them."""
-    head = f"base_model.model.{prefix}."
+def export_blocks(info: dict, tensors: Tensors) -> list[str]:
+    """Each block's module path in a LoRA export's transformers model: feddat_model.json's
+    lora_blocks, or for an export written before it had them '<lora_prefix>.<i>' (every backbone
+    then held its blocks in one list), as many as the adapter's tensors reach."""
+    if info.get("lora_blocks"):
+        return info["lora_blocks"]
+    head = f"base_model.model.{info['lora_prefix']}."
+    firsts = [k[len(head) :].split(".")[0] for k in tensors if k.startswith(head)]
+    indices = [int(first) for first in firsts if first.isdigit()]
+    return [f"{info['lora_prefix']}.{i}" for i in range(max(indices, default=-1) + 1)]
+
+
+def sets_from_peft(tensors: Tensors, blocks: Sequence[str], active: tuple[str, ...], rank: int) -> dict[str, Tensors]:
+    """Undo `peft_tensors`: the stacked LoRA split back into its sets, keyed as LoraView keys them
+    ('<block index>.<path in block>.lora_A', the index of the path in `blocks` that holds it)."""
+    head = "base_model.model."
     sets: dict[str, Tensors] = {name: {} for name in active}
     for key, value in tensors.items():
-        if not key.startswith(head):
-            raise ValueError(f"peft adapter key '{key}' is not under '{head}'")
-        module, part = key[len(head) :].rsplit(".", 2)[0], key.rsplit(".", 2)[1]  # ('3.attention.attention.query', 'lora_A')
+        module, part = key.removeprefix(head).rsplit(".", 2)[:2]  # ('text_decoder.bert.encoder.layer.1.crossattention.self.query', 'lora_A')
+        holding = [i for i, block in enumerate(blocks) if key.startswith(f"{head}{block}.")]
+        if not holding:
+            raise ValueError(f"peft adapter key '{key}' is in none of the adapted blocks ({', '.join(blocks[:2])}, ...)")
+        index = holding[0]
+        local = f"{index}.{module[len(blocks[index]) + 1 :]}"  # '1.crossattention.self.query'
         chunks = value.split(rank, dim=0 if part == "lora_A" else 1)
         for name, chunk in zip(active, chunks):
-            sets[name][f"{module}.{part}"] = chunk.contiguous()
+            sets[name][f"{local}.{part}"] = chunk.contiguous()
     return sets
