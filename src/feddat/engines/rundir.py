@@ -39,7 +39,7 @@ ADDED_SINCE_FINGERPRINTS = (
     "train.schedule_epochs", "train.decay_head_norm", "train.task_loss",
     "feddat.optimizer", "feddat.client_adapter_rounds", "feddat.client_init", "feddat.personal_frozen",
     "feddat.kd_warmup_rounds", "feddat.head_update",
-    "data.validation_per_client", "federation.select_round",
+    "data.validation_per_client", "federation.select_round", "backbone.max_answer_len",
 )
 
 
