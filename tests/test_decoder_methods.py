@@ -318,3 +318,14 @@ def test_blip_lora_exports_in_peft_format_to_the_evaluated_decoder(blip_lora_run
     torch.testing.assert_close(theirs, feddat_logits, rtol=1e-4, atol=1e-5)
     with hf.disable_adapter():  # and the LoRA is part of what was compared
         assert not torch.allclose(hf_answer_logits(hf.base_model.model, features, ids, mask, answer_ids, answer_mask), theirs, atol=1e-4)
+
+
+def test_evaluation_batches_of_a_decoder_keep_every_candidates_logits_near_256_mib(blip, blip_clients):
+    """Ranking decodes every candidate of every question at once: the eval batch shrinks so that
+    questions x answers x tokens x vocabulary float32 logits stay near 256 MiB."""
+    cfg, model, method = make(blip, "fedavg", **{"train.eval_batch_size": 10_000})
+    split = blip_clients[0].test
+    answers, tokens = split.candidates[0].shape
+    size = method.eval_batch_size(split)
+    assert blip.vocab_size == len(blip.tokenizer)
+    assert size * answers * tokens * blip.vocab_size * 4 <= 256 * 2**20 < (size + 1) * answers * tokens * blip.vocab_size * 4

@@ -343,7 +343,8 @@ class Method:
         return step
 
     def represent(self, batch: Batch) -> torch.Tensor:
-        """The pooled representation of a batch (its targets are not read)."""
+        """The pooled representation of a batch (its targets are not read); on an answer decoder,
+        the token logits of the answers its targets hold."""
         features, ids, mask = batch.inputs
         if isinstance(batch.targets, AnswerTokens):  # an answer decoder: the answers' token logits
             with autocast(self.device, self.cfg.run.precision):
@@ -400,8 +401,7 @@ class Method:
         if split.candidates is None:
             return size
         answers, tokens = split.candidates[0].shape
-        vocabulary = getattr(self.backbone(), "vocab_size", 32_000)
-        return max(1, min(size, (256 * 2**20) // (4 * answers * tokens * vocabulary)))
+        return max(1, min(size, (256 * 2**20) // (4 * answers * tokens * self.backbone().vocab_size)))
 
     @torch.no_grad()
     def view_scores(self, view: str, split: Split, head: nn.Module, adapters: tuple[str, ...], **path) -> dict[str, float]:

@@ -108,7 +108,8 @@ class Backbone(nn.Module, ABC):
     prefix_cacheable: bool = False
     #: The index in `blocks` of an answer decoder's first block; None for an encoder that ends
     #: in `pool`'s vector (every classifier backbone). A decoder also says which tokens start,
-    #: end and pad an answer (`start_token_id`, `end_token_id`, `pad_token_id`).
+    #: end and pad an answer (`start_token_id`, `end_token_id`, `pad_token_id`) and how many
+    #: tokens its logits score (`vocab_size`).
     decoder_start: int | None = None
 
     @property

@@ -39,6 +39,7 @@ class BLIP(Backbone):
         self.start_token_id = text.bos_token_id  # [DEC]: what HF's generate starts the answer with
         self.end_token_id = text.sep_token_id  # [SEP]: where generate stops
         self.pad_token_id = text.pad_token_id
+        self.vocab_size = text.vocab_size  # of the decoder's token logits
         self.label_smoothing = text.label_smoothing  # of HF's decoder loss
         # BLIP's own preprocessing (bicubic resize, CLIP mean/std), in its PIL variant: torchvision
         # is not a dependency.
