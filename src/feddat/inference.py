@@ -269,6 +269,8 @@ class Predictor:
         c = deployed.client
         self.answers: list[str] = c["answers"]
         self.decodes = self.method.decodes
+        # An answer decoder's reading of the client's answer list (what its evaluation ranked).
+        self.candidates = self.backbone.tokenize_answers(self.answers) if self.decodes else None
         # An answer decoder ranks the client's answers by likelihood (as its evaluation did): no head.
         self.head = AnswerReadout() if self.decodes else TaskHead(self.method.model.hidden_size, len(self.answers), c["images_per_example"])
         try:
@@ -318,14 +320,10 @@ class Predictor:
             features = self.backbone.encode_images(pixels.reshape(n * m, *pixels.shape[2:]))
             features = features.reshape(n, m, *features.shape[1:])
         ids, mask = self.backbone.tokenize(list(questions))
-        split = Split(features, ids, mask, torch.zeros(len(questions), dtype=torch.long), candidates=self.candidates())
+        split = Split(features, ids, mask, torch.zeros(len(questions), dtype=torch.long), candidates=self.candidates)
         self.method.seed_forward("eval")  # as evaluation does: ViLT draws on torch's RNG in forward
         with self.method.model.active(*self.deployed.active, **self.deployed.path):
             return self.method.answer_scores(self.head, split, torch.arange(len(questions))).float().cpu()
-
-    def candidates(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """An answer decoder's reading of the client's answer list (what its evaluation ranked)."""
-        return self.backbone.tokenize_answers(self.answers) if self.decodes else None
 
     @torch.no_grad()
     def generate(self, images: Sequence, questions: Sequence[str]) -> list[str]:

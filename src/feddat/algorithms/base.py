@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from feddat.config import Config
-from feddat.data.clients import ClientData, Split
+from feddat.data.clients import ClientData, Split, decodes as backbone_decodes
 from feddat.data.types import Batch
 from feddat.answer_tokens import AnswerTokens
 from feddat.backbones.base import greedy_decode
@@ -384,7 +384,7 @@ class Method:
     def generate(self, split: Split, index: torch.Tensor) -> list[str]:
         """An answer decoder's greedy answers (text) to the questions at `index`, through the
         model with its active adapters: the open-ended answer, which may be outside the list."""
-        features, ids, mask = split.batch(index, self.device).inputs
+        features, ids, mask = split.inputs(index, self.device)
         backbone = self.backbone()
 
         def next_logits(answers: AnswerTokens) -> torch.Tensor:
@@ -438,7 +438,7 @@ def backbone_of(model: nn.Module):
 
 def decodes(model: nn.Module) -> bool:
     """Whether the model's backbone answers with a decoder (backbones.base.Backbone.decoder_start)."""
-    return getattr(backbone_of(model), "decoder_start", None) is not None
+    return backbone_decodes(backbone_of(model))
 
 
 def shuffled(n: int, size: int, epochs: int, g: torch.Generator) -> Iterator[torch.Tensor]:

@@ -53,12 +53,15 @@ class Split:
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
+    def inputs(self, index: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+        """The model's inputs of the examples at `index`: image features, question ids and mask."""
+        return [t[index].to(device, non_blocking=True) for t in (self.image_features, self.input_ids, self.attention_mask)]
+
     def batch(self, index: torch.Tensor, device: torch.device) -> Batch:
         """The examples at `index`; for an answer decoder, with their target answers to decode."""
-        inputs = (t[index].to(device, non_blocking=True) for t in (self.image_features, self.input_ids, self.attention_mask))
         if self.candidates is None:
-            return Batch(*inputs, self.targets[index].to(device, non_blocking=True))
-        return Batch(*inputs, target_answers(self.targets[index], self.candidates).to(device))
+            return Batch(*self.inputs(index, device), self.targets[index].to(device, non_blocking=True))
+        return Batch(*self.inputs(index, device), target_answers(self.targets[index], self.candidates).to(device))
 
     def ranking_batch(self, index: torch.Tensor, device: torch.device) -> Batch:
         """An answer decoder's evaluation batch: every candidate answer for each question, to be
@@ -67,7 +70,7 @@ class Split:
         b, c = len(index), len(ids)
         owner = torch.arange(b).repeat_interleave(c)
         answers = AnswerTokens(ids.repeat(b, 1), mask.repeat(b, 1), owner)
-        return Batch(*(t[index].to(device, non_blocking=True) for t in (self.image_features, self.input_ids, self.attention_mask)), answers.to(device))
+        return Batch(*self.inputs(index, device), answers.to(device))
 
     def score_generated(self, answers: list[str], index: torch.Tensor) -> torch.Tensor:
         """Per-example score (float64) of answers an answer decoder generated, free text that need
@@ -202,8 +205,9 @@ def encode_targets(raw: RawSplit, vocab: list[str]) -> tuple[torch.Tensor, torch
     return targets, targets >= 0
 
 
-def encode_split(raw: RawSplit, backbone: Encoder, vocab: list[str], cache_dir: Path | None, drop_unknown: bool) -> Split:
-    """Tensors for one split; training drops questions none of whose answers is in the vocabulary."""
+def encode_split(raw: RawSplit, backbone: Encoder, vocab: list[str], cache_dir: Path | None, drop_unknown: bool, candidates: tuple[torch.Tensor, torch.Tensor] | None = None) -> Split:
+    """Tensors for one split; training drops questions none of whose answers is in the vocabulary.
+    `candidates`: an answer decoder's tokens of `vocab` (`answer_candidates`), None for a classifier."""
     targets, known = encode_targets(raw, vocab)
     keep = known if drop_unknown else torch.ones_like(known)
     features = cached_features(raw, backbone, cache_dir)
@@ -214,12 +218,22 @@ def encode_split(raw: RawSplit, backbone: Encoder, vocab: list[str], cache_dir: 
     warn_if_cut(raw, backbone)
     groups = None if raw.groups is None else [g for g, k in zip(raw.groups, keep.tolist()) if k]
     accuracy = None if raw.eval_answers is None else accuracy_table(raw.eval_answers, vocab)[keep]
-    candidates = texts = None
-    if decodes(backbone):
-        candidates = backbone.tokenize_answers(vocab)
+    texts = None
+    if candidates is not None:
         given = raw.eval_answers if raw.eval_answers is not None else [[a] for a in raw.answers]
         texts = [list(g) for g, k in zip(given, keep.tolist()) if k]
     return Split(features[keep], ids[keep], mask[keep], targets[keep], groups, accuracy, candidates, texts)
+
+
+def answer_candidates(name: str, train: RawSplit, backbone: Encoder, vocab: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """An answer decoder's tokens of a client's answer list (None for a classifier backbone);
+    every answer must fit the decoder: a cut one would be learnt wrong."""
+    if not decodes(backbone):
+        return None
+    try:
+        return backbone.tokenize_answers(vocab)
+    except ValueError as err:
+        raise DataError(f"client '{name}'{f' ({train.origin})' if train.origin else ''}: {err}") from err
 
 
 def decodes(backbone: Encoder) -> bool:
@@ -274,23 +288,19 @@ def build_client(
         if len(split.answers) == 0:  # the file, where the split came from one (folder data)
             raise DataError(f"client '{name}' has an empty {what} set" + (f": {split.origin} holds no record to read (only blank lines, or none; or every record was skipped as bad)" if split.origin else ""))
     vocab = client_vocabulary(train, max_answers, classes)
-    if decodes(backbone):  # every answer must fit the decoder: a cut one would be learnt wrong
-        try:
-            backbone.tokenize_answers(vocab)
-        except ValueError as err:
-            raise DataError(f"client '{name}'{f' ({train.origin})' if train.origin else ''}: {err}") from err
+    candidates = answer_candidates(name, train, backbone, vocab)
     return ClientData(
         name=name,
         answers=vocab,
-        train=encode_split(train, backbone, vocab, cache_dir, drop_unknown=True),
-        test=encode_split(test, backbone, vocab, cache_dir, drop_unknown=False),
+        train=encode_split(train, backbone, vocab, cache_dir, drop_unknown=True, candidates=candidates),
+        test=encode_split(test, backbone, vocab, cache_dir, drop_unknown=False, candidates=candidates),
         task=task,
         images_per_example=1 if train.images2 is None else 2,
         train_outside_vocabulary=outside_vocabulary(train, vocab),
         test_outside_vocabulary=outside_vocabulary(test, vocab),
         train_available=train.available,
         test_available=test.available,
-        validation=None if validation is None else encode_split(validation, backbone, vocab, cache_dir, drop_unknown=False),
+        validation=None if validation is None else encode_split(validation, backbone, vocab, cache_dir, drop_unknown=False, candidates=candidates),
     )
 
 
